@@ -1,0 +1,143 @@
+"""Reorientation, model-grid resampling and prompt mapping on awkward geometries."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image, rotation_direction, sphere_volume
+from wsicl import ImageError
+from wsicl.geometry import (Grid, box_to_model, point_to_model, prepare, threshold,
+                            to_source_grid)
+from wsicl.metrics import dice
+from wsicl.prompts import PromptOutsideError
+
+OBLIQUE = rotation_direction(17.0, axis=2)
+FLIPPED = (-1, 0, 0, 0, 1, 0, 0, 0, -1)
+
+
+def awkward_image(direction, spacing=(0.7, 1.1, 3.0), shape_kji=(20, 44, 50)) -> sitk.Image:
+    rng = np.random.default_rng(3)
+    array = rng.random(shape_kji).astype(np.float32)
+    return make_image(array, spacing, origin=(12.0, -40.0, 7.5), direction=direction)
+
+
+@pytest.mark.parametrize("orientation", ["RAI", "PIR", "SLA", "LPS"])
+def test_storage_order_does_not_change_the_model_array(orientation):
+    image = awkward_image(OBLIQUE)
+    stored_differently = sitk.DICOMOrient(image, orientation)
+    a, b = prepare(image, 16), prepare(stored_differently, 16)
+    assert np.allclose(a.array, b.array, atol=1e-5)
+    assert np.allclose(a.grid.direction, b.grid.direction)
+    assert np.allclose(a.grid.origin, b.grid.origin, atol=1e-6)
+
+
+def test_model_grid_spans_the_image_extent():
+    image = awkward_image((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    prepared = prepare(image, 16)
+    assert prepared.array.shape == (16, 16, 16)
+    assert prepared.array.min() == 0.0 and prepared.array.max() == 1.0
+    source, grid = Grid.of(image), prepared.grid
+    for axis in range(3):
+        assert np.isclose(source.size[axis] * source.spacing[axis],
+                          grid.size[axis] * grid.spacing[axis])
+    corner = np.array([[-0.5, -0.5, -0.5]])
+    assert np.allclose(source.index_to_lps(corner), grid.index_to_lps(corner))
+
+
+@pytest.mark.parametrize("direction", [OBLIQUE, FLIPPED, rotation_direction(30.0, axis=0)])
+def test_point_in_voxels_lps_and_ras_lands_on_the_same_model_voxel(direction):
+    image = awkward_image(direction)
+    prepared = prepare(image, 32)
+    lps = Grid.of(image).index_to_lps(np.array([[20, 18, 6]]))[0]
+    in_voxels = point_to_model((20, 18, 6), "voxel", prepared)
+    assert point_to_model(lps, "LPS", prepared) == in_voxels
+    assert point_to_model(lps * [-1, -1, 1], "RAS", prepared) == in_voxels
+
+
+@pytest.mark.parametrize("direction", [OBLIQUE, FLIPPED])
+def test_a_2d_voxel_box_stays_2d_on_the_model_grid(direction):
+    prepared = prepare(awkward_image(direction), 32)
+    box = box_to_model((10, 12, 6), (30, 25, 6), "voxel", prepared)
+    assert [stop - start for start, stop in box].count(1) == 1
+
+
+def test_box_in_voxels_lps_and_ras_lands_on_the_same_model_voxels():
+    image = awkward_image(FLIPPED)
+    prepared = prepare(image, 32)
+    low, high = np.array([10, 12, 6]), np.array([30, 25, 6])
+    in_voxels = box_to_model(low, high, "voxel", prepared)
+    extent = Grid.of(image).index_to_lps(np.array([low - [0.5, 0.5, 0], high + [0.5, 0.5, 0]]))
+    low_lps, high_lps = extent.min(axis=0), extent.max(axis=0)
+    assert box_to_model(low_lps, high_lps, "LPS", prepared) == in_voxels
+    ras = extent * [-1, -1, 1]
+    assert box_to_model(ras.min(axis=0), ras.max(axis=0), "RAS", prepared) == in_voxels
+
+
+def test_a_box_on_one_thick_slice_stays_one_model_slice():
+    thick = make_image(np.random.default_rng(0).random((6, 40, 40)).astype(np.float32),
+                       spacing=(1.0, 1.0, 8.0))
+    prepared = prepare(thick, 32)
+    box = box_to_model((5, 5, 3), (30, 30, 3), "voxel", prepared)
+    assert box[0][1] - box[0][0] == 1
+    assert box[0][0] == int(round((3 + 0.5) * 32 / 6 - 0.5))
+
+
+def test_prompts_outside_the_image_are_errors_partial_ones_are_clipped():
+    prepared = prepare(awkward_image(OBLIQUE), 32)
+    with pytest.raises(PromptOutsideError, match="outside the image"):
+        box_to_model((100, 100, 1), (120, 120, 1), "voxel", prepared)
+    with pytest.raises(PromptOutsideError, match="outside the image"):
+        point_to_model((0, 0, 500), "voxel", prepared, radius=6)
+    clipped = box_to_model((-10, -10, 2), (20, 20, 2), "voxel", prepared)
+    assert all(start >= 0 for start, _ in clipped)
+
+
+@pytest.mark.parametrize("direction", [OBLIQUE, FLIPPED])
+def test_sphere_survives_model_grid_and_back(direction):
+    spacing, shape = (0.8, 0.8, 2.5), (40, 110, 110)
+    ball = sphere_volume(shape, (20, 55, 55), 30.0, spacing)
+    image = make_image(ball.astype(np.float32), spacing, (5, -3, 11), direction)
+    prepared = prepare(image, 64)
+    back = threshold(to_source_grid(prepared.array, prepared.grid, image))
+    assert Grid.of(back) == Grid.of(image)
+    assert dice(sitk.GetArrayFromImage(back), ball) > 0.97
+
+
+def test_resampling_is_anti_aliased():
+    stripes = np.zeros((16, 64, 64), dtype=np.float32)
+    stripes[:, :, ::2] = 1.0
+    stripes[0, 0, 1] = 0.5
+    prepared = prepare(make_image(stripes), 16)
+    assert prepared.array[2:-2, 2:-2, 2:-2].std() < 0.05
+
+
+def test_two_and_four_dimensional_images_are_refused():
+    with pytest.raises(ImageError, match="2D"):
+        prepare(sitk.Image([10, 10], sitk.sitkFloat32), 16)
+    four = sitk.JoinSeries([awkward_image(OBLIQUE)] * 2)
+    with pytest.raises(ImageError, match="4D.*pick one volume"):
+        prepare(four, 16)
+
+
+def test_constant_image_is_refused():
+    with pytest.raises(ImageError, match="constant"):
+        prepare(make_image(np.full((8, 8, 8), 3.0, dtype=np.float32)), 16)
+
+
+def test_vector_image_is_refused():
+    vector = sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3)
+    with pytest.raises(ImageError, match="3 components"):
+        prepare(vector, 16)
+
+
+def test_nan_voxels_take_the_minimum_and_all_nan_is_refused():
+    array = np.random.default_rng(1).random((8, 8, 8)).astype(np.float32) + 1.0
+    with_nan = array.copy()
+    with_nan[0, :4] = np.nan
+    with_nan[1, 0, 0] = np.inf
+    finite = np.isfinite(with_nan)
+    replaced = np.where(finite, with_nan, with_nan[finite].min())
+    result = prepare(make_image(with_nan), 8)
+    assert np.isfinite(result.array).all()
+    assert np.allclose(result.array, prepare(make_image(replaced), 8).array)
+    with pytest.raises(ImageError, match="no finite voxel"):
+        prepare(make_image(np.full((8, 8, 8), np.nan, dtype=np.float32)), 8)

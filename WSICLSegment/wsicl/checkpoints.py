@@ -1,0 +1,238 @@
+"""Loading and saving network weights without ever executing code from a file.
+
+Three file layouts are read, all with ``torch.load(weights_only=True)``, which refuses any
+pickle that would import or call Python objects:
+
+- the authors' PyTorch-Lightning ``.ckpt`` (``state_dict`` with ``net.`` prefixes and the
+  architecture in ``hyper_parameters``); no pytorch-lightning needed;
+- the project's own format (``format == "wsicl-model"``), which carries a metadata dict;
+- a bare ``state_dict`` (architecture inferred from the tensor shapes).
+"""
+import dataclasses
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from .network import WSICLNet
+
+FORMAT_NAME = "wsicl-model"
+FORMAT_VERSION = 1
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_MODELS = ("box", "point")
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used, with the reason and the file named."""
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What a network needs around it to be used correctly.
+
+    Attributes:
+        channels: feature channels per stage.
+        convs_per_stage: 3x3x3 convolutions per residual unit.
+        prompt: ``"box"``, ``"point"`` or ``None`` when the file does not say.
+        input_size: edge of the cubic model grid in voxels (128 for the released weights).
+        normalisation: intensity normalisation of inputs; ``"minmax"`` maps each volume to
+            [0, 1].
+        point_radius: radius in model-grid voxels of the balls that points become.
+        provenance: free text: where the weights come from, how they were trained.
+        source: the file or bundled name the weights were read from.
+    """
+
+    channels: List[int]
+    convs_per_stage: int = 2
+    prompt: Optional[str] = None
+    input_size: int = 128
+    normalisation: str = "minmax"
+    point_radius: int = 6
+    provenance: str = ""
+    source: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelInfo":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; check the path or use a bundled model "
+                              f"({', '.join(BUNDLED_MODELS)})")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused: the file contains Python objects beyond tensors and plain "
+            f"containers, which could run code when loaded. Only use weights from a source "
+            f"you trust, saved as a state_dict. ({str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt download?): "
+            f"{str(error).splitlines()[0]}") from None
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """Channels and convolutions per stage from the target-encoder tensor shapes."""
+    try:
+        channels = [int(state_dict["target_encoder.target_embedding.weight"].shape[0])]
+    except KeyError:
+        raise CheckpointError("no 'target_encoder.target_embedding.weight': "
+                              "not a WS-ICL / Neuroverse3D state_dict") from None
+    stage = 0
+    while f"target_encoder.downsample_blocks.{stage}.target_linear_layer.weight" in state_dict:
+        channels.append(int(state_dict[
+            f"target_encoder.downsample_blocks.{stage}.target_linear_layer.weight"].shape[0]))
+        stage += 1
+    pattern = re.compile(r"target_decoder\.output_block\.block\.0\.layers\.(\d+)\.weight$")
+    convs = sum(1 for key in state_dict if pattern.match(key))
+    return {"channels": channels, "convs_per_stage": max(convs, 1)}
+
+
+def _split_checkpoint(content: Any, path: Path) -> (Dict[str, torch.Tensor], ModelInfo):
+    """The state_dict (without prefixes) and the metadata of a loaded file."""
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a checkpoint dict")
+    if content.get("format") == FORMAT_NAME:
+        version = content.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: WSICL model format version {version} is newer than "
+                                  f"this program reads ({FORMAT_VERSION}); update wsicl")
+        return dict(content["state_dict"]), ModelInfo.from_dict(content.get("metadata", {}))
+    if "state_dict" in content and "hyper_parameters" in content:
+        params = content["hyper_parameters"] or {}
+        if params.get("data_slice_only"):
+            raise CheckpointError(f"{path}: a 2D (data_slice_only) model; WSICL runs 3D models")
+        if "nb_inner_channels" not in params:
+            raise CheckpointError(f"{path}: Lightning checkpoint without 'nb_inner_channels' "
+                                  "in hyper_parameters; cannot tell its architecture")
+        state = {k[len("net."):] if k.startswith("net.") else k: v
+                 for k, v in content["state_dict"].items()}
+        info = ModelInfo(channels=[int(c) for c in params["nb_inner_channels"]],
+                         convs_per_stage=int(params.get("nb_conv_layers_per_stage", 2)),
+                         prompt=_prompt_from_name(path.name),
+                         provenance=f"PyTorch-Lightning checkpoint {path.name} "
+                                    f"(epoch {content.get('epoch')}, step "
+                                    f"{content.get('global_step')})")
+        return state, info
+    if content and all(isinstance(v, torch.Tensor) for v in content.values()):
+        state = {k[len("net."):] if k.startswith("net.") else k: v for k, v in content.items()}
+        return state, ModelInfo(**infer_architecture(state), prompt=_prompt_from_name(path.name),
+                                provenance=f"bare state_dict {path.name}")
+    raise CheckpointError(f"{path}: neither a WSICL model, a Lightning checkpoint nor a "
+                          f"state_dict (top-level keys: {sorted(map(str, content))[:8]})")
+
+
+def _prompt_from_name(name: str) -> Optional[str]:
+    lowered = name.lower()
+    if "point" in lowered:
+        return "point"
+    if "box" in lowered:
+        return "box"
+    return None
+
+
+def _describe_mismatch(network: WSICLNet, state: Mapping[str, torch.Tensor]) -> str:
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(state[k].shape)} != {list(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("wrong shapes", wrong)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{label}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts)
+
+
+def build_model(info: ModelInfo, state: Optional[Mapping[str, torch.Tensor]] = None,
+                source: str = "") -> WSICLNet:
+    """A network for ``info`` with ``state`` loaded, in eval mode, ``metadata`` attached."""
+    network = WSICLNet(info.channels, info.convs_per_stage)
+    if state is not None:
+        problem = _describe_mismatch(network, state)
+        if problem:
+            raise CheckpointError(f"{source}: weights do not match the architecture "
+                                  f"channels={info.channels}, convs_per_stage="
+                                  f"{info.convs_per_stage}: {problem}")
+        network.load_state_dict({k: v.float() for k, v in state.items()})
+    network.metadata = info
+    return network.eval()
+
+
+def resolve_source(source: Union[str, os.PathLike]) -> Path:
+    """The file behind a bundled model name or a path."""
+    if str(source) in BUNDLED_MODELS:
+        path = BUNDLED_DIR / f"{source}.pt"
+        if not path.is_file():
+            raise CheckpointError(f"bundled model '{source}' is missing from {BUNDLED_DIR}; "
+                                  "reinstall wsicl or pass a weights file")
+        return path
+    return Path(source).expanduser()
+
+
+def load_model(source: Union[str, os.PathLike] = "box", device: Union[str, torch.device] = "cpu"
+               ) -> WSICLNet:
+    """Loads a network from a bundled name (``"box"``, ``"point"``) or a weights file.
+
+    Returns the network in eval mode on ``device`` with ``network.metadata`` (a
+    :class:`ModelInfo`). Raises :class:`CheckpointError` naming the file and the problem.
+    """
+    path = resolve_source(source)
+    state, info = _split_checkpoint(_read(path), path)
+    if str(source) in BUNDLED_MODELS:
+        info.prompt = info.prompt or str(source)
+    info.source = str(source) if str(source) in BUNDLED_MODELS else str(path)
+    return build_model(info, state, str(path)).to(device)
+
+
+def save_model(network: WSICLNet, path: Union[str, os.PathLike], info: ModelInfo,
+               extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Writes ``network`` in the project's format; atomic (temporary file, then rename).
+
+    ``extra`` entries (plain containers and tensors only) are stored beside the weights,
+    e.g. optimiser state for resuming training.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+               "metadata": info.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+    content.update(extra or {})
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(content, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def read_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """All entries of a project-format file (weights, metadata and training state)."""
+    path = Path(path)
+    content = _read(path)
+    if not isinstance(content, Mapping) or content.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a WSICL training checkpoint; use --init to start "
+                              "from other weights")
+    return dict(content)
+
+
+def channels_argument(text: Union[str, Sequence[int]]) -> List[int]:
+    """``"4,8,16"`` -> ``[4, 8, 16]``."""
+    if isinstance(text, str):
+        return [int(part) for part in text.split(",") if part.strip()]
+    return [int(c) for c in text]

@@ -1,0 +1,93 @@
+"""Choosing where the network runs, at which precision, and what running out of memory means."""
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+from typing import ContextManager, Union
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says what to change."""
+
+
+def available_devices() -> list:
+    """Devices this machine can use, best first (always ends with ``"cpu"``)."""
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices + ["cpu"]
+
+
+def pick_device(choice: Union[str, torch.device] = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then the CPU; an unavailable choice is an error."""
+    name = str(choice)
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    kind = name.split(":")[0]
+    if kind not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {name!r}; use one of {', '.join(DEVICE_CHOICES)}")
+    if kind not in available_devices():
+        raise ValueError(f"device {name!r} is not available on this machine "
+                         f"(available: {', '.join(available_devices())})")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """bfloat16 autocast on CUDA always, on the CPU when ``precision == "bf16"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda" or (device.type == "cpu" and precision == "bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or isinstance(error, MemoryError))
+
+
+def out_of_memory_error(device: torch.device, mini_context: int) -> OutOfMemory:
+    advice = [f"use a smaller mini-context (now {mini_context})"] if mini_context > 1 else []
+    if device.type != "cpu":
+        advice.append("run on the CPU (--device cpu)")
+    advice.append("close other programs using the memory")
+    return OutOfMemory(f"ran out of memory on {device.type}: " + ", or ".join(advice))
+
+
+_FREED_MEMORY_KEPT = False
+
+
+def keep_freed_memory() -> bool:
+    """Asks glibc to keep freed memory in the process instead of returning it.
+
+    The network allocates and frees the same large activations for every stage; by default
+    glibc serves each from fresh ``mmap`` pages, and the page faults on them cost as much as
+    the convolutions on a CPU. Keeping freed memory roughly halves CPU inference time. It is
+    process-wide, so it is opt-in for library users (the command line turns it on). Returns
+    whether it took effect (only on Linux with glibc).
+    """
+    global _FREED_MEMORY_KEPT
+    if _FREED_MEMORY_KEPT:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    _FREED_MEMORY_KEPT = bool(mallopt(m_mmap_max, 0)) and bool(
+        mallopt(m_trim_threshold, 2 ** 31 - 1))
+    return _FREED_MEMORY_KEPT

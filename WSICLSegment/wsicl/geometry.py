@@ -1,0 +1,261 @@
+"""From arbitrary 3D images to the model grid and back.
+
+Coordinate systems used here:
+
+- *index* ``(i, j, k)``: SimpleITK's continuous voxel index, ``i`` fastest; voxel ``n``
+  covers ``[n - 0.5, n + 0.5]``;
+- *array* ``(a, b, c) = (k, j, i)``: numpy order of ``sitk.GetArrayFromImage``;
+- *LPS*: SimpleITK's physical millimetres; *RAS* is LPS with x and y negated.
+
+Every image is first reoriented (an exact permutation and flip of axes, no interpolation)
+so that its index axes point as close as possible to L, P and S; array axis 0 is then the
+axial (inferior-superior) axis, whatever the order in which the file stored the volume.
+The *model grid* spans exactly the reoriented image's extent with ``size`` voxels per
+axis; images are smoothed against aliasing, linearly resampled onto it and min-max
+normalised to [0, 1]. The raw network output is mapped back onto the original grid by
+linear interpolation and thresholded afterwards.
+"""
+import dataclasses
+import math
+from typing import Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import gaussian_filter
+
+from .prompts import IndexBox, IndexPoint, PromptOutsideError
+
+CANONICAL_ORIENTATION = "LPS"
+SPACES = ("voxel", "LPS", "RAS")
+
+
+class ImageError(ValueError):
+    """An image that cannot be segmented as it is, with the reason and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Geometry of a 3D image: ``size`` and ``spacing`` (mm) in index order (i, j, k),
+    ``origin`` (LPS mm, centre of voxel 0) and ``direction`` (3x3, columns are the index
+    axes in LPS)."""
+
+    size: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Grid":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Index to LPS-offset matrix: ``direction @ diag(spacing)``."""
+        return np.array(self.direction, dtype=float).reshape(3, 3) @ np.diag(self.spacing)
+
+    def index_to_lps(self, index: np.ndarray) -> np.ndarray:
+        """``[N, 3]`` continuous indices (i, j, k) to ``[N, 3]`` LPS millimetres."""
+        return np.asarray(index, dtype=float) @ self.matrix.T + np.array(self.origin)
+
+    def lps_to_index(self, points: np.ndarray) -> np.ndarray:
+        """``[N, 3]`` LPS millimetres to ``[N, 3]`` continuous indices (i, j, k)."""
+        offsets = np.asarray(points, dtype=float) - np.array(self.origin)
+        return np.linalg.solve(self.matrix, offsets.T).T
+
+    def empty_image(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
+        image = sitk.Image([int(s) for s in self.size], pixel_type)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def array_to_image(self, array: np.ndarray) -> sitk.Image:
+        """An image on this grid holding ``array`` (array order (k, j, i))."""
+        if tuple(array.shape) != tuple(reversed(self.size)):
+            raise ValueError(f"array shape {array.shape} does not fit grid size {self.size}")
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def check_volume(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """``image`` as a float32 3D scalar volume, or :class:`ImageError` naming the problem.
+
+    NaN and infinite voxels (common outside a brain mask) are replaced by the smallest
+    finite value of the volume; a volume with no finite voxel is an error.
+    """
+    if not isinstance(image, sitk.Image):
+        raise ImageError(f"{name}: expected a SimpleITK image, got {type(image).__name__}")
+    dimension = image.GetDimension()
+    if dimension != 3:
+        fix = ("pick one volume (e.g. the first time point) before segmenting"
+               if dimension == 4 else "WSICL segments 3D volumes; stack the slices into a volume")
+        raise ImageError(f"{name}: is {dimension}D with size {list(image.GetSize())}; {fix}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per "
+                         "voxel (colour or vector image); convert it to one scalar channel")
+    if min(image.GetSize()) < 1:
+        raise ImageError(f"{name}: is empty (size {list(image.GetSize())})")
+    volume = sitk.Cast(image, sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(volume)
+    finite = np.isfinite(array)
+    if not finite.all():
+        if not finite.any():
+            raise ImageError(f"{name}: has no finite voxel (all NaN or infinite)")
+        cleaned = np.where(finite, array, array[finite].min()).astype(np.float32)
+        repaired = sitk.GetImageFromArray(cleaned)
+        repaired.CopyInformation(volume)
+        volume = repaired
+    return volume
+
+
+def canonical(image: sitk.Image) -> sitk.Image:
+    """The image with its axes permuted and flipped towards L, P, S (no interpolation)."""
+    return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+
+
+def model_grid(image: sitk.Image, size: int) -> Grid:
+    """A ``size^3`` grid spanning exactly the extent of ``image`` along its own axes."""
+    source = Grid.of(image)
+    spacing = tuple(n * s / size for n, s in zip(source.size, source.spacing))
+    half_step = (np.array(spacing) - np.array(source.spacing)) / 2
+    origin = np.array(source.origin) + np.array(source.direction).reshape(3, 3) @ half_step
+    return Grid((size, size, size), spacing, tuple(float(v) for v in origin), source.direction)
+
+
+def anti_alias_sigmas(source: Grid, target: Grid) -> Tuple[float, ...]:
+    """Gaussian sigmas in source voxels, array order, for downsampling ``source`` to
+    ``target`` (same axes): ``(factor - 1) / 2`` along axes that shrink, 0 elsewhere."""
+    factors = [t / s for t, s in zip(target.spacing, source.spacing)]
+    return tuple(max(0.0, (f - 1.0) / 2.0) for f in reversed(factors))
+
+
+def normalise(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """Min-max normalisation to [0, 1] (float32); a constant volume is an error."""
+    low, high = float(array.min()), float(array.max())
+    if not high - low > 1e-8 * max(1.0, abs(high)):
+        raise ImageError(f"{name}: is constant (every voxel {low:g}); nothing to segment")
+    return ((array - low) / (high - low)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class PreparedImage:
+    """An image ready for the network.
+
+    Attributes:
+        array: ``[S, S, S]`` float32 in [0, 1], array order on ``grid``.
+        grid: the model grid (LPS geometry).
+        source: geometry of the image as given (before reorientation).
+        name: for messages.
+    """
+
+    array: np.ndarray
+    grid: Grid
+    source: Grid
+    name: str
+
+
+def prepare(image: sitk.Image, size: int, name: str = "image") -> PreparedImage:
+    """Reorients, anti-aliases, resamples to the ``size^3`` model grid and normalises."""
+    volume = check_volume(image, name)
+    oriented = canonical(volume)
+    grid = model_grid(oriented, size)
+    sigmas = anti_alias_sigmas(Grid.of(oriented), grid)
+    if any(sigmas):
+        smoothed = gaussian_filter(sitk.GetArrayFromImage(oriented), sigmas, mode="nearest")
+        smoothed_image = sitk.GetImageFromArray(smoothed)
+        smoothed_image.CopyInformation(oriented)
+        oriented = smoothed_image
+    resampled = sitk.Resample(oriented, grid.empty_image(), sitk.Transform(), sitk.sitkLinear,
+                              0.0, sitk.sitkFloat32, True)
+    array = normalise(sitk.GetArrayFromImage(resampled), name)
+    return PreparedImage(array, grid, Grid.of(volume), name)
+
+
+def to_lps(points: np.ndarray, space: str, source: Grid) -> np.ndarray:
+    """``[N, 3]`` coordinates in ``space`` (``voxel`` indices of ``source``, ``LPS`` or
+    ``RAS`` mm) to LPS millimetres."""
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
+    if space == "voxel":
+        return source.index_to_lps(points)
+    if space == "LPS":
+        return points
+    if space == "RAS":
+        return points * np.array([-1.0, -1.0, 1.0])
+    raise ValueError(f"unknown coordinate space {space!r}; use one of {', '.join(SPACES)}")
+
+
+def _grid_array_index(lps: np.ndarray, grid: Grid) -> np.ndarray:
+    """LPS mm ``[N, 3]`` to continuous model-grid array indices ``[N, 3]`` (a, b, c)."""
+    return grid.lps_to_index(lps)[:, ::-1]
+
+
+def box_to_model(low: Sequence[float], high: Sequence[float], space: str, prepared: PreparedImage
+                 ) -> IndexBox:
+    """A box to half-open model-grid array ranges.
+
+    ``low``/``high`` are inclusive corners in ``space`` coordinates, in (x, y, z) / (i, j, k)
+    order. In ``voxel`` space each voxel counts with its full extent; along an axis where
+    ``low == high`` the box is 2D on that slice and stays one model slice thick.
+    Raises :class:`PromptOutsideError` if the box misses the image, clips it otherwise.
+    """
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if low.shape != (3,) or high.shape != (3,) or np.any(high < low):
+        raise ValueError(f"box min {low.tolist()} / max {high.tolist()} must be 3 coordinates "
+                         "with min <= max")
+    thin = high == low
+    margin = np.where(thin, 0.0, 0.5) if space == "voxel" else np.zeros(3)
+    corners = np.array([[(low - margin)[a] if bit == 0 else (high + margin)[a]
+                         for a, bit in enumerate(bits)]
+                        for bits in np.ndindex(2, 2, 2)])
+    index = _grid_array_index(to_lps(corners, space, prepared.source), prepared.grid)
+    ranges = []
+    size = prepared.array.shape
+    for axis in range(3):
+        lo, hi = index[:, axis].min(), index[:, axis].max()
+        start, stop = math.ceil(lo - 1e-6), math.floor(hi + 1e-6)
+        if start > stop:
+            start = stop = int(round((lo + hi) / 2))
+        if stop < 0 or start >= size[axis]:
+            raise PromptOutsideError(
+                f"{prepared.name}: box min {low.tolist()} max {high.tolist()} ({space}) lies "
+                "outside the image; check the coordinate system and the image it belongs to")
+        ranges.append((max(start, 0), min(stop, size[axis] - 1) + 1))
+    return tuple(ranges)
+
+
+def point_to_model(position: Sequence[float], space: str, prepared: PreparedImage,
+                   radius: int = 0) -> IndexPoint:
+    """A point to the nearest model-grid array index (a, b, c).
+
+    A point more than ``radius`` model voxels outside the grid is a
+    :class:`PromptOutsideError`.
+    """
+    position = np.asarray(position, dtype=float)
+    if position.shape != (3,):
+        raise ValueError(f"point {position.tolist()} must have 3 coordinates")
+    index = np.rint(_grid_array_index(to_lps(position, space, prepared.source),
+                                      prepared.grid)[0]).astype(int)
+    size = prepared.array.shape
+    if any(c + radius < 0 or c - radius >= s for c, s in zip(index, size)):
+        raise PromptOutsideError(
+            f"{prepared.name}: point {position.tolist()} ({space}) lies outside the image; "
+            "check the coordinate system and the image it belongs to")
+    return tuple(int(c) for c in index)
+
+
+def to_source_grid(values: np.ndarray, grid: Grid, reference: sitk.Image) -> sitk.Image:
+    """Model-grid ``values`` (array order) linearly resampled onto ``reference``'s grid."""
+    image = grid.array_to_image(np.ascontiguousarray(values, dtype=np.float32))
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                         sitk.sitkFloat32, True)
+
+
+def threshold(probability: sitk.Image, level: float = 0.5) -> sitk.Image:
+    """uint8 0/1 mask of ``probability >= level`` on the same grid."""
+    return sitk.Cast(sitk.BinaryThreshold(probability, lowerThreshold=level,
+                                          upperThreshold=float("inf"), insideValue=1,
+                                          outsideValue=0), sitk.sitkUInt8)
