@@ -1,6 +1,8 @@
 """The ``wsicl`` command line: segment, demo, train, evaluate."""
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
@@ -28,6 +30,27 @@ def int_list(text: str) -> List[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the bundled model on the bundled sample data",
+        description="Segment the liver of the sample MR from boxes on the sample CT (in "
+                    "context) and from boxes on the MR itself (interactive); write the masks "
+                    "and an overview PNG and print Dice against the sample labels.")
+    parser.add_argument("--output-dir", type=Path, default=Path("wsicl-demo-output"))
+    parser.add_argument("--model", default="box", help="box or a box-prompt weights file")
+    add_runtime_options(parser)
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+    from .device import keep_freed_memory
+    keep_freed_memory()
+    demo(args.output_dir, args.model, args.device, args.precision,
+         say=(lambda line: None) if args.quiet else print)
+    return 0
 
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -81,12 +104,171 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_segment(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment", help="segment targets with a context set",
+        description="Segment every TARGET (image files, DICOM series folders or folders of "
+                    "images) with the structure defined by the context-set file. Results are "
+                    "uint8 0/1 masks on each target's exact grid.")
+    parser.add_argument("targets", nargs="*", metavar="TARGET")
+    parser.add_argument("--context-set", required=True, type=Path, metavar="CTX.json")
+    parser.add_argument("--output-dir", required=True, type=Path, metavar="OUT")
+    parser.add_argument("--model", default="box", help="box, point or a weights file")
+    parser.add_argument("--interactive", action="store_true",
+                        help="segment each context image from its own prompts")
+    parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_runtime_options(parser)
+    parser.set_defaults(handler=run_segment)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+    from .contextfile import read_context_file
+    from .imageio import list_targets, output_path, read_image
+    from .tasks import case_name
+    context_set = read_context_file(args.context_set)
+    if args.interactive:
+        jobs = [(case_name(Path(entry.source)), entry) for entry in context_set.entries]
+    elif not args.targets:
+        raise ValueError("no TARGET given; name image files or folders to segment, or use "
+                         "--interactive")
+    else:
+        jobs = list_targets(args.targets)
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise ValueError(f"{args.output_dir}: exists and is not a folder; choose another "
+                         "--output-dir")
+    outputs = [output_path(args.output_dir, name, args.format) for name, _ in jobs]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(f"{existing[0]}: exists ({len(existing)} output(s) in all); pass "
+                         "--overwrite to replace")
+    predictor = make_predictor(args)
+    context = None if args.interactive else predictor.prepare_context(context_set)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for index, ((name, job), path) in enumerate(zip(jobs, outputs)):
+        label = f"[{index + 1}/{len(jobs)}] {name}"
+        try:
+            with _progress_bar(label, args.quiet) as report:
+                if args.interactive:
+                    mask = predictor.segment_interactive(job.image, job.boxes, job.points)
+                else:
+                    mask = predictor.segment(read_image(job), context, progress=report)
+            _write_mask(mask, path, args.format, context_set.name)
+            voxels = int(sitk.GetArrayViewFromImage(mask).sum())
+            _say(args, f"{label}: {voxels} voxels -> {path}")
+        except (ValueError, RuntimeError) as error:
+            failures += 1
+            print(f"wsicl: {label}: {error}", file=sys.stderr)
+    _say(args, f"done: {len(jobs) - failures} of {len(jobs)} segmented into {args.output_dir}")
+    return 0 if failures == 0 else 1
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    if not args.quiet:
+        print(line)
+
+
+def _write_mask(mask, path: Path, output_format: str, structure: str) -> None:
+    from .imageio import segmentation_metadata, write_atomic
+    if output_format == "seg.nrrd":
+        segmentation_metadata(mask, structure, (0.9, 0.3, 0.2))
+    write_atomic(mask, path)
+
+
+class _progress_bar:
+    """A tqdm bar for one target that the predictor's progress callback drives."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet, self.bar = label, quiet, None
+
+    def __enter__(self):
+        if not self.quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=100, desc=self.label, unit="%", leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        return self.report
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.n = int(round(100 * fraction))
+            self.bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="paper-style evaluation on an nnU-Net-layout dataset",
+        description="Segment every subject of every structure with random context draws and "
+                    "simulated prompts; print a Dice table, write JSON and PNG plots.")
+    parser.add_argument("--dataset", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--model", default="box", help="box, point or a weights file")
+    parser.add_argument("--prompt", choices=("box", "point"),
+                        help="prompt kind (default: the model's)")
+    parser.add_argument("--mode", choices=("icl", "interactive"), default="icl")
+    parser.add_argument("--context-sizes", type=int_list, default=[1, 2, 4, 8])
+    parser.add_argument("--prompts-per-image", type=int_list, default=[1, 2, 5])
+    parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=Path("wsicl-evaluation"))
+    add_runtime_options(parser)
+    parser.set_defaults(handler=run_evaluate)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--mini-context", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: faster on CPUs with bfloat16 instructions, raw outputs "
+                             "differ by a few hundredths")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def make_predictor(args: argparse.Namespace):
+    from .device import keep_freed_memory
+    from .predictor import Predictor
+    keep_freed_memory()
+    return Predictor(args.model, device=args.device, mini_context=args.mini_context,
+                     precision=args.precision)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, load_subjects, plot
+    predictor = make_predictor(args)
+    kind = args.prompt or predictor.metadata.prompt
+    if kind is None:
+        raise ValueError(f"{args.model}: the model does not say which prompts it reads; "
+                         "give --prompt box or --prompt point")
+    subjects, names = load_subjects(args.dataset, predictor.size)
+    result = evaluate(predictor, subjects, names, kind, args.mode, args.context_sizes,
+                      args.prompts_per_image, args.draws, args.seed,
+                      None if args.quiet else lambda line: print(line, file=sys.stderr))
+    if not result["records"]:
+        raise ValueError(f"{args.dataset}: no structure to evaluate (icl needs a structure in "
+                         "at least two subjects)")
+    result.update(dataset=str(args.dataset), model=str(args.model), seed=args.seed,
+                  draws=args.draws)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "evaluation.json").write_text(json.dumps(result, indent=1))
+    plots = plot(result, args.output)
+    print(format_table(result))
+    print(f"wrote {args.output / 'evaluation.json'}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsicl", description="Weakly supervised in-context segmentation of 3D images.")
     parser.add_argument("--version", action="version", version=f"wsicl {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    add_demo(subparsers)
+    add_segment(subparsers)
     add_train(subparsers)
+    add_evaluate(subparsers)
     return parser
 
 

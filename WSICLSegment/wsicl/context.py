@@ -63,12 +63,14 @@ class Point:
 
 @dataclasses.dataclass
 class ContextEntry:
-    """One context image with its prompts (boxes or points, not both)."""
+    """One context image with its prompts (boxes or points, not both); ``name`` for
+    messages, ``source`` the file it was read from, if any."""
 
     image: sitk.Image
     boxes: List[Box] = dataclasses.field(default_factory=list)
     points: List[Point] = dataclasses.field(default_factory=list)
     name: str = ""
+    source: str = ""
 
     @property
     def prompt_kind(self) -> Optional[str]:

@@ -82,7 +82,7 @@ class ResidualUnit(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x + self.layers(x))
+        return F.gelu(self.layers(x).add_(x))
 
 
 class TargetStage(nn.Module):
@@ -107,7 +107,7 @@ class ContextStage(nn.Module):
         context = self.context_conv.module(context)
         if target is None:
             return context
-        return F.gelu(context + mix(self.combine_conv_context.module, context, target))
+        return F.gelu(mix(self.combine_conv_context.module, context, target).add_(context))
 
 
 class DecoderStage(nn.Module):
@@ -121,7 +121,7 @@ class DecoderStage(nn.Module):
     def forward(self, context_mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``context_mean`` and ``target`` both ``[B, C, ...]``."""
         target = self.target_conv(target)
-        return F.gelu(target + mix(self.combine_conv_target.module, context_mean, target))
+        return F.gelu(mix(self.combine_conv_target.module, context_mean, target).add_(target))
 
 
 class DownSample(nn.Module):
@@ -148,8 +148,16 @@ class UpSample(nn.Module):
 
 
 def upsample_concat(conv: nn.Conv3d, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """Upsample ``x`` x2, concatenate ``shortcut`` on channels, reduce with ``conv``."""
-    return conv(torch.cat([up(x), shortcut], dim=1))
+    """``conv(cat([up(x), shortcut], channels))``, computed without the concatenation.
+
+    Trilinear upsampling and a 1x1x1 convolution are both linear and commute, so the part
+    of ``conv`` that reads ``x`` runs at the coarse resolution and is upsampled after it
+    (fewer channels to upsample, no full-resolution concatenation).
+    """
+    channels = x.shape[1]
+    coarse = F.conv3d(x, conv.weight[:, :channels])
+    result = F.conv3d(shortcut, conv.weight[:, channels:], conv.bias)
+    return result.add_(up(coarse))
 
 
 class TargetEncoder(nn.Module):

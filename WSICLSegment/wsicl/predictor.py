@@ -129,13 +129,15 @@ class Predictor:
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
         prepared = prepare(target, self.size, "target")
-        return self._segment_prepared(target, prepared, context, return_probability, progress,
+        return self.segment_prepared(target, prepared, context, return_probability, progress,
                                       cancel)
 
-    def _segment_prepared(self, target: sitk.Image, prepared: PreparedImage,
+    def segment_prepared(self, target: sitk.Image, prepared: PreparedImage,
                           context: PreparedContext, return_probability: bool,
                           progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]
                           ) -> Union[sitk.Image, Segmentation]:
+        """Segments an already prepared target (``prepare(target, size)``) with a prepared
+        context; the result is on ``target``'s grid."""
         raw = self._run(prepared.array, context, progress, cancel)
         probability = to_source_grid(raw, prepared.grid, target)
         mask = threshold(probability)
@@ -167,7 +169,7 @@ class Predictor:
         prepared = prepare(image, self.size, "the image")
         channel = self._prompt_channel(context_set.entries[0], prepared)
         context = PreparedContext.of([prepared.array], [channel], kind, context_set.name)
-        return self._segment_prepared(image, prepared, context, return_probability, None, cancel)
+        return self.segment_prepared(image, prepared, context, return_probability, None, cancel)
 
     def _run(self, target: np.ndarray, context: PreparedContext,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> np.ndarray:

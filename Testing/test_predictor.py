@@ -1,0 +1,106 @@
+"""The predictor on SimpleITK images: grids, context handling, progress, cancel, precision."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import DATA, make_image, rotation_direction
+from wsicl import Box, Cancelled, ContextError, ContextSet, Point, Predictor, load_model
+from wsicl.geometry import Grid
+
+
+def context_of(image, boxes=None, points=None):
+    return ContextSet(name="blob").add(image, boxes or [], points or [], "context image")
+
+
+BOX = Box((12, 10, 8), (28, 26, 8))
+
+
+def test_mask_is_uint8_on_the_target_grid(tiny_network, blob_image):
+    target = make_image(sitk.GetArrayFromImage(blob_image), (1.2, 0.7, 2.0), (3, 4, 5),
+                        rotation_direction(25.0))
+    result = Predictor(tiny_network, device="cpu").segment(target, context_of(blob_image, [BOX]),
+                                                           return_probability=True)
+    assert result.mask.GetPixelID() == sitk.sitkUInt8
+    assert Grid.of(result.mask) == Grid.of(target)
+    assert Grid.of(result.probability) == Grid.of(target)
+    mask, probability = (sitk.GetArrayFromImage(i) for i in (result.mask, result.probability))
+    assert np.array_equal(mask, (probability >= 0.5).astype(np.uint8))
+
+
+def test_segment_equals_the_network_on_prepared_arrays(tiny_network, blob_image):
+    predictor = Predictor(tiny_network, device="cpu")
+    context = predictor.prepare_context(context_of(blob_image, [BOX]))
+    assert context.images.shape == (1, 1, 1, 32, 32, 32)
+    assert context.prompts.sum() > 0
+    result = predictor.segment(blob_image, context, return_probability=True)
+    again = predictor.segment(blob_image, context_of(blob_image, [BOX]), return_probability=True)
+    assert np.array_equal(sitk.GetArrayFromImage(result.probability),
+                          sitk.GetArrayFromImage(again.probability))
+
+
+def test_interactive_equals_own_context(tiny_network, blob_image):
+    predictor = Predictor(tiny_network, device="cpu")
+    interactive = predictor.segment_interactive(blob_image, boxes=[BOX], return_probability=True)
+    explicit = predictor.segment(blob_image, context_of(blob_image, [BOX]),
+                                 return_probability=True)
+    assert np.allclose(sitk.GetArrayFromImage(interactive.probability),
+                       sitk.GetArrayFromImage(explicit.probability), atol=1e-6)
+
+
+def test_segment_many_reports_progress_and_cancels(tiny_network, blob_image):
+    predictor = Predictor(tiny_network, device="cpu")
+    context = ContextSet(name="blob").add(blob_image, [BOX]).add(blob_image, [BOX])
+    reports = []
+    results = list(predictor.segment_many([blob_image] * 3, context,
+                                          progress=lambda f, m: reports.append((f, m))))
+    assert [index for index, _ in results] == [0, 1, 2]
+    assert reports[-1][0] == pytest.approx(1.0)
+    assert all(b[0] >= a[0] for a, b in zip(reports, reports[1:]))
+    calls = []
+
+    def cancel_during_second_target():
+        calls.append(1)
+        return len(calls) > 6
+
+    produced = []
+    with pytest.raises(Cancelled):
+        for item in predictor.segment_many([blob_image] * 3, context,
+                                           cancel=cancel_during_second_target):
+            produced.append(item)
+    assert len(produced) == 1
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda image: ContextSet(name="liver"), "empty"),
+    (lambda image: ContextSet(name="liver").add(image, name="scan 2"), "scan 2: has no prompt"),
+    (lambda image: ContextSet().add(image, [BOX], [Point((1, 2, 3))], "scan 3"), "mixes"),
+    (lambda image: ContextSet().add(image, [BOX]).add(image, points=[Point((1, 2, 3))]),
+     "some images have boxes"),
+    (lambda image: ContextSet().add(image, points=[Point((10, 10, 5))]), "reads box prompts"),
+])
+def test_context_problems_are_named(tiny_network, blob_image, build, message):
+    with pytest.raises(ContextError, match=message):
+        Predictor(tiny_network, device="cpu").segment(blob_image, build(blob_image))
+
+
+def test_unavailable_device_is_an_error(tiny_network):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="not available"):
+        Predictor(tiny_network, device="cuda")
+
+
+def test_reduced_precision_keeps_the_mask():
+    """bfloat16 on the CPU: same mask as fp32 on the reference fixture; raw outputs differ
+    by up to about 0.05 on this random-weight network (documented in the README)."""
+    io = np.load(DATA / "tiny_reference_io.npz")
+    network = load_model(DATA / "tiny_reference.ckpt")
+    inputs = [torch.from_numpy(io[k]) for k in ("target_normalized", "context_normalized",
+                                                 "box_prompts")]
+    with torch.inference_mode():
+        full = network(*inputs, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = network.to(memory_format=torch.channels_last_3d)(*inputs, 1).float()
+    assert (reduced - full).abs().max() < 0.1
+    assert torch.equal(reduced >= 0.5, full >= 0.5)

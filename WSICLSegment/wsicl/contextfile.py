@@ -1,0 +1,155 @@
+"""The context-set JSON file and 3D Slicer markups files.
+
+Schema (paths relative to the JSON file's folder)::
+
+    {"name": "liver",                          # optional structure name
+     "coordinates": "voxel" | "LPS" | "RAS",    # default "voxel"
+     "context": [
+        {"image": "case1.nii.gz",
+         "boxes": [{"min": [x, y, z], "max": [x, y, z]}],
+         "points": [[x, y, z]],
+         "markups": "case1.mrk.json"}]}        # boxes/points/markups: at least one
+
+``voxel`` coordinates are integer indices (i, j, k) of the image as SimpleITK reads it
+(i fastest), ``min``/``max`` inclusive; ``LPS``/``RAS`` are physical millimetres. A box
+whose min equals max along one axis is a 2D box on that slice. A markups file contributes
+its ROIs as boxes and its control points as points, in the file's own coordinate system.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from .context import Box, ContextEntry, ContextError, ContextSet, Point
+from .geometry import SPACES
+from .imageio import read_image
+
+TOP_KEYS = {"name", "coordinates", "context"}
+ENTRY_KEYS = {"image", "boxes", "points", "markups"}
+BOX_KEYS = {"min", "max"}
+
+
+class ContextFileError(ValueError):
+    """A context-set or markups file that does not follow the schema."""
+
+
+def _coordinates(value: Any, where: str) -> Tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+            for v in value):
+        raise ContextFileError(f"{where}: expected 3 finite numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def read_markups(path: Path) -> (List[Box], List[Point]):
+    """ROIs (as boxes) and control points of a Slicer ``.mrk.json`` file.
+
+    An ROI becomes the axis-aligned box around its (possibly rotated) extent; an ROI of
+    zero size along one axis is a 2D box.
+    """
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ContextFileError(f"{path}: cannot read markups file: {error}") from None
+    boxes, points = [], []
+    for index, markup in enumerate(document.get("markups", [])):
+        where = f"{path}: markups[{index}]"
+        space = markup.get("coordinateSystem", "LPS")
+        if space not in ("LPS", "RAS"):
+            raise ContextFileError(f"{where}: coordinateSystem {space!r} is not LPS or RAS")
+        if markup.get("type") == "ROI":
+            centre = np.array(_coordinates(markup.get("center"), f"{where}.center"))
+            size = np.array(_coordinates(markup.get("size"), f"{where}.size"))
+            axes = np.array(markup.get("orientation", np.eye(3).ravel()), dtype=float)
+            half = np.abs(axes.reshape(3, 3)) @ (size / 2)
+            boxes.append(Box(tuple(centre - half), tuple(centre + half), space))
+        for point_index, control in enumerate(markup.get("controlPoints", [])):
+            if markup.get("type") == "ROI":
+                continue
+            points.append(Point(_coordinates(control.get("position"),
+                                             f"{where}.controlPoints[{point_index}].position"),
+                                space))
+    return boxes, points
+
+
+def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
+    where = f"context[{index}]"
+    if not isinstance(raw, dict):
+        raise ContextFileError(f"{where}: expected an object, got {type(raw).__name__}")
+    unknown = set(raw) - ENTRY_KEYS
+    if unknown:
+        raise ContextFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
+                               f"{sorted(ENTRY_KEYS)}")
+    if "image" not in raw:
+        raise ContextFileError(f"{where}: missing 'image'")
+    image_path = folder / str(raw["image"])
+    boxes, points = [], []
+    for box_index, box in enumerate(raw.get("boxes", [])):
+        box_where = f"{where}.boxes[{box_index}]"
+        if not isinstance(box, dict) or set(box) != BOX_KEYS:
+            raise ContextFileError(f"{box_where}: expected {{\"min\": [x, y, z], \"max\": "
+                                   f"[x, y, z]}}, got {box!r}")
+        low, high = _coordinates(box["min"], f"{box_where}.min"), _coordinates(
+            box["max"], f"{box_where}.max")
+        if any(h < l for l, h in zip(low, high)):
+            raise ContextFileError(f"{box_where}: min {list(low)} exceeds max {list(high)}")
+        boxes.append(Box(low, high, space))
+    for point_index, point in enumerate(raw.get("points", [])):
+        points.append(Point(_coordinates(point, f"{where}.points[{point_index}]"), space))
+    if "markups" in raw:
+        markup_boxes, markup_points = read_markups(folder / str(raw["markups"]))
+        boxes += markup_boxes
+        points += markup_points
+    if not boxes and not points:
+        raise ContextFileError(f"{where} ({image_path.name}): no prompts; give boxes, points "
+                               "or a markups file")
+    try:
+        image = read_image(image_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ContextFileError(f"{where}: {error}") from None
+    return ContextEntry(image, boxes, points, f"{where} ({image_path.name})", str(image_path))
+
+
+def read_context_file(path: Union[str, Path]) -> ContextSet:
+    """Parses and validates a context-set JSON file; images are read, prompts checked."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ContextFileError(f"{path}: no such context-set file") from None
+    except (OSError, ValueError) as error:
+        raise ContextFileError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ContextFileError(f"{path}: expected a JSON object at the top level")
+    unknown = set(document) - TOP_KEYS
+    if unknown:
+        raise ContextFileError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: "
+                               f"{sorted(TOP_KEYS)}")
+    space = document.get("coordinates", "voxel")
+    if space not in SPACES:
+        raise ContextFileError(f"{path}: coordinates {space!r} is not one of {list(SPACES)}")
+    entries = document.get("context")
+    if not isinstance(entries, list) or not entries:
+        raise ContextFileError(f"{path}: 'context' must be a non-empty list of images with "
+                               "prompts")
+    context = ContextSet(name=str(document.get("name", path.stem)))
+    try:
+        context.entries = [_entry(raw, i, space, path.parent) for i, raw in enumerate(entries)]
+        context.prompt_kind()
+    except (ContextFileError, ContextError, ValueError) as error:
+        raise ContextFileError(f"{path}: {error}") from None
+    return context
+
+
+def write_context_file(path: Union[str, Path], name: str, coordinates: str,
+                       entries: Sequence[Dict[str, Any]]) -> Path:
+    """Writes a context-set file; ``entries`` follow the schema (image paths relative to
+    ``path``'s folder)."""
+    if coordinates not in SPACES:
+        raise ValueError(f"coordinates {coordinates!r} is not one of {list(SPACES)}")
+    path = Path(path)
+    document = {"name": name, "coordinates": coordinates, "context": list(entries)}
+    path.write_text(json.dumps(document, indent=1))
+    return path
+

@@ -1,0 +1,148 @@
+"""``wsicl demo``: the bundled model on the bundled sample data, end to end.
+
+Context: the sample CT with 2D boxes drawn on a few axial slices of the liver. Target: the
+sample MR (another patient, another modality), segmented in context, then the MR alone
+with boxes on itself (interactive mode). Writes the context-set file, both masks and a PNG
+overview, and prints Dice against the sample labels.
+"""
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .contextfile import write_context_file
+from .context import Box
+from .imageio import write_atomic
+from .metrics import dice
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+LIVER = 5
+
+
+def sample(name: str) -> Path:
+    path = DATA_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bundled sample missing; reinstall wsicl")
+    return path
+
+
+def boxes_on_slices(label: np.ndarray, slices: int) -> List[Dict[str, List[int]]]:
+    """Tight 2D boxes on ``slices`` evenly spaced slices of array axis 0 through the
+    structure, in voxel coordinates ``(i, j, k)`` (inclusive), as a user would draw them."""
+    filled = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
+    chosen = np.unique(np.rint(np.linspace(filled[0], filled[-1], slices + 2)[1:-1]).astype(int))
+    boxes = []
+    for k in chosen:
+        j, i = np.nonzero(label[k])
+        boxes.append({"min": [int(i.min()), int(j.min()), int(k)],
+                      "max": [int(i.max()), int(j.max()), int(k)]})
+    return boxes
+
+
+def to_boxes(entries: Sequence[Dict[str, List[int]]]) -> List[Box]:
+    return [Box(tuple(b["min"]), tuple(b["max"])) for b in entries]
+
+
+def run_demo(output: Path, model: str = "box", device: str = "auto", precision: str = "fp32",
+             say=print) -> Dict[str, float]:
+    """Runs the demo into ``output``; returns the Dice scores."""
+    from .predictor import Predictor
+    from .contextfile import read_context_file
+    output.mkdir(parents=True, exist_ok=True)
+    ct, mr = sitk.ReadImage(str(sample("example_ct_sm.nii.gz"))), sitk.ReadImage(
+        str(sample("example_mr_sm.nii.gz")))
+    ct_liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg.nii.gz")))) == LIVER
+    mr_liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz")))) \
+        == LIVER
+    context_boxes = boxes_on_slices(ct_liver, 5)
+    context_file = write_context_file(
+        output / "context_liver.json", "liver", "voxel",
+        [{"image": os.path.relpath(sample("example_ct_sm.nii.gz"), output),
+          "boxes": context_boxes}])
+    predictor = Predictor(model, device=device, precision=precision)
+    say(f"model: {predictor.metadata.source} ({predictor.metadata.prompt} prompts, "
+        f"{predictor.size}^3 grid) on {predictor.device.type}")
+    context_set = read_context_file(context_file)
+    in_context = predictor.segment(mr, context_set)
+    interactive_boxes = boxes_on_slices(mr_liver, 3)
+    interactive = predictor.segment_interactive(mr, boxes=to_boxes(interactive_boxes))
+    results = {}
+    for name, mask in (("in_context", in_context), ("interactive", interactive)):
+        write_atomic(mask, output / f"mr_liver_{name}.nii.gz")
+        results[name] = dice(sitk.GetArrayFromImage(mask), mr_liver)
+    say(f"in-context  (5 boxes on the CT liver -> MR): Dice {results['in_context']:.3f}")
+    say(f"interactive (3 boxes on the MR liver itself): Dice {results['interactive']:.3f}")
+    picture = overview(ct, context_boxes, mr, mr_liver,
+                       {"in-context": in_context, "interactive": interactive},
+                       results, output / "overview.png")
+    say(f"wrote {output} (masks, context_liver.json" + (", overview.png)" if picture else ")"))
+    (output / "dice.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _canonical_array(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+
+def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.ndarray,
+             masks: Dict[str, sitk.Image], scores: Dict[str, float],
+             path: Path) -> bool:
+    """Axial and coronal slices: the context with its boxes, then each result with the
+    predicted contour (solid) and the sample label (dashed). False if matplotlib is absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    truth_image = sitk.GetImageFromArray(truth.astype(np.uint8))
+    truth_image.CopyInformation(target)
+    truth_array = _canonical_array(truth_image)
+    axial = int(np.flatnonzero(truth_array.reshape(truth_array.shape[0], -1).any(1)).mean())
+    coronal = int(np.flatnonzero(truth_array.any(axis=(0, 2))).mean())
+    figure, axes = plt.subplots(2, 1 + len(masks), figsize=(4 * (1 + len(masks)), 7.2))
+    oriented = sitk.DICOMOrient(context, "LPS")
+    corners = [[oriented.TransformPhysicalPointToContinuousIndex(
+        context.TransformContinuousIndexToPhysicalPoint([float(v) for v in box[end]]))
+        for end in ("min", "max")] for box in context_boxes]
+    slices = [int(round(low[2])) for low, _ in corners]
+    middle = slices[len(slices) // 2]
+    context_array = sitk.GetArrayFromImage(oriented)
+    panel = axes[0][0]
+    panel.imshow(context_array[middle], cmap="gray")
+    for (low, high), k in zip(corners, slices):
+        if k == middle:
+            (i0, i1), (j0, j1) = sorted([low[0], high[0]]), sorted([low[1], high[1]])
+            panel.add_patch(plt.Rectangle((i0 - 0.5, j0 - 0.5), i1 - i0 + 1, j1 - j0 + 1,
+                                          fill=False, color="yellow", linewidth=1.5))
+    panel.set_title(f"context CT, axial: one of {len(slices)} box prompts", fontsize=9)
+    panel = axes[1][0]
+    panel.imshow(context_array[:, context_array.shape[1] // 2][::-1], cmap="gray", aspect="auto")
+    panel.set_title("context CT, coronal", fontsize=9)
+    for row in range(2):
+        axes[row][0].axis("off")
+    target_array = _canonical_array(target)
+    for column, (name, mask) in enumerate(masks.items(), start=1):
+        mask_array = _canonical_array(mask)
+        for row, (image_slice, mask_slice, truth_slice) in enumerate((
+                (target_array[axial], mask_array[axial], truth_array[axial]),
+                (target_array[:, coronal][::-1], mask_array[:, coronal][::-1],
+                 truth_array[:, coronal][::-1]))):
+            panel = axes[row][column]
+            panel.imshow(image_slice, cmap="gray", aspect="auto" if row else "equal")
+            if truth_slice.any():
+                panel.contour(truth_slice, levels=[0.5], colors="cyan", linestyles="dashed",
+                              linewidths=1)
+            if mask_slice.any():
+                panel.contour(mask_slice, levels=[0.5], colors="red", linewidths=1.5)
+            panel.set_title(f"MR target, {name}: Dice {scores[name.replace('-', '_')]:.2f}",
+                            fontsize=9)
+            panel.axis("off")
+    figure.suptitle("WSICL demo: liver (red = prediction, cyan dashed = sample label)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

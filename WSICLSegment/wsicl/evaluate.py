@@ -1,0 +1,207 @@
+"""Paper-style evaluation: Dice over random context draws, context-size and cost curves.
+
+For every structure of an nnU-Net-layout dataset and every subject that contains it (the
+target), contexts are drawn at random from the *other* subjects (in ``icl`` mode) or the
+target is its own context (``interactive`` mode). Prompts are simulated on the context
+masks on the model grid (``prompts_per_image`` axial slices per image, one prompt per
+component); the prediction is mapped back to the target's original grid and scored there
+against the original label. With box prompts in ``icl`` mode a baseline that ignores the
+target image is scored too: the average, over the context images, of the bounding box of
+each image's prompts in coordinates normalised to the image's extent, filled in the target.
+"""
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import PreparedImage, prepare, threshold, to_source_grid
+from .metrics import dice
+from .predictor import PreparedContext, Predictor
+from .prompts import render_boxes, render_points
+from .simulate import simulate_prompts
+from .tasks import case_name, image_files, label_on_grid
+
+SECONDS_PER_PROMPT = {"point": 5.0, "box": 10.0}
+SECONDS_PER_MASK = {"2D mask": 80.0, "3D mask": 1600.0}
+
+
+@dataclasses.dataclass
+class EvalSubject:
+    name: str
+    image: sitk.Image
+    prepared: PreparedImage
+    labels: sitk.Image
+    labels_on_grid: np.ndarray
+
+
+def load_subjects(folder: Path, size: int) -> (List[EvalSubject], Dict[int, str]):
+    """The subjects of an nnU-Net-layout dataset and its label names."""
+    folder = Path(folder)
+    meta_path = folder / "dataset.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder}: no dataset.json; expected the nnU-Net layout")
+    names = {int(v): k for k, v in json.loads(meta_path.read_text())["labels"].items()
+             if int(v) != 0}
+    labels = {case_name(p): p for p in image_files(folder / "labelsTr")}
+    subjects = []
+    for path in image_files(folder / "imagesTr"):
+        case = case_name(path)
+        if case not in labels:
+            raise FileNotFoundError(f"{path}: no label file for case '{case}'")
+        image = sitk.ReadImage(str(path))
+        prepared = prepare(image, size, case)
+        label = sitk.ReadImage(str(labels[case]))
+        subjects.append(EvalSubject(case, image, prepared, label, label_on_grid(label, prepared)))
+    return subjects, names
+
+
+def prompt_channel(mask: np.ndarray, kind: str, slices: int, rng: np.random.Generator,
+                   radius: int) -> (np.ndarray, list):
+    prompts = simulate_prompts(mask, kind, slices, rng)
+    if kind == "box":
+        return render_boxes(prompts, mask.shape).astype(np.float32), prompts
+    return render_points(prompts, mask.shape, radius), prompts
+
+
+def baseline_mask(boxes_per_context: Sequence[list], shape: Sequence[int]) -> np.ndarray:
+    """The mean normalised bounding box of each context image's boxes, filled."""
+    extents = []
+    for boxes in boxes_per_context:
+        low = np.min([[r[0] for r in box] for box in boxes], axis=0)
+        high = np.max([[r[1] for r in box] for box in boxes], axis=0)
+        extents.append(np.concatenate([low, high]) / np.tile(shape, 2))
+    mean = np.mean(extents, axis=0) * np.tile(shape, 2)
+    low, high = np.rint(mean[:3]).astype(int), np.maximum(np.rint(mean[3:]).astype(int),
+                                                        np.rint(mean[:3]).astype(int) + 1)
+    mask = np.zeros(shape, dtype=np.float32)
+    mask[tuple(slice(a, b) for a, b in zip(low, high))] = 1.0
+    return mask
+
+
+def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int, str],
+             kind: str, mode: str, context_sizes: Sequence[int], prompts_per_image: Sequence[int],
+             draws: int, seed: int, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Runs every (structure, target, context size, prompts per image, draw); returns the
+    per-run records and per-structure summaries."""
+    if mode not in ("icl", "interactive"):
+        raise ValueError(f"mode must be 'icl' or 'interactive', got {mode!r}")
+    rng = np.random.default_rng(seed)
+    sizes = [1] if mode == "interactive" else list(context_sizes)
+    radius = int(predictor.metadata.point_radius)
+    records = []
+    for value, name in sorted(names.items()):
+        holders = [s for s in subjects if (s.labels_on_grid == value).any()]
+        if mode == "icl" and len(holders) < 2:
+            continue
+        for target in holders:
+            truth = sitk.GetArrayFromImage(target.labels) == value
+            others = [s for s in holders if s is not target] if mode == "icl" else [target]
+            for size in sizes:
+                for slices in prompts_per_image:
+                    for draw in range(draws):
+                        picks = [others[i] for i in rng.choice(
+                            len(others), size, replace=size > len(others))]
+                        channels, prompt_lists = zip(*[prompt_channel(
+                            s.labels_on_grid == value, kind, slices, rng, radius) for s in picks])
+                        context = PreparedContext.of([s.prepared.array for s in picks],
+                                                     list(channels), kind, name)
+                        mask = predictor.segment_prepared(target.image, target.prepared, context,
+                                                          False, None, None)
+                        record = {"structure": name, "target": target.name, "context_size": size,
+                                  "prompts_per_image": slices, "draw": draw,
+                                  "prompts": int(sum(len(p) for p in prompt_lists)),
+                                  "dice": dice(sitk.GetArrayFromImage(mask), truth)}
+                        if kind == "box" and mode == "icl":
+                            base = baseline_mask(prompt_lists, target.prepared.array.shape)
+                            base_mask = threshold(to_source_grid(base, target.prepared.grid,
+                                                                 target.image))
+                            record["baseline_dice"] = dice(sitk.GetArrayFromImage(base_mask),
+                                                           truth)
+                        records.append(record)
+                        if progress is not None:
+                            progress(f"{name} {target.name} L={size} k={slices} draw {draw}: "
+                                     f"Dice {record['dice']:.3f}")
+    return {"kind": kind, "mode": mode, "records": records, "summary": summarise(records)}
+
+
+def summarise(records: List[dict]) -> List[dict]:
+    """Mean and sd of Dice per (structure, context size, prompts per image), plus the
+    average over structures as structure ``"average"``."""
+    groups: Dict[tuple, List[dict]] = {}
+    for record in records:
+        key = (record["structure"], record["context_size"], record["prompts_per_image"])
+        groups.setdefault(key, []).append(record)
+        groups.setdefault(("average",) + key[1:], []).append(record)
+    rows = []
+    for (structure, size, slices), items in sorted(groups.items(), key=lambda kv: (
+            kv[0][0] == "average", kv[0])):
+        scores = np.array([r["dice"] for r in items])
+        row = {"structure": structure, "context_size": size, "prompts_per_image": slices,
+               "runs": len(items), "dice_mean": float(scores.mean()),
+               "dice_sd": float(scores.std()),
+               "prompts_mean": float(np.mean([r["prompts"] for r in items]))}
+        if "baseline_dice" in items[0]:
+            base = np.array([r["baseline_dice"] for r in items])
+            row.update(baseline_mean=float(base.mean()), baseline_sd=float(base.std()))
+        rows.append(row)
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """The summary as a fixed-width text table."""
+    has_baseline = any("baseline_mean" in row for row in result["summary"])
+    header = f"{'structure':<28} {'L':>3} {'k':>3} {'runs':>5} {'Dice':>15}"
+    header += f" {'baseline':>15}" if has_baseline else ""
+    lines = [header, "-" * len(header)]
+    for row in result["summary"]:
+        line = (f"{row['structure'][:28]:<28} {row['context_size']:>3} "
+                f"{row['prompts_per_image']:>3} {row['runs']:>5} "
+                f"{row['dice_mean']:>7.3f} ± {row['dice_sd']:.3f}")
+        if has_baseline:
+            line += f" {row['baseline_mean']:>7.3f} ± {row['baseline_sd']:.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(result: dict, output: Path) -> List[Path]:
+    """Writes the paper's Fig. 4 (Dice vs context size per prompts-per-image) and Fig. 5
+    (Dice vs annotation seconds of the context set) as PNG files."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["summary"] if r["structure"] == "average"]
+    kind = result["kind"]
+    paths = []
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    for slices in sorted({r["prompts_per_image"] for r in rows}):
+        line = sorted((r for r in rows if r["prompts_per_image"] == slices),
+                      key=lambda r: r["context_size"])
+        axis.errorbar([r["context_size"] for r in line], [r["dice_mean"] for r in line],
+                      yerr=[r["dice_sd"] for r in line], marker="o", capsize=3,
+                      label=f"{slices} slice(s) per image")
+    axis.set(xlabel="context size L", ylabel="Dice", ylim=(0, 1),
+             title=f"Dice vs context size ({kind} prompts, {result['mode']})")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    paths.append(output / "dice_vs_context_size.png")
+    figure.savefig(paths[-1], dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    seconds = [r["prompts_mean"] * SECONDS_PER_PROMPT[kind] for r in rows]
+    axis.scatter(seconds, [r["dice_mean"] for r in rows], label=f"{kind} prompts (measured)")
+    for label, cost in SECONDS_PER_MASK.items():
+        axis.axvline(cost, color="grey", linestyle=":", linewidth=1)
+        axis.text(cost, 0.02, f"one {label}", rotation=90, fontsize=7, va="bottom")
+    axis.set(xscale="log", xlabel="annotation time of the context set (s)", ylabel="Dice",
+             ylim=(0, 1), title="Dice vs annotation time")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    paths.append(output / "dice_vs_annotation_time.png")
+    figure.savefig(paths[-1], dpi=120)
+    plt.close(figure)
+    return paths

@@ -1,0 +1,102 @@
+"""Reading images (files and DICOM series) and writing masks atomically."""
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import SimpleITK as sitk
+
+from .tasks import case_name
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
+
+
+def is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith(IMAGE_SUFFIXES) and not name.endswith(".seg.nrrd")
+
+
+def dicom_series(folder: Path) -> List[str]:
+    """The files of the first DICOM series in ``folder`` (empty if there is none)."""
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0])) if series else []
+
+
+def read_image(path: Union[str, Path]) -> sitk.Image:
+    """An image file (NIfTI, NRRD, MHA/MHD) or a DICOM series folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            files = dicom_series(path)
+            if not files:
+                raise ValueError(f"{path}: folder holds no DICOM series")
+            return sitk.ReadImage(files)
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise ValueError(f"{path}: cannot read image: {message}") from None
+
+
+def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
+    """``(name, path)`` for each target: image files, DICOM series folders, and the image
+    files (or DICOM series sub-folders) inside plain folders."""
+    targets = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_file():
+            targets.append((case_name(path), path))
+        elif dicom_series(path):
+            targets.append((path.name, path))
+        else:
+            inside = [(case_name(p), p) for p in sorted(path.iterdir()) if is_image_file(p)]
+            inside += [(p.name, p) for p in sorted(path.iterdir()) if p.is_dir() and dicom_series(p)]
+            if not inside:
+                raise FileNotFoundError(f"{path}: folder holds no image files or DICOM series")
+            targets.extend(inside)
+    names = [name for name, _ in targets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"several targets would be written as {duplicates}; rename or "
+                         "segment them separately")
+    return targets
+
+
+def output_path(folder: Path, name: str, output_format: str) -> Path:
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {output_format!r}; use one of {OUTPUT_FORMATS}")
+    return folder / f"{name}.{output_format}"
+
+
+def segmentation_metadata(mask: sitk.Image, segment_name: str,
+                          colour: Tuple[float, float, float]) -> None:
+    """Adds the 3D Slicer segmentation fields for one segment (label 1) to ``mask``."""
+    size = mask.GetSize()
+    fields = {
+        "Segment0_ID": "Segment_1", "Segment0_Name": segment_name,
+        "Segment0_Color": " ".join(f"{c:g}" for c in colour), "Segment0_LabelValue": "1",
+        "Segment0_Layer": "0",
+        "Segment0_Extent": " ".join(f"0 {s - 1}" for s in size),
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+    }
+    for key, value in fields.items():
+        mask.SetMetaData(key, value)
+
+
+def write_atomic(image: sitk.Image, path: Path) -> None:
+    """Writes to a temporary name in the same folder, then renames (no half-written file)."""
+    suffix = "".join(path.suffixes) or ".nii.gz"
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temporary, True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
