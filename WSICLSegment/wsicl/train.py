@@ -196,8 +196,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     train_tasks = load_tasks(config.datasets, config.size)
     held_tasks = load_tasks(config.val_datasets, config.size)
     sampler = TaskSampler(config, train_tasks, rank)
-    validation = TaskSampler(dataclasses.replace(config, synthetic=not held_tasks,
-                                                 synthetic_fraction=1.0 if not held_tasks else 0.0,
+    validation = TaskSampler(dataclasses.replace(config, synthetic=True,
+                                                 synthetic_fraction=0.0 if held_tasks else 1.0,
                                                  seed=config.seed + 1), held_tasks)
     model = DistributedDataParallel(network) if distributed else network
     bar = _progress(step, config.steps, show_progress and rank == 0)

@@ -1,0 +1,192 @@
+"""The wsicl command line: equivalent inputs agree, outputs fit the target, bad input fails
+cleanly with one line naming the culprit."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image, rotation_direction, sphere_volume
+from wsicl import save_model
+from wsicl.cli import main
+from wsicl.geometry import Grid
+
+FLIPPED = (-1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_network):
+    """A tiny model, a context image with a ball, and a target image, all on disk."""
+    save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)
+    spacing = (0.9, 0.8, 2.5)
+    ball = sphere_volume((16, 40, 36), (8, 20, 18), 10.0, spacing)
+    rng = np.random.default_rng(0)
+    context = make_image((ball * 80 + rng.normal(0, 4, ball.shape)).astype(np.float32), spacing,
+                         (30.0, -12.0, 4.0), FLIPPED)
+    sitk.WriteImage(context, str(tmp_path / "context.nii.gz"))
+    target = make_image((ball * 60 + rng.normal(0, 4, ball.shape)).astype(np.float32),
+                        (1.1, 0.7, 3.0), (1.0, 2.0, 3.0), rotation_direction(20.0))
+    sitk.WriteImage(target, str(tmp_path / "target.nrrd"))
+    return tmp_path
+
+
+def write_context(folder, document, name="ctx.json"):
+    path = folder / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+VOXEL_BOX = {"min": [10, 12, 8], "max": [26, 28, 8]}
+
+
+def physical_box(folder, space):
+    image = sitk.ReadImage(str(folder / "context.nii.gz"))
+    corners = Grid.of(image).index_to_lps(np.array([[9.5, 11.5, 8], [26.5, 28.5, 8]]))
+    if space == "RAS":
+        corners = corners * [-1, -1, 1]
+    return {"min": corners.min(axis=0).tolist(), "max": corners.max(axis=0).tolist()}
+
+
+def run(folder, context_path, output, *extra):
+    return main(["segment", "--context-set", str(context_path), "--output-dir", str(output),
+                 "--model", str(folder / "tiny.pt"), "--device", "cpu", "--quiet", *extra])
+
+
+def test_voxel_lps_ras_and_markups_give_the_same_result(workspace):
+    results = {}
+    documents = {
+        "voxel": {"coordinates": "voxel", "context": [{"image": "context.nii.gz",
+                                                       "boxes": [VOXEL_BOX]}]},
+        "LPS": {"coordinates": "LPS", "context": [{"image": "context.nii.gz",
+                                                   "boxes": [physical_box(workspace, "LPS")]}]},
+        "RAS": {"coordinates": "RAS", "context": [{"image": "context.nii.gz",
+                                                   "boxes": [physical_box(workspace, "RAS")]}]},
+    }
+    box = physical_box(workspace, "RAS")
+    centre = (np.array(box["min"]) + np.array(box["max"])) / 2
+    size = np.array(box["max"]) - np.array(box["min"])
+    (workspace / "roi.mrk.json").write_text(json.dumps({"markups": [{
+        "type": "ROI", "coordinateSystem": "RAS", "center": centre.tolist(),
+        "size": size.tolist(), "orientation": [1, 0, 0, 0, 1, 0, 0, 0, 1]}]}))
+    documents["markups"] = {"context": [{"image": "context.nii.gz", "markups": "roi.mrk.json"}]}
+    for name, document in documents.items():
+        path = write_context(workspace, document, f"{name}.json")
+        assert run(workspace, path, workspace / name, str(workspace / "target.nrrd"),
+                   "--overwrite") == 0
+        results[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(workspace / name /
+                                                                   "target.nii.gz")))
+    for name in ("LPS", "RAS", "markups"):
+        assert np.array_equal(results[name], results["voxel"]), name
+
+
+def test_output_matches_the_target_grid_and_formats(workspace):
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    target = sitk.ReadImage(str(workspace / "target.nrrd"))
+    for output_format in ("nii.gz", "nrrd", "seg.nrrd"):
+        assert run(workspace, path, workspace / "out", str(workspace / "target.nrrd"),
+                   "--format", output_format) == 0
+        written = sitk.ReadImage(str(workspace / "out" / f"target.{output_format}"))
+        assert written.GetPixelID() == sitk.sitkUInt8
+        assert written.GetSize() == target.GetSize()
+        assert np.allclose(written.GetSpacing(), target.GetSpacing())
+        assert np.allclose(written.GetOrigin(), target.GetOrigin())
+        assert np.allclose(written.GetDirection(), target.GetDirection())
+    segmentation = sitk.ReadImage(str(workspace / "out" / "target.seg.nrrd"))
+    assert segmentation.GetMetaData("Segment0_Name") == "ctx"
+    assert not list((workspace / "out").glob(".*"))
+
+
+def test_interactive_writes_each_context_image(workspace):
+    path = write_context(workspace, {"name": "ball", "context": [
+        {"image": "context.nii.gz", "boxes": [VOXEL_BOX]}]})
+    assert run(workspace, path, workspace / "out", "--interactive") == 0
+    written = sitk.ReadImage(str(workspace / "out" / "context.nii.gz"))
+    assert written.GetSize() == sitk.ReadImage(str(workspace / "context.nii.gz")).GetSize()
+
+
+def write_dicom_series(image, folder):
+    folder.mkdir()
+    image = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
+    direction = image.GetDirection()
+    series = "1.2.826.0.1.3680043.2.1125.1.99"
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {"0020|000e": series, "0020|000d": series + ".0", "0008|0060": "MR",
+                "0020|0032": "\\".join(f"{p:.6f}" for p in position),
+                "0020|0037": "\\".join(f"{d:.6f}" for d in (direction[0], direction[3],
+                                                            direction[6], direction[1],
+                                                            direction[4], direction[7])),
+                "0020|0013": str(k + 1), "0018|0050": f"{image.GetSpacing()[2]:.6f}"}
+        for key, value in tags.items():
+            slice_image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def test_dicom_series_folder_is_a_target(workspace):
+    target = sitk.ReadImage(str(workspace / "target.nrrd"))
+    write_dicom_series(target, workspace / "series")
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    assert run(workspace, path, workspace / "out", str(workspace / "series")) == 0
+    written = sitk.ReadImage(str(workspace / "out" / "series.nii.gz"))
+    assert written.GetSize() == target.GetSize()
+    assert np.allclose(written.GetOrigin(), target.GetOrigin(), atol=1e-3)
+
+
+def test_existing_output_is_kept_without_overwrite(workspace, capsys):
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    (workspace / "out").mkdir()
+    (workspace / "out" / "target.nii.gz").write_bytes(b"precious")
+    assert run(workspace, path, workspace / "out", str(workspace / "target.nrrd")) != 0
+    assert (workspace / "out" / "target.nii.gz").read_bytes() == b"precious"
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("document, targets, culprit", [
+    ({"context": [{"image": "absent.nii.gz", "boxes": [VOXEL_BOX]}]}, ["target.nrrd"],
+     "absent.nii.gz"),
+    ({"context": [{"image": "garbage.nii.gz", "boxes": [VOXEL_BOX]}]}, ["target.nrrd"],
+     "garbage.nii.gz"),
+    ({"context": [{"image": "context.nii.gz", "boxes": [VOXEL_BOX], "colour": 1}]},
+     ["target.nrrd"], "colour"),
+    ({"context": [{"image": "context.nii.gz", "boxes": [{"min": [200, 200, 1],
+                                                         "max": [220, 220, 1]}]}]},
+     ["target.nrrd"], "outside"),
+    ({"context": [{"image": "context.nii.gz"}]}, ["target.nrrd"], "context[0]"),
+    ({"context": []}, ["target.nrrd"], "non-empty"),
+    ({"context": [{"image": "context.nii.gz", "boxes": [VOXEL_BOX]}]}, ["missing.nrrd"],
+     "missing.nrrd"),
+])
+def test_bad_input_fails_with_one_line_and_no_output(workspace, capsys, document, targets,
+                                                     culprit):
+    (workspace / "garbage.nii.gz").write_bytes(b"not an image at all")
+    path = write_context(workspace, document)
+    output = workspace / "out"
+    assert run(workspace, path, output, *[str(workspace / t) for t in targets]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and culprit in error, error
+    assert not output.exists()
+
+
+def test_output_folder_that_is_a_file(workspace, capsys):
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    (workspace / "out").write_text("a file")
+    assert run(workspace, path, workspace / "out", str(workspace / "target.nrrd")) != 0
+    assert "not a folder" in capsys.readouterr().err
+    assert (workspace / "out").read_text() == "a file"
+
+
+def test_console_script_runs():
+    completed = subprocess.run([sys.executable, "-m", "wsicl.cli", "--help"],
+                               capture_output=True, text=True, check=True)
+    for command in ("segment", "demo", "train", "evaluate"):
+        assert command in completed.stdout

@@ -1,0 +1,145 @@
+"""Tasks, training and evaluation on tiny synthetic data."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_image, sphere_volume
+from wsicl import load_model
+from wsicl.checkpoints import read_training_state
+from wsicl.cli import main
+from wsicl.losses import weighted_smooth_l1
+from wsicl.tasks import load_nnunet_dataset, sample_episode, synthetic_task
+from wsicl.train import TaskSampler, TrainConfig, prompt_channels, train
+
+TINY = dict(channels=[4, 8, 16], size=32, max_context=2, val_every=3, val_episodes=2,
+            checkpoint_every=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Three subjects with a ball (label 1) and a slab (label 2), nnU-Net layout."""
+    folder = tmp_path_factory.mktemp("Dataset001_Tiny")
+    (folder / "imagesTr").mkdir()
+    (folder / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        labels = np.zeros((20, 30, 30), dtype=np.uint8)
+        labels[sphere_volume(labels.shape, (10, 14 + index, 15), 6 + index)] = 1
+        labels[3:6, 5:25, 5:25] = 2
+        image = labels * 40.0 + rng.normal(0, 3, labels.shape)
+        spacing = (1.0, 1.0, 1.5)
+        sitk.WriteImage(make_image(image.astype(np.float32), spacing),
+                        str(folder / "imagesTr" / f"case{index}_0000.nii.gz"))
+        sitk.WriteImage(make_image(labels, spacing), str(folder / "labelsTr" / f"case{index}.nii.gz"))
+    (folder / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "ball": 1, "slab": 2}, "channel_names": {"0": "MR"}}))
+    return folder
+
+
+def test_every_label_is_a_task(dataset):
+    tasks = load_nnunet_dataset(dataset, 32)
+    assert [t.name for t in tasks] == [f"{dataset.name}/ball", f"{dataset.name}/slab"]
+    assert all(len(t.subjects) == 3 for t in tasks)
+    assert all(s.image.shape == (32, 32, 32) and s.mask.any() for s in tasks[0].subjects)
+
+
+def test_missing_dataset_json_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        load_nnunet_dataset(tmp_path, 32)
+
+
+def test_episodes_are_deterministic_and_flips_are_shared(dataset):
+    task = load_nnunet_dataset(dataset, 32)[0]
+    first = sample_episode(task, 3, np.random.default_rng(5))
+    second = sample_episode(task, 3, np.random.default_rng(5))
+    assert torch.equal(first.context_images, second.context_images)
+    assert first.context_images.shape == (3, 1, 32, 32, 32)
+    assert 0 <= first.target_image.min() and first.target_image.max() <= 1
+    interactive = sample_episode(task, 2, np.random.default_rng(6), interactive=True)
+    assert torch.equal(interactive.context_images[0], interactive.target_image)
+    centres = [np.argwhere(m[0].numpy() > 0.5).mean(axis=0) for m in first.context_masks]
+    assert np.ptp(np.array(centres), axis=0).max() < 8
+
+
+def test_synthetic_tasks_have_a_structure():
+    for seed in range(5):
+        task = synthetic_task(np.random.default_rng(seed), 32)
+        subject = task.subjects[0]
+        assert 0 < subject.mask.sum() < subject.mask.size
+        assert subject.image.min() == 0.0 and subject.image.max() == 1.0
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_network):
+    config = TrainConfig(output="unused", synthetic=True, **TINY)
+    episode, prompts = TaskSampler(config, []).episode(0)
+    network = tiny_network.train()
+    optimiser = torch.optim.Adam(network.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        raw = network(episode.target_image[None], episode.context_images[None], prompts[None], 2)
+        loss = weighted_smooth_l1(raw, episode.target_mask[None])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_prompt_channels_render_simulated_prompts():
+    masks = torch.zeros(2, 1, 16, 16, 16)
+    masks[:, :, 4:10, 4:10, 4:10] = 1
+    boxes = prompt_channels(masks, "box", 2, np.random.default_rng(0))
+    points = prompt_channels(masks, "point", 2, np.random.default_rng(0))
+    assert boxes.shape == points.shape == (2, 1, 16, 16, 16)
+    assert set(torch.unique(boxes).tolist()) == {0.0, 1.0}
+    assert points.max() == 1.0
+
+
+def test_resume_continues_bit_exactly(tmp_path, dataset):
+    straight = TrainConfig(output=str(tmp_path / "straight"), steps=4, synthetic=True,
+                           datasets=[str(dataset)], **TINY)
+    train(straight, log=lambda line: None, show_progress=False)
+    interrupted = TrainConfig(output=str(tmp_path / "resumed"), steps=2, synthetic=True,
+                              datasets=[str(dataset)], **TINY)
+    train(interrupted, log=lambda line: None, show_progress=False)
+    resumed = TrainConfig(output=str(tmp_path / "resumed"), steps=4, synthetic=True,
+                          datasets=[str(dataset)], **TINY)
+    train(resumed, log=lambda line: None, show_progress=False)
+    a = read_training_state(tmp_path / "straight" / "last.pt")
+    b = read_training_state(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert any("val_dice" in record for record in a["history"])
+
+
+def test_train_command_writes_a_loadable_model(tmp_path, dataset, capsys):
+    assert main(["train", "--synthetic", "--steps", "2", "--channels", "4,8,16", "--size", "32",
+                 "--output", str(tmp_path / "run"), "--device", "cpu", "--quiet",
+                 "--val-dataset", str(dataset), "--val-every", "2",
+                 "--prompt", "point"]) == 0
+    network = load_model(tmp_path / "run" / "last.pt")
+    assert network.metadata.prompt == "point" and network.metadata.input_size == 32
+    assert "trained to step 2" in capsys.readouterr().out
+
+
+def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, capsys):
+    from wsicl import save_model
+    save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)
+    output = tmp_path / "evaluation"
+    assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
+                 "--context-sizes", "1,2", "--prompts-per-image", "1,2", "--draws", "2",
+                 "--output", str(output), "--device", "cpu", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "average" in table and "baseline" in table and "±" in table
+    result = json.loads((output / "evaluation.json").read_text())
+    assert len(result["records"]) == 2 * 3 * 2 * 2 * 2
+    assert all(0 <= r["dice"] <= 1 for r in result["records"])
+    for name in ("dice_vs_context_size.png", "dice_vs_annotation_time.png"):
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
+                 "--mode", "interactive", "--prompts-per-image", "1", "--draws", "1",
+                 "--output", str(output), "--device", "cpu", "--quiet"]) == 0
