@@ -1,5 +1,6 @@
 """Shared fixtures: tiny networks and small synthetic volumes (nothing read from outside
 the repository)."""
+import sys
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -11,6 +12,8 @@ import torch
 from wsicl.checkpoints import ModelInfo, build_model
 
 DATA = Path(__file__).resolve().parent / "Data"
+MODULE_DIR = Path(__file__).resolve().parent.parent / "WSICLSegment"
+sys.path.insert(0, str(MODULE_DIR))
 
 
 def make_image(array_kji: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),

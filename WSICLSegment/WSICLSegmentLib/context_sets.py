@@ -1,0 +1,279 @@
+"""Context sets as ordinary MRML nodes, saved and restored with the scene.
+
+A context set is a ``vtkMRMLScriptedModuleNode`` (attribute ``WSICL.ContextSet``) holding
+the structure's name, colour and prompt kind as parameters, and node references to its
+context volumes (role ``wsiclContextVolume``) and prompt markups (role ``wsiclPrompt``).
+Each prompt node references the volume it annotates (role ``wsiclVolume``): boxes are ROI
+nodes (one box each), points are control points of one point-list node per volume. All of
+it sits under one subject-hierarchy folder per set, below a ``WSICL context sets`` folder.
+"""
+import dataclasses
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+import slicer
+import wsicl
+from wsicl.contextfile import read_context_file, write_context_file
+from wsicl.geometry import Grid, to_lps
+
+from .prompts import points_to_prompts, roi_to_box
+from .volumes import image_ijk_to_ras, image_to_volume, volume_to_image
+
+SET_ATTRIBUTE = "WSICL.ContextSet"
+VOLUME_ROLE = "wsiclContextVolume"
+PROMPT_ROLE = "wsiclPrompt"
+PROMPT_VOLUME_ROLE = "wsiclVolume"
+ROOT_FOLDER = "WSICL context sets"
+DEFAULT_COLOUR = (0.90, 0.35, 0.25)
+
+
+@dataclasses.dataclass
+class ContextVolume:
+    """One context volume of a set with its prompt nodes."""
+
+    volume: object
+    rois: List[object]
+    point_list: Optional[object]
+
+    @property
+    def prompt_count(self) -> int:
+        points = self.point_list.GetNumberOfControlPoints() if self.point_list else 0
+        return len(self.rois) + points
+
+
+def _referenced(node, role: str) -> List[object]:
+    return [node.GetNthNodeReference(role, i) for i in range(node.GetNumberOfNodeReferences(role))
+            if node.GetNthNodeReference(role, i) is not None]
+
+
+def _folder(scene, parent_item: int, name: str) -> int:
+    hierarchy = scene.GetSubjectHierarchyNode()
+    item = hierarchy.GetItemChildWithName(parent_item, name)
+    return item if item else hierarchy.CreateFolderItem(parent_item, name)
+
+
+def _put_under(scene, folder: int, node) -> None:
+    """Moves ``node``'s subject-hierarchy item under ``folder`` (creating the item if the
+    node has none, as non-displayable nodes do)."""
+    hierarchy = scene.GetSubjectHierarchyNode()
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, folder)
+    else:
+        hierarchy.CreateItem(folder, node)
+
+
+def _place_in_folder(scene, set_node, node) -> None:
+    hierarchy = scene.GetSubjectHierarchyNode()
+    _put_under(scene, hierarchy.GetItemParent(hierarchy.GetItemByDataNode(set_node)), node)
+
+
+def create_context_set(scene, name: str, prompt_kind: str = "box",
+                       colour: Sequence[float] = DEFAULT_COLOUR):
+    """A new, empty context set for structure ``name``."""
+    if prompt_kind not in ("box", "point"):
+        raise ValueError(f"prompt kind must be 'box' or 'point', got {prompt_kind!r}")
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", name)
+    node.SetAttribute(SET_ATTRIBUTE, "1")
+    node.SetAttribute("ModuleName", "WSICLSegment")
+    node.SetParameter("PromptKind", prompt_kind)
+    set_colour(node, colour)
+    hierarchy = scene.GetSubjectHierarchyNode()
+    root = _folder(scene, hierarchy.GetSceneItemID(), ROOT_FOLDER)
+    _put_under(scene, hierarchy.CreateFolderItem(root, name), node)
+    return node
+
+
+def context_sets(scene) -> List[object]:
+    """Every context set of the scene, in creation order."""
+    nodes = scene.GetNodesByClass("vtkMRMLScriptedModuleNode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
+            if nodes.GetItemAsObject(i).GetAttribute(SET_ATTRIBUTE) == "1"]
+
+
+def prompt_kind(set_node) -> str:
+    return set_node.GetParameter("PromptKind") or "box"
+
+
+def colour(set_node) -> Tuple[float, float, float]:
+    return tuple(float(v) for v in set_node.GetParameter("Colour").split(","))
+
+
+def set_colour(set_node, rgb: Sequence[float]) -> None:
+    set_node.SetParameter("Colour", ",".join(f"{float(c):.4f}" for c in rgb))
+
+
+def add_context_volume(set_node, volume_node) -> None:
+    """Adds a volume to the set (no-op if it is there already)."""
+    if volume_node is None:
+        raise ValueError("no volume selected; load a volume and select it first")
+    if not set_node.HasNodeReferenceID(VOLUME_ROLE, volume_node.GetID()):
+        set_node.AddNodeReferenceID(VOLUME_ROLE, volume_node.GetID())
+
+
+def _prompt_nodes(set_node, volume_node) -> List[object]:
+    return [p for p in _referenced(set_node, PROMPT_ROLE)
+            if p.GetNodeReferenceID(PROMPT_VOLUME_ROLE) == volume_node.GetID()]
+
+
+def remove_context_volume(scene, set_node, volume_node) -> None:
+    """Removes a volume and its prompt nodes from the set (the volume itself stays)."""
+    for prompt in _prompt_nodes(set_node, volume_node):
+        scene.RemoveNode(prompt)
+    for index in reversed(range(set_node.GetNumberOfNodeReferences(VOLUME_ROLE))):
+        if set_node.GetNthNodeReferenceID(VOLUME_ROLE, index) == volume_node.GetID():
+            set_node.RemoveNthNodeReferenceID(VOLUME_ROLE, index)
+
+
+def _adopt_prompt(scene, set_node, volume_node, prompt_node) -> None:
+    add_context_volume(set_node, volume_node)
+    prompt_node.SetNodeReferenceID(PROMPT_VOLUME_ROLE, volume_node.GetID())
+    set_node.AddNodeReferenceID(PROMPT_ROLE, prompt_node.GetID())
+    display = prompt_node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(*colour(set_node))
+    _place_in_folder(scene, set_node, prompt_node)
+
+
+def new_box(scene, set_node, volume_node):
+    """A new ROI node for a box on ``volume_node``, ready for Slicer's placement mode."""
+    if prompt_kind(set_node) != "box":
+        raise ValueError(f"context set '{set_node.GetName()}' uses points; place a point or "
+                         "make a box context set")
+    count = len([p for p in _prompt_nodes(set_node, volume_node)]) + 1
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
+                                  f"{set_node.GetName()} box {count} ({volume_node.GetName()})")
+    roi.CreateDefaultDisplayNodes()
+    _adopt_prompt(scene, set_node, volume_node, roi)
+    return roi
+
+
+def point_list(scene, set_node, volume_node):
+    """The set's point-list node for ``volume_node`` (created on first use)."""
+    if prompt_kind(set_node) != "point":
+        raise ValueError(f"context set '{set_node.GetName()}' uses boxes; place a box or "
+                         "make a point context set")
+    for node in _prompt_nodes(set_node, volume_node):
+        if node.IsA("vtkMRMLMarkupsFiducialNode"):
+            return node
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                   f"{set_node.GetName()} points ({volume_node.GetName()})")
+    node.CreateDefaultDisplayNodes()
+    _adopt_prompt(scene, set_node, volume_node, node)
+    return node
+
+
+def remove_prompt(scene, set_node, prompt_node) -> None:
+    """Deletes one prompt node of the set."""
+    for index in reversed(range(set_node.GetNumberOfNodeReferences(PROMPT_ROLE))):
+        if set_node.GetNthNodeReferenceID(PROMPT_ROLE, index) == prompt_node.GetID():
+            set_node.RemoveNthNodeReferenceID(PROMPT_ROLE, index)
+    scene.RemoveNode(prompt_node)
+
+
+def context_volumes(set_node) -> List[ContextVolume]:
+    """The set's volumes with their prompt nodes."""
+    entries = []
+    for volume in _referenced(set_node, VOLUME_ROLE):
+        prompts = _prompt_nodes(set_node, volume)
+        rois = [p for p in prompts if p.IsA("vtkMRMLMarkupsROINode")]
+        points = [p for p in prompts if p.IsA("vtkMRMLMarkupsFiducialNode")]
+        entries.append(ContextVolume(volume, rois, points[0] if points else None))
+    return entries
+
+
+def engine_prompts(entry: ContextVolume) -> Tuple[List[wsicl.Box], List[wsicl.Point]]:
+    """The boxes and points of one context volume in its voxel indices."""
+    boxes = [roi_to_box(roi, entry.volume) for roi in entry.rois]
+    points = points_to_prompts(entry.point_list, entry.volume) if entry.point_list else []
+    return boxes, points
+
+
+def to_engine(set_node) -> wsicl.ContextSet:
+    """The set as an engine context set (images copied from the volume nodes)."""
+    context = wsicl.ContextSet(name=set_node.GetName())
+    for entry in context_volumes(set_node):
+        boxes, points = engine_prompts(entry)
+        context.add(volume_to_image(entry.volume), boxes, points, entry.volume.GetName())
+    return context
+
+
+def export_json(set_node, folder: Path) -> Path:
+    """Writes the set as a command-line context-set file with its volumes beside it.
+
+    Volumes are written as ``<volume name>.nrrd``, prompts in their voxel indices. An
+    existing file of the same name is not overwritten: export into an empty folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for entry in context_volumes(set_node):
+        file_name = _safe_name(entry.volume.GetName()) + ".nrrd"
+        path = folder / file_name
+        if path.exists():
+            raise FileExistsError(f"{path}: exists; export into an empty folder")
+        sitk.WriteImage(volume_to_image(entry.volume), str(path), True)
+        boxes, points = engine_prompts(entry)
+        record: Dict[str, object] = {"image": file_name}
+        if boxes:
+            record["boxes"] = [{"min": [int(v) for v in b.min], "max": [int(v) for v in b.max]}
+                               for b in boxes]
+        if points:
+            record["points"] = [[int(v) for v in p.position] for p in points]
+        entries.append(record)
+    json_path = folder / f"{_safe_name(set_node.GetName())}.json"
+    if json_path.exists():
+        raise FileExistsError(f"{json_path}: exists; export into an empty folder")
+    return write_context_file(json_path, set_node.GetName(), "voxel", entries)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "volume"
+
+
+def import_json(scene, path: Path, colour_rgb: Sequence[float] = DEFAULT_COLOUR):
+    """Loads a context-set file: its volumes become volume nodes, its boxes ROI nodes
+    aligned with each volume's axes, its points a point-list node per volume."""
+    context = read_context_file(path)
+    set_node = create_context_set(scene, context.name, context.prompt_kind(), colour_rgb)
+    for entry in context.entries:
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                         Path(entry.source).name.split(".")[0])
+        volume.CreateDefaultDisplayNodes()
+        image_to_volume(entry.image, volume)
+        add_context_volume(set_node, volume)
+        grid = Grid.of(entry.image)
+        for box in entry.boxes:
+            _box_to_roi(new_box(scene, set_node, volume), box, grid, entry.image)
+        if entry.points:
+            node = point_list(scene, set_node, volume)
+            for point in entry.points:
+                ras = to_lps(np.array(point.position), point.space, grid)[0] * [-1, -1, 1]
+                node.AddControlPointWorld(ras.tolist())
+    return set_node
+
+
+def _box_to_roi(roi, box: wsicl.Box, grid: Grid, image: sitk.Image) -> None:
+    """Sets an ROI to a box: voxel boxes follow the volume's axes, physical boxes RAS."""
+    low, high = np.array(box.min), np.array(box.max)
+    if box.space == "voxel":
+        margin = np.where(high == low, 0.0, 0.5)
+        corners = np.array([low - margin, high + margin])
+        axes = image_ijk_to_ras(image)[:3, :3]
+        size = (corners[1] - corners[0]) * np.array(grid.spacing)
+        centre = image_ijk_to_ras(image) @ np.r_[corners.mean(axis=0), 1.0]
+        rotation = axes / np.linalg.norm(axes, axis=0)
+    else:
+        corners = to_lps(np.array([low, high]), box.space, grid) * [-1, -1, 1]
+        size = np.abs(corners[1] - corners[0])
+        centre = np.r_[corners.mean(axis=0), 1.0]
+        rotation = np.eye(3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = centre[:3]
+    roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(matrix))
+    roi.SetSize(*size.tolist())
+

@@ -1,0 +1,190 @@
+"""Context sets on target volumes: gather on the main thread, compute anywhere, apply on the
+main thread, all or nothing.
+
+The split lets the widget run :meth:`SegmentationLogic.compute` in the inference worker
+thread while every MRML read and write stays on the main thread. Nothing is written into
+the scene until every target and structure has been computed, so a failure or a cancel
+leaves the scene as it was.
+"""
+import dataclasses
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import SimpleITK as sitk
+
+import wsicl
+
+from . import context_sets as sets
+from .segments import SegmentWrite, undo, write_structure
+from .volumes import volume_to_image
+
+Progress = Callable[[float, str], None]
+
+
+@dataclasses.dataclass
+class Structure:
+    """One context set, copied out of the scene for the engine."""
+
+    name: str
+    colour: Tuple[float, float, float]
+    context: wsicl.ContextSet
+
+
+@dataclasses.dataclass
+class Job:
+    """Everything the engine needs, with no reference into MRML data."""
+
+    structures: List[Structure]
+    target_ids: List[str]
+    target_names: List[str]
+    targets: List[sitk.Image]
+    interactive: bool = False
+
+
+@dataclasses.dataclass
+class Result:
+    target_id: str
+    structure: Structure
+    mask: sitk.Image
+
+
+class SegmentationLogic:
+    """Runs context sets on target volume nodes of ``scene``.
+
+    Args:
+        scene: the MRML scene.
+        segmentations_logic: the Segmentations module logic (vtkSlicerSegmentationsModuleLogic).
+    """
+
+    def __init__(self, scene, segmentations_logic) -> None:
+        self.scene = scene
+        self.segmentations_logic = segmentations_logic
+        self.history: List[List[SegmentWrite]] = []
+        self._predictor: Optional[wsicl.Predictor] = None
+        self._predictor_key: Optional[tuple] = None
+
+    def predictor(self, model: str = "box", device: str = "auto", mini_context: int = 1,
+                  precision: str = "fp32") -> wsicl.Predictor:
+        """A predictor, reused while the settings stay the same (loading takes seconds)."""
+        key = (str(model), device, int(mini_context), precision)
+        if self._predictor is None or key != self._predictor_key:
+            self._predictor = wsicl.Predictor(model, device, mini_context, precision)
+            self._predictor_key = key
+        return self._predictor
+
+    def gather(self, set_nodes: Sequence, target_volumes: Sequence) -> Job:
+        """Copies the context sets and targets out of the scene (main thread)."""
+        if not set_nodes:
+            raise ValueError("no context set: create one, add a volume and place a box or point")
+        if not target_volumes:
+            raise ValueError("no target volume: select one, or load volumes that are not in a "
+                             "context set")
+        structures = []
+        for node in set_nodes:
+            context = sets.to_engine(node)
+            context.prompt_kind()
+            structures.append(Structure(node.GetName(), sets.colour(node), context))
+        targets = [_target_image(v) for v in target_volumes]
+        return Job(structures, [v.GetID() for v in target_volumes],
+                   [v.GetName() for v in target_volumes], targets)
+
+    def gather_interactive(self, set_node, volume_node) -> Job:
+        """A job that segments ``volume_node`` from its own prompts in ``set_node``."""
+        entry = next((e for e in sets.context_volumes(set_node) if e.volume is volume_node),
+                     None)
+        if entry is None or entry.prompt_count == 0:
+            raise ValueError(f"'{volume_node.GetName()}' has no prompt in context set "
+                             f"'{set_node.GetName()}'; place a box or point on it")
+        boxes, points = sets.engine_prompts(entry)
+        image = _target_image(volume_node)
+        context = wsicl.ContextSet(name=set_node.GetName()).add(image, boxes, points,
+                                                               volume_node.GetName())
+        return Job([Structure(set_node.GetName(), sets.colour(set_node), context)],
+                   [volume_node.GetID()], [volume_node.GetName()], [image], interactive=True)
+
+    @staticmethod
+    def compute(job: Job, predictor: wsicl.Predictor, progress: Optional[Progress] = None,
+                cancel: Optional[Callable[[], bool]] = None) -> List[Result]:
+        """Runs the engine on a job; touches no MRML node (safe in a worker thread)."""
+        results = []
+        steps = len(job.structures) * len(job.targets)
+        for s_index, structure in enumerate(job.structures):
+            context = None if job.interactive else predictor.prepare_context(
+                structure.context, cancel)
+            for t_index, (target_id, name, image) in enumerate(
+                    zip(job.target_ids, job.target_names, job.targets)):
+                done = s_index * len(job.targets) + t_index
+
+                def report(fraction: float, message: str, done: int = done,
+                           name: str = name) -> None:
+                    if progress is not None:
+                        progress((done + fraction) / steps,
+                                 f"{structure.name} in {name}: {message}")
+
+                if job.interactive:
+                    entry = structure.context.entries[0]
+                    mask = predictor.segment_interactive(image, entry.boxes, entry.points,
+                                                         cancel=cancel)
+                else:
+                    mask = predictor.segment(image, context, progress=report, cancel=cancel)
+                results.append(Result(target_id, structure, mask))
+                report(1.0, "done")
+        return results
+
+    def apply(self, results: Sequence[Result]) -> List[SegmentWrite]:
+        """Writes results into the scene (main thread); undone entirely on any failure."""
+        writes: List[SegmentWrite] = []
+        try:
+            for result in results:
+                volume = self.scene.GetNodeByID(result.target_id)
+                if volume is None:
+                    raise ValueError("a target volume was removed from the scene while it was "
+                                     "being segmented")
+                writes.append(write_structure(self.scene, self.segmentations_logic, volume,
+                                              result.mask, result.structure.name,
+                                              result.structure.colour))
+        except Exception:
+            for write in reversed(writes):
+                undo(self.scene, self.segmentations_logic, write)
+            raise
+        self.history.append(writes)
+        return writes
+
+    def undo_last(self) -> bool:
+        """Reverts the last applied run; False when there is nothing to undo."""
+        if not self.history:
+            return False
+        for write in reversed(self.history.pop()):
+            undo(self.scene, self.segmentations_logic, write)
+        return True
+
+    def process(self, set_nodes: Sequence, target_volumes: Sequence, model: str = "box",
+                device: str = "auto", mini_context: int = 1, precision: str = "fp32",
+                progress: Optional[Progress] = None) -> Dict[str, object]:
+        """Segments every target with every context set, synchronously.
+
+        Returns ``{target volume name: segmentation node}``.
+        """
+        job = self.gather(set_nodes, target_volumes)
+        predictor = self.predictor(model, device, mini_context, precision)
+        results = self.compute(job, predictor, progress)
+        writes = self.apply(results)
+        return {self.scene.GetNodeByID(r.target_id).GetName(): w.segmentation_node
+                for r, w in zip(results, writes)}
+
+
+def _target_image(volume_node) -> sitk.Image:
+    image = volume_to_image(volume_node)
+    if min(image.GetSize()) < 2:
+        raise ValueError(f"'{volume_node.GetName()}' has a single slice (size "
+                         f"{list(image.GetSize())}); WSICL segments 3D volumes")
+    return image
+
+
+def non_context_volumes(scene) -> List[object]:
+    """Scalar volumes of the scene that are in no context set (the "Segment all" targets)."""
+    in_sets = {entry.volume.GetID() for node in sets.context_sets(scene)
+               for entry in sets.context_volumes(node)}
+    collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    volumes = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+    return [v for v in volumes
+            if v.GetID() not in in_sets and not v.IsA("vtkMRMLLabelMapVolumeNode")]

@@ -1,0 +1,38 @@
+"""A scene with the module logics WSICLSegment uses, for running without the Slicer GUI.
+
+Inside Slicer use ``slicer.mrmlScene`` and the application's logics instead; this wiring is
+what ``slicer-core`` needs (tests, trame-slicer apps, scripts).
+"""
+import dataclasses
+
+import slicer
+
+
+@dataclasses.dataclass
+class SceneLogics:
+    scene: object
+    application: object
+    segmentations: object
+    markups: object
+    volumes: object
+
+
+def new_scene() -> SceneLogics:
+    """A fresh MRML scene with colour, segmentation, markups, subject-hierarchy and volume
+    logics registered on an application logic."""
+    scene = slicer.vtkMRMLScene()
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    logics = {}
+    for name, cls in (("Colors", slicer.vtkSlicerColorLogic),
+                      ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
+                      ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("Markups", slicer.vtkSlicerMarkupsLogic),
+                      ("Volumes", slicer.vtkSlicerVolumesLogic)):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(application)
+        logic.SetMRMLScene(scene)
+        application.SetModuleLogic(name, logic)
+        logics[name] = logic
+    return SceneLogics(scene, application, logics["Segmentations"], logics["Markups"],
+                       logics["Volumes"])
