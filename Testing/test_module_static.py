@@ -1,0 +1,103 @@
+"""Checks on the Slicer module that need no Slicer: syntax, the .ui, self.ui names, packaging."""
+import ast
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "WSICLSegment"
+UI_FILE = MODULE / "Resources" / "UI" / "WSICLSegment.ui"
+PYTHON_FILES = sorted(MODULE.rglob("*.py"))
+
+# Which widget classes offer the attributes the module uses (signals, properties, methods).
+CLASSES_WITH = {
+    "clicked": {"QPushButton", "ctkColorPickerButton", "QCheckBox"},
+    "toggled": {"QPushButton", "QCheckBox"},
+    "checked": {"QPushButton", "QCheckBox"},
+    "setText": {"QPushButton", "QLabel", "QLineEdit"},
+    "text": {"QLineEdit", "QLabel", "QPushButton"},
+    "editingFinished": {"QLineEdit", "QSpinBox"},
+    "currentIndex": {"QComboBox"},
+    "currentIndexChanged": {"QComboBox"},
+    "currentText": {"QComboBox"},
+    "setCurrentText": {"QComboBox"},
+    "setCurrentIndex": {"QComboBox"},
+    "addItem": {"QComboBox", "QListWidget"},
+    "addItems": {"QComboBox"},
+    "currentRow": {"QListWidget", "QTableWidget"},
+    "currentRowChanged": {"QListWidget"},
+    "setCurrentRow": {"QListWidget"},
+    "count": {"QListWidget", "QComboBox"},
+    "item": {"QListWidget", "QTableWidget"},
+    "clear": {"QListWidget", "QComboBox", "QLineEdit"},
+    "currentPath": {"ctkPathLineEdit"},
+    "currentPathChanged": {"ctkPathLineEdit"},
+    "value": {"QSpinBox", "QProgressBar"},
+    "valueChanged": {"QSpinBox"},
+    "setValue": {"QSpinBox", "QProgressBar"},
+    "color": {"ctkColorPickerButton"},
+    "colorChanged": {"ctkColorPickerButton"},
+    "currentNode": {"qMRMLNodeComboBox"},
+    "setRowCount": {"QTableWidget"},
+    "setItem": {"QTableWidget"},
+    "itemSelectionChanged": {"QTableWidget", "QListWidget"},
+    "horizontalHeader": {"QTableWidget"},
+}
+
+
+def ui_widgets():
+    tree = ElementTree.parse(UI_FILE)
+    return {w.get("name"): w.get("class") for w in tree.iter("widget")}
+
+
+@pytest.mark.parametrize("path", PYTHON_FILES, ids=lambda p: str(p.relative_to(MODULE)))
+def test_every_module_file_parses_as_python_3_9(path):
+    ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+    compile(path.read_text(), str(path), "exec")
+
+
+def test_engine_imports_no_slicer_qt_or_vtk():
+    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk)\b", re.MULTILINE)
+    offenders = [p.name for p in (MODULE / "wsicl").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_ui_parses_and_has_the_sections():
+    widgets = ui_widgets()
+    for section in ("modelCollapsibleButton", "contextCollapsibleButton",
+                    "applyCollapsibleButton", "interactiveCollapsibleButton"):
+        assert widgets[section] == "ctkCollapsibleButton"
+
+
+def test_every_self_ui_name_exists_with_a_compatible_class():
+    widgets = ui_widgets()
+    source = (MODULE / "WSICLSegment.py").read_text()
+    uses = re.findall(r"self\.ui\.(\w+)(?:\.(\w+))?", source)
+    assert uses, "the widget uses no self.ui names"
+    for name, attribute in uses:
+        assert name in widgets, f"self.ui.{name} is not in {UI_FILE.name}"
+        if attribute in CLASSES_WITH:
+            assert widgets[name] in CLASSES_WITH[attribute], \
+                f"self.ui.{name} is a {widgets[name]}, which has no '{attribute}'"
+        elif attribute not in ("setEnabled", "setVisible", "setMRMLScene", ""):
+            pytest.fail(f"self.ui.{name}.{attribute}: attribute not in the compatibility table")
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    cmake = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "WSICLSegment")
+    scripts = {str(p.relative_to(MODULE)) for p in PYTHON_FILES}
+    listed = set(re.findall(r"^\s+(\S+\.py)$", cmake, re.MULTILINE))
+    assert scripts == listed
+    for resource in re.findall(r"^\s+(\S+\.(?:png|ui|gz|md))$", cmake, re.MULTILINE):
+        assert (MODULE / resource).is_file(), resource
+
+
+def test_extension_metadata():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY \"Segmentation\"",
+                  "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                  "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS \"PyTorch\""):
+        assert field in cmake
+    assert (ROOT / "WSICL.png").read_bytes()[:4] == b"\x89PNG"

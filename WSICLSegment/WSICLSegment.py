@@ -1,0 +1,521 @@
+"""WSICLSegment: weakly supervised in-context segmentation in 3D Slicer.
+
+Module, thin widget, logic facade and self-test. The work lives in ``WSICLSegmentLib``
+(MRML side) and ``wsicl`` (engine); both are imported only once PyTorch is available, so
+the module loads, and offers to install it, on a Slicer without PyTorch.
+"""
+import importlib.util
+import logging
+from typing import Callable, List, Optional, Sequence
+
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+SETTINGS_PREFIX = "WSICLSegment/"
+MODELS = [("Bundled box model (CPU friendly)", "box"),
+          ("Bundled point model (CPU friendly)", "point"),
+          ("Weights file (.ckpt / .pt)...", "file")]
+DEVICES = ["auto", "cuda", "cpu", "mps"]
+INTERACTIVE_DELAY_MS = 400
+PROMPT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent",
+                 "PointEndInteractionEvent")
+
+
+def missing_packages() -> List[str]:
+    """Python packages the engine needs that this Slicer lacks."""
+    return [name for name in ("torch", "scipy") if importlib.util.find_spec(name) is None]
+
+
+class WSICLSegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "WSICL Segment"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["WSICL developers"]
+        self.parent.helpText = (
+            "Mark a structure with a few 2D boxes or points on some volumes (a context set); "
+            "WSICL segments the same structure in every other volume, or interactively in the "
+            "volume you prompt. See the <a href='https://github.com/wsicl/WSICL'>README</a>.")
+        self.parent.acknowledgementText = (
+            "Method: Hu et al., Efficient universal models for medical image segmentation via "
+            "weakly supervised in-context learning; network from Neuroverse3D.")
+
+
+class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: reads settings, forwards clicks to the logic, shows progress."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.worker = None
+        self.shortcuts = []
+        self.observedPrompts = []
+        self.deliveryTimer = qt.QTimer()
+        self.interactiveTimer = qt.QTimer()
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/WSICLSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        for label, _ in MODELS:
+            self.ui.modelSelector.addItem(label)
+        self.ui.deviceSelector.addItems(DEVICES)
+        self.ui.promptKindSelector.addItems(["box", "point"])
+        self.ui.contextVolumesTable.horizontalHeader().setStretchLastSection(True)
+        self.restoreSettings()
+
+        self.ui.modelSelector.currentIndexChanged.connect(self.onSettingsChanged)
+        self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onSettingsChanged)
+        self.ui.deviceSelector.currentIndexChanged.connect(self.onSettingsChanged)
+        self.ui.miniContextSpinBox.valueChanged.connect(self.onSettingsChanged)
+        self.ui.fastCpuCheckBox.toggled.connect(self.onSettingsChanged)
+        self.ui.installButton.clicked.connect(self.onInstall)
+        self.ui.newSetButton.clicked.connect(self.onNewSet)
+        self.ui.deleteSetButton.clicked.connect(self.onDeleteSet)
+        self.ui.importSetButton.clicked.connect(self.onImportSet)
+        self.ui.exportSetButton.clicked.connect(self.onExportSet)
+        self.ui.contextSetList.currentRowChanged.connect(self.updateSetPanel)
+        self.ui.setNameLineEdit.editingFinished.connect(self.onSetPropertiesChanged)
+        self.ui.setColorPickerButton.colorChanged.connect(self.onSetPropertiesChanged)
+        self.ui.promptKindSelector.currentIndexChanged.connect(self.onSetPropertiesChanged)
+        self.ui.addVolumeButton.clicked.connect(self.onAddVolume)
+        self.ui.placeBoxButton.clicked.connect(lambda: self.onPlace("box"))
+        self.ui.placePointButton.clicked.connect(lambda: self.onPlace("point"))
+        self.ui.removePromptButton.clicked.connect(self.onRemovePrompt)
+        self.ui.removeVolumeButton.clicked.connect(self.onRemoveVolume)
+        self.ui.contextVolumesTable.itemSelectionChanged.connect(self.onContextVolumeSelected)
+        self.ui.segmentButton.clicked.connect(lambda: self.onSegment(all_volumes=False))
+        self.ui.segmentAllButton.clicked.connect(lambda: self.onSegment(all_volumes=True))
+        self.ui.undoButton.clicked.connect(self.onUndo)
+        self.ui.interactiveButton.toggled.connect(self.onInteractiveToggled)
+
+        self.deliveryTimer.setInterval(100)
+        self.deliveryTimer.timeout.connect(self.deliver)
+        self.interactiveTimer.setSingleShot(True)
+        self.interactiveTimer.setInterval(INTERACTIVE_DELAY_MS)
+        self.interactiveTimer.timeout.connect(self.runInteractive)
+        for key, callback in (("b", lambda: self.onPlace("box")),
+                              ("p", lambda: self.onPlace("point"))):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.activated.connect(callback)
+            self.shortcuts.append(shortcut)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.refreshSets)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.refreshSets)
+        self.updateDependencies()
+        self.refreshSets()
+
+    def cleanup(self):
+        self.removeObservers()
+        self.deliveryTimer.stop()
+        self.interactiveTimer.stop()
+        for shortcut in self.shortcuts:
+            shortcut.setParent(None)
+        self.shortcuts = []
+        if self.worker is not None:
+            self.worker.shutdown()
+
+    # Settings and dependencies -------------------------------------------------------
+
+    def restoreSettings(self):
+        settings = qt.QSettings()
+        self.ui.modelSelector.setCurrentIndex(int(settings.value(SETTINGS_PREFIX + "model", 0)))
+        self.ui.weightsPathLineEdit.currentPath = settings.value(SETTINGS_PREFIX + "weights", "")
+        self.ui.deviceSelector.setCurrentText(settings.value(SETTINGS_PREFIX + "device", "auto"))
+        self.ui.miniContextSpinBox.value = int(settings.value(SETTINGS_PREFIX + "miniContext", 1))
+        self.ui.fastCpuCheckBox.checked = settings.value(SETTINGS_PREFIX + "fastCpu",
+                                                         "false") == "true"
+        self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
+
+    def onSettingsChanged(self, *_):
+        settings = qt.QSettings()
+        settings.setValue(SETTINGS_PREFIX + "model", self.ui.modelSelector.currentIndex)
+        settings.setValue(SETTINGS_PREFIX + "weights", self.ui.weightsPathLineEdit.currentPath)
+        settings.setValue(SETTINGS_PREFIX + "device", self.ui.deviceSelector.currentText)
+        settings.setValue(SETTINGS_PREFIX + "miniContext", self.ui.miniContextSpinBox.value)
+        settings.setValue(SETTINGS_PREFIX + "fastCpu",
+                          "true" if self.ui.fastCpuCheckBox.checked else "false")
+        self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
+        self.updateDependencies()
+
+    def modelSource(self) -> str:
+        key = MODELS[self.ui.modelSelector.currentIndex][1]
+        return self.ui.weightsPathLineEdit.currentPath if key == "file" else key
+
+    def updateDependencies(self):
+        missing = missing_packages()
+        self.ui.installButton.setVisible(bool(missing))
+        self.ui.dependencyLabel.setText(f"Missing: {', '.join(missing)}" if missing else "")
+        for button in (self.ui.segmentButton, self.ui.segmentAllButton,
+                       self.ui.interactiveButton):
+            button.setEnabled(not missing)
+        if missing:
+            self.ui.deviceWarningLabel.setVisible(False)
+            return
+        from wsicl.device import available_devices
+        detected = available_devices()[0]
+        self.ui.detectedDeviceLabel.setText(f"detected: {', '.join(available_devices())}")
+        chosen = self.ui.deviceSelector.currentText
+        self.ui.deviceWarningLabel.setVisible((detected if chosen == "auto" else chosen) == "cpu")
+
+    def onInstall(self):
+        missing = missing_packages()
+        if not slicer.util.confirmOkCancelDisplay(
+                f"WSICL needs {', '.join(missing)}. Install now? PyTorch comes through the "
+                "PyTorch extension's installer, matched to this computer's GPU; this can take "
+                "several minutes and a restart of Slicer.", "Install dependencies"):
+            return
+        with slicer.util.tryWithErrorDisplay("Installing dependencies failed.", waitCursor=True):
+            if "torch" in missing:
+                import PyTorchUtils
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                    raise RuntimeError("PyTorch was not installed; install the PyTorch "
+                                       "extension from the Extensions Manager and retry")
+            if "scipy" in missing:
+                slicer.util.pip_install("scipy")
+        self.updateDependencies()
+
+    # Context sets ---------------------------------------------------------------------
+
+    def lib(self):
+        """The Slicer-side logic (imported on first use: it needs PyTorch)."""
+        if self.logic is None:
+            from WSICLSegmentLib.logic import SegmentationLogic
+            from WSICLSegmentLib.worker import InferenceWorker
+            self.logic = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+            self.worker = InferenceWorker()
+            self.deliveryTimer.start()
+        return self.logic
+
+    def sets(self):
+        from WSICLSegmentLib import context_sets
+        return context_sets
+
+    def currentSet(self):
+        if missing_packages():
+            return None
+        nodes = self.sets().context_sets(slicer.mrmlScene)
+        row = self.ui.contextSetList.currentRow
+        return nodes[row] if 0 <= row < len(nodes) else None
+
+    def refreshSets(self, *_):
+        self.ui.contextSetList.clear()
+        if missing_packages():
+            return
+        for node in self.sets().context_sets(slicer.mrmlScene):
+            self.ui.contextSetList.addItem(f"{node.GetName()} ({self.sets().prompt_kind(node)})")
+        if self.ui.contextSetList.count:
+            self.ui.contextSetList.setCurrentRow(self.ui.contextSetList.count - 1)
+        self.updateSetPanel()
+
+    def updateSetPanel(self, *_):
+        node = self.currentSet()
+        for widget in (self.ui.setNameLineEdit, self.ui.setColorPickerButton,
+                       self.ui.promptKindSelector, self.ui.addVolumeButton,
+                       self.ui.contextVolumesTable, self.ui.exportSetButton,
+                       self.ui.deleteSetButton):
+            widget.setEnabled(node is not None)
+        self.ui.contextVolumesTable.setRowCount(0)
+        if node is None:
+            return
+        sets = self.sets()
+        self.ui.setNameLineEdit.text = node.GetName()
+        self.ui.setColorPickerButton.color = qt.QColor.fromRgbF(*sets.colour(node))
+        self.ui.promptKindSelector.setCurrentText(sets.prompt_kind(node))
+        entries = sets.context_volumes(node)
+        self.ui.promptKindSelector.setEnabled(not any(e.prompt_count for e in entries))
+        self.ui.contextVolumesTable.setRowCount(len(entries))
+        for row, entry in enumerate(entries):
+            self.ui.contextVolumesTable.setItem(row, 0, qt.QTableWidgetItem(entry.volume.GetName()))
+            self.ui.contextVolumesTable.setItem(row, 1, qt.QTableWidgetItem(str(entry.prompt_count)))
+
+    def onNewSet(self):
+        with slicer.util.tryWithErrorDisplay("Could not create the context set."):
+            count = len(self.sets().context_sets(slicer.mrmlScene)) + 1
+            self.sets().create_context_set(slicer.mrmlScene, f"structure {count}",
+                                           self.ui.promptKindSelector.currentText or "box")
+            self.refreshSets()
+
+    def onDeleteSet(self):
+        node = self.currentSet()
+        if node is None or not slicer.util.confirmYesNoDisplay(
+                f"Delete context set '{node.GetName()}' and its prompts? Volumes and "
+                "segmentations are kept."):
+            return
+        for entry in self.sets().context_volumes(node):
+            self.sets().remove_context_volume(slicer.mrmlScene, node, entry.volume)
+        slicer.mrmlScene.RemoveNode(node)
+        self.refreshSets()
+
+    def onSetPropertiesChanged(self, *_):
+        node = self.currentSet()
+        if node is None:
+            return
+        name = self.ui.setNameLineEdit.text.strip()
+        if name:
+            node.SetName(name)
+        colour = self.ui.setColorPickerButton.color
+        self.sets().set_colour(node, (colour.redF(), colour.greenF(), colour.blueF()))
+        if not any(e.prompt_count for e in self.sets().context_volumes(node)):
+            node.SetParameter("PromptKind", self.ui.promptKindSelector.currentText)
+        row = self.ui.contextSetList.currentRow
+        self.ui.contextSetList.item(row).setText(
+            f"{node.GetName()} ({self.sets().prompt_kind(node)})")
+
+    def onImportSet(self):
+        path = qt.QFileDialog.getOpenFileName(None, "Import context set", "", "JSON (*.json)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("Could not import the context set.",
+                                                 waitCursor=True):
+                self.sets().import_json(slicer.mrmlScene, path)
+                self.refreshSets()
+
+    def onExportSet(self):
+        node = self.currentSet()
+        folder = qt.QFileDialog.getExistingDirectory(None, "Export context set into an empty folder")
+        if node is not None and folder:
+            with slicer.util.tryWithErrorDisplay("Could not export the context set.",
+                                                 waitCursor=True):
+                path = self.sets().export_json(node, folder)
+                self.ui.statusLabel.setText(f"Exported to {path}")
+
+    def onAddVolume(self):
+        node = self.currentSet()
+        with slicer.util.tryWithErrorDisplay("Could not add the volume."):
+            self.sets().add_context_volume(node, self.ui.volumeSelector.currentNode())
+            self.updateSetPanel()
+
+    def selectedContextVolume(self):
+        node = self.currentSet()
+        row = self.ui.contextVolumesTable.currentRow()
+        entries = self.sets().context_volumes(node) if node is not None else []
+        return entries[row] if 0 <= row < len(entries) else None
+
+    def onContextVolumeSelected(self):
+        entry = self.selectedContextVolume()
+        if entry is not None:
+            slicer.util.setSliceViewerLayers(background=entry.volume, fit=True)
+            self.observePrompts()
+
+    def onPlace(self, kind: str):
+        node = self.currentSet()
+        entry = self.selectedContextVolume()
+        if node is None or entry is None:
+            slicer.util.errorDisplay("Select a context set and one of its volumes first.")
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start placing the prompt."):
+            sets = self.sets()
+            if kind == "box":
+                prompt = sets.new_box(slicer.mrmlScene, node, entry.volume)
+                self.addObserver(prompt, prompt.PointPositionDefinedEvent, self.onBoxPlaced)
+            else:
+                prompt = sets.point_list(slicer.mrmlScene, node, entry.volume)
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetReferenceActivePlaceNodeClassName(prompt.GetClassName())
+            selection.SetActivePlaceNodeID(prompt.GetID())
+            slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
+                slicer.vtkMRMLInteractionNode.Place)
+            self.observePrompts()
+            self.updateSetPanel()
+
+    def onBoxPlaced(self, roi, _event):
+        """Makes a freshly drawn ROI 2D: zero thickness along its thinnest axis, the normal
+        of the slice it was drawn on."""
+        self.removeObserver(roi, roi.PointPositionDefinedEvent, self.onBoxPlaced)
+        size = list(roi.GetSize())
+        size[min(range(3), key=lambda axis: size[axis])] = 0.0
+        roi.SetSize(*size)
+        self.updateSetPanel()
+
+    def onRemovePrompt(self):
+        node, entry = self.currentSet(), self.selectedContextVolume()
+        if entry is None:
+            return
+        if entry.point_list is not None and entry.point_list.GetNumberOfControlPoints():
+            entry.point_list.RemoveNthControlPoint(entry.point_list.GetNumberOfControlPoints() - 1)
+        elif entry.rois:
+            self.sets().remove_prompt(slicer.mrmlScene, node, entry.rois[-1])
+        self.updateSetPanel()
+
+    def onRemoveVolume(self):
+        node, entry = self.currentSet(), self.selectedContextVolume()
+        if entry is not None:
+            self.sets().remove_context_volume(slicer.mrmlScene, node, entry.volume)
+            self.updateSetPanel()
+
+    # Segmentation -----------------------------------------------------------------------
+
+    def runInWorker(self, job, interactive: bool = False):
+        logic = self.lib()
+        predictor = logic.predictor(self.modelSource(), self.ui.deviceSelector.currentText,
+                                    self.ui.miniContextSpinBox.value,
+                                    "bf16" if self.ui.fastCpuCheckBox.checked else "fp32")
+        self.setBusy(not interactive)
+        self.worker.submit(lambda progress, cancelled: logic.compute(job, predictor, progress,
+                                                                    cancelled),
+                           self.onResults, self.onFailure, self.onProgress)
+
+    def onSegment(self, all_volumes: bool):
+        if self.worker is not None and self.worker.busy:
+            self.worker.cancel()
+            self.ui.statusLabel.setText("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start segmenting.", waitCursor=True):
+            from WSICLSegmentLib.logic import non_context_volumes
+            targets = (non_context_volumes(slicer.mrmlScene) if all_volumes
+                       else [self.ui.targetSelector.currentNode()] if
+                       self.ui.targetSelector.currentNode() else [])
+            job = self.lib().gather(self.sets().context_sets(slicer.mrmlScene), targets)
+            self.runInWorker(job)
+
+    def setBusy(self, busy: bool):
+        self.ui.segmentButton.setText("Cancel" if busy else "Segment")
+        self.ui.segmentAllButton.setEnabled(not busy)
+        self.ui.progressBar.setValue(0)
+        if busy:
+            self.ui.statusLabel.setText("Segmenting...")
+
+    def onProgress(self, fraction: float, message: str):
+        self.ui.progressBar.setValue(int(round(100 * fraction)))
+        self.ui.statusLabel.setText(message)
+
+    def onResults(self, results):
+        with slicer.util.tryWithErrorDisplay("Could not write the results.", waitCursor=True):
+            writes = self.lib().apply(results)
+            self.ui.statusLabel.setText(f"Done: {len(writes)} segment(s) written.")
+        self.setBusy(False)
+
+    def onFailure(self, error: BaseException):
+        self.setBusy(False)
+        from wsicl import Cancelled
+        if isinstance(error, Cancelled):
+            self.ui.statusLabel.setText("Cancelled; the scene is unchanged.")
+            return
+        logging.error("WSICL failed: %s", error)
+        self.ui.statusLabel.setText(f"Failed: {error}")
+        slicer.util.errorDisplay(str(error), "WSICL")
+
+    def onUndo(self):
+        if self.logic is None or not self.logic.undo_last():
+            self.ui.statusLabel.setText("Nothing to undo.")
+        else:
+            self.ui.statusLabel.setText("Last run undone.")
+
+    def deliver(self):
+        if self.worker is not None:
+            self.worker.deliver()
+
+    # Interactive mode -------------------------------------------------------------------
+
+    def observePrompts(self):
+        for prompt in self.observedPrompts:
+            for event in PROMPT_EVENTS:
+                self.removeObserver(prompt, getattr(prompt, event), self.onPromptChanged)
+        self.observedPrompts = []
+        entry = self.selectedContextVolume()
+        if entry is None or not self.ui.interactiveButton.checked:
+            return
+        prompts = entry.rois + ([entry.point_list] if entry.point_list else [])
+        for prompt in prompts:
+            for event in PROMPT_EVENTS:
+                self.addObserver(prompt, getattr(prompt, event), self.onPromptChanged)
+        self.observedPrompts = prompts
+
+    def onInteractiveToggled(self, checked: bool):
+        self.observePrompts()
+        if checked:
+            self.onPromptChanged()
+
+    def onPromptChanged(self, *_):
+        self.updateSetPanel()
+        if self.ui.interactiveButton.checked:
+            self.interactiveTimer.start()
+
+    def runInteractive(self):
+        node, entry = self.currentSet(), self.selectedContextVolume()
+        if node is None or entry is None or entry.prompt_count == 0:
+            return
+        if self.worker is not None and self.worker.busy:
+            self.interactiveTimer.start()
+            return
+        with slicer.util.tryWithErrorDisplay("Interactive segmentation failed."):
+            self.runInWorker(self.lib().gather_interactive(node, entry.volume), interactive=True)
+
+
+class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
+    """Segmenting from scripts and the Python console, without the panel.
+
+    >>> logic = WSICLSegmentLogic()
+    >>> logic.process([contextSetNode], [targetVolumeNode], model="box")
+    """
+
+    def process(self, contextSetNodes: Sequence, targetVolumeNodes: Sequence, model: str = "box",
+                device: str = "auto", miniContext: int = 1, fastCpu: bool = False,
+                progress: Optional[Callable[[float, str], None]] = None) -> dict:
+        """Segments every target with every context set; returns ``{volume name:
+        segmentation node}``. Blocks until done."""
+        from WSICLSegmentLib.logic import SegmentationLogic
+        logic = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+        return logic.process(contextSetNodes, targetVolumeNodes, model, device, miniContext,
+                             "bf16" if fastCpu else "fp32", progress)
+
+    def createContextSet(self, name: str, promptKind: str = "box"):
+        from WSICLSegmentLib import context_sets
+        return context_sets.create_context_set(slicer.mrmlScene, name, promptKind)
+
+
+class WSICLSegmentTest(ScriptedLoadableModuleTest):
+    """Self-test for a Slicer with PyTorch: sample volumes, a two-volume box context set, a
+    third volume segmented, and interactive mode."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_context_set_and_interactive()
+
+    def addBox(self, setNode, volume, ijk, sizeMm):
+        from WSICLSegmentLib import context_sets
+        roi = context_sets.new_box(slicer.mrmlScene, setNode, volume)
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        centre = [0.0, 0.0, 0.0, 1.0]
+        matrix.MultiplyPoint(list(ijk) + [1], centre)
+        roi.SetCenter(centre[:3])
+        roi.SetSize(sizeMm, sizeMm, 0.0)
+
+    def test_context_set_and_interactive(self):
+        if missing_packages():
+            self.skipTest(f"missing {missing_packages()}")
+        import SampleData
+        from WSICLSegmentLib.logic import SegmentationLogic
+        from WSICLSegmentLib.segments import segment_array
+        context = [SampleData.downloadSample(name) for name in ("MRBrainTumor1", "MRBrainTumor2")]
+        target = SampleData.downloadSample("MRHead")
+        logic = WSICLSegmentLogic()
+        setNode = logic.createContextSet("brain")
+        for volume in context:
+            dims = volume.GetImageData().GetDimensions()
+            self.addBox(setNode, volume, [d // 2 for d in dims], 100.0)
+        nodes = logic.process([setNode], [target], model="box")
+        segments = slicer.modules.segmentations.logic()
+        mask = segment_array(segments, nodes[target.GetName()], "WSICL_brain", target)
+        self.assertGreater(int(mask.sum()), 0)
+        interactiveSet = logic.createContextSet("interactive brain")
+        dims = target.GetImageData().GetDimensions()
+        self.addBox(interactiveSet, target, [d // 2 for d in dims], 120.0)
+        lib = SegmentationLogic(slicer.mrmlScene, segments)
+        job = lib.gather_interactive(interactiveSet, target)
+        lib.apply(lib.compute(job, lib.predictor("box")))
+        mask = segment_array(segments, nodes[target.GetName()], "WSICL_interactive_brain", target)
+        self.assertGreater(int(mask.sum()), 0)
+        self.delayDisplay("WSICLSegment self-test passed")
