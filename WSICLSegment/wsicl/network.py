@@ -219,6 +219,8 @@ class ContextUNet(nn.Module):
                                              reversed(shortcuts)):
             x = stage(upsample_concat(upsample.context_conv_layer.module, x, shortcut))
             features.append(x)
+        if images_per_item == 1:
+            return features
         return [f.reshape(batch, images_per_item, *f.shape[1:]).mean(dim=1) for f in features]
 
 
@@ -308,10 +310,16 @@ class WSICLNet(nn.Module):
             prompts = context_out[:, chunk].to(device)
             last = start == starts[-1]
             with torch.set_grad_enabled(torch.is_grad_enabled() and last):
-                chunk_means = [f.float() for f in self.context_unet(images, prompts, target_features)]
+                chunk_means = [f.float() for f in
+                               self.context_unet(images, prompts, target_features)]
             count = images.shape[1]
-            means = chunk_means if not means else [
-                m + (c - m) * (count / (start + count)) for m, c in zip(means, chunk_means)]
+            if not means:
+                means = chunk_means
+            else:
+                weight = count / (start + count)
+                means = [m.mul_(1.0 - weight).add_(c, alpha=weight)
+                         for m, c in zip(means, chunk_means)]
+            del chunk_means
             if after_chunk is not None:
                 after_chunk(start + count)
         return self.target_decoder(bottleneck, means, target_features)

@@ -1,0 +1,132 @@
+"""Inference time and peak memory per target.
+
+Usage: ``python benchmarks/inference.py [--quick] [--skip-released] [--repeats N]``
+
+Each configuration runs in its own process (so peak RSS is its own) and prints one row:
+
+- ``released``: the released-size architecture (channels 32-64-128-256-512, random
+  weights) on a 128^3 target with L = 1 and L = 8 context images, mini-context 1, in three
+  modes: ``plain`` (fp32, channels-first, glibc's default allocator behaviour: the stock
+  way of running the network), ``fp32`` (the predictor's path: channels-last and freed
+  memory kept) and ``bf16`` (the opt-in reduced-precision CPU path);
+- ``bundled``: the bundled box model through the full predictor (reorientation,
+  resampling, prompts, network, mapping back) on the bundled sample MR, with L = 8
+  context images (in context) and L = 1 (interactive, the image as its own context).
+
+Wall time is the median over ``--repeats`` runs after one warm-up run.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RELEASED = [32, 64, 128, 256, 512]
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def timed(function, repeats: int) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_released(mode: str, context_size: int, repeats: int) -> dict:
+    import torch
+    from wsicl.device import autocast, keep_freed_memory
+    from wsicl.network import WSICLNet
+    torch.manual_seed(0)
+    network = WSICLNet(RELEASED).eval()
+    if mode != "plain":
+        keep_freed_memory()
+        network = network.to(memory_format=torch.channels_last_3d)
+    size = 128
+    target = torch.rand(1, 1, size, size, size)
+    images = torch.rand(1, context_size, 1, size, size, size)
+    prompts = (torch.rand(1, context_size, 1, size, size, size) > 0.9).float()
+    device = torch.device("cpu")
+
+    def once():
+        with torch.inference_mode(), autocast(device, "bf16" if mode == "bf16" else "fp32"):
+            network(target, images, prompts, 1)
+
+    seconds = timed(once, repeats)
+    return {"model": "released-size", "mode": mode, "L": context_size, "seconds": seconds,
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def run_bundled(kind: str, precision: str, repeats: int) -> dict:
+    import SimpleITK as sitk
+    import wsicl
+    from wsicl.demo import boxes_on_slices, sample, to_boxes
+    wsicl.keep_freed_memory()
+    predictor = wsicl.Predictor("box", device="cpu", precision=precision)
+    image = sitk.ReadImage(str(sample("example_mr_sm.nii.gz")))
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz")))) == 5
+    boxes = to_boxes(boxes_on_slices(liver, 3))
+    if kind == "interactive":
+        seconds = timed(lambda: predictor.segment_interactive(image, boxes), repeats)
+        context_size = 1
+    else:
+        context = wsicl.ContextSet(name="liver")
+        for _ in range(8):
+            context.add(image, boxes)
+        seconds = timed(lambda: predictor.segment(image, context), repeats)
+        context_size = 8
+    return {"model": f"bundled box ({predictor.size}^3)", "mode": f"{kind} {precision}",
+            "L": context_size, "seconds": seconds, "peak_rss_gb": peak_rss_gb()}
+
+
+def run_one(spec: dict) -> dict:
+    if spec["what"] == "released":
+        return run_released(spec["mode"], spec["L"], spec["repeats"])
+    return run_bundled(spec["kind"], spec["precision"], spec["repeats"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="L = 1 only for the released size")
+    parser.add_argument("--skip-released", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    specs = []
+    if not args.skip_released:
+        for context_size in ([1] if args.quick else [1, 8]):
+            for mode in ("plain", "fp32", "bf16"):
+                specs.append({"what": "released", "mode": mode, "L": context_size,
+                              "repeats": 1 if context_size == 8 else args.repeats})
+    for kind in ("in-context", "interactive"):
+        for precision in ("fp32", "bf16"):
+            specs.append({"what": "bundled", "kind": kind, "precision": precision,
+                          "repeats": args.repeats})
+    print(f"CPU threads: {os.cpu_count()}; python {sys.version.split()[0]}")
+    print(f"{'model':<24} {'mode':<20} {'L':>3} {'s/target':>9} {'peak RSS GB':>12}")
+    root = Path(__file__).resolve().parent.parent
+    for spec in specs:
+        completed = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+                                   capture_output=True, text=True, cwd=root)
+        if completed.returncode != 0:
+            print(f"{spec}: failed: {completed.stderr.strip().splitlines()[-1]}")
+            continue
+        row = json.loads(completed.stdout.strip().splitlines()[-1])
+        print(f"{row['model']:<24} {row['mode']:<20} {row['L']:>3} {row['seconds']:>9.2f} "
+              f"{row['peak_rss_gb']:>12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
