@@ -1,0 +1,27 @@
+"""The README's first command: the demo on the bundled model and sample data."""
+import json
+
+import SimpleITK as sitk
+
+from wsicl import load_model
+from wsicl.cli import main
+
+
+def test_bundled_box_model_loads():
+    network = load_model("box")
+    assert network.metadata.prompt == "box"
+    assert network.metadata.input_size % network.size_multiple == 0
+
+
+def test_demo_writes_masks_context_picture_and_dice(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(output), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "in-context" in printed and "interactive" in printed and "Dice" in printed
+    scores = json.loads((output / "dice.json").read_text())
+    assert set(scores) == {"in_context", "interactive"}
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+    target = sitk.ReadImage(str(output.parent / "demo" / "mr_liver_in_context.nii.gz"))
+    assert target.GetSize() == (117, 91, 20)
+    assert json.loads((output / "context_liver.json").read_text())["context"][0]["boxes"]
+    assert (output / "overview.png").read_bytes()[:4] == b"\x89PNG"
