@@ -104,3 +104,26 @@ def test_reduced_precision_keeps_the_mask():
             reduced = network.to(memory_format=torch.channels_last_3d)(*inputs, 1).float()
     assert (reduced - full).abs().max() < 0.1
     assert torch.equal(reduced >= 0.5, full >= 0.5)
+
+
+def test_out_of_memory_suggests_a_smaller_mini_context(tiny_network, blob_image, monkeypatch):
+    from wsicl import OutOfMemory
+    predictor = Predictor(tiny_network, device="cpu", mini_context=4)
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "68719476736 bytes")
+
+    monkeypatch.setattr(predictor.network, "forward", exhausted)
+    with pytest.raises(OutOfMemory, match="smaller mini-context \\(now 4\\)"):
+        predictor.segment(blob_image, context_of(blob_image, [BOX]))
+
+
+def test_auto_device_prefers_accelerators(monkeypatch):
+    from wsicl import device
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: True)
+    assert device.available_devices()[0] == "cuda"
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
+    assert device.pick_device("auto").type == device.available_devices()[0]
+    with pytest.raises(ValueError, match="unknown device"):
+        device.pick_device("tpu")
