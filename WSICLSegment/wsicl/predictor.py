@@ -14,7 +14,7 @@ import torch
 
 from .checkpoints import load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
-from .device import autocast, is_out_of_memory, out_of_memory_error, pick_device
+from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
 from .geometry import PreparedImage, box_to_model, point_to_model, prepare, threshold, to_source_grid
 from .network import WSICLNet
 from .prompts import render_boxes, render_points
@@ -77,9 +77,10 @@ class Predictor:
         if self.device.type == "cpu":
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.metadata = self.network.metadata
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.mini_context = int(mini_context)
         self.precision = precision
-        autocast(self.device, precision)
 
     @property
     def size(self) -> int:
