@@ -34,7 +34,7 @@ def workspace(tmp_path, tiny_network):
 
 def write_context(folder, document, name="ctx.json"):
     path = folder / name
-    path.write_text(json.dumps(document))
+    path.write_text(json.dumps(document), encoding="utf-8")
     return path
 
 
@@ -179,10 +179,10 @@ def test_bad_input_fails_with_one_line_and_no_output(workspace, capsys, document
 def test_output_folder_that_is_a_file(workspace, capsys):
     path = write_context(workspace, {"context": [{"image": "context.nii.gz",
                                                   "boxes": [VOXEL_BOX]}]})
-    (workspace / "out").write_text("a file")
+    (workspace / "out").write_text("a file", encoding="utf-8")
     assert run(workspace, path, workspace / "out", str(workspace / "target.nrrd")) != 0
     assert "not a folder" in capsys.readouterr().err
-    assert (workspace / "out").read_text() == "a file"
+    assert (workspace / "out").read_text(encoding="utf-8") == "a file"
 
 
 def test_console_script_runs():

@@ -18,10 +18,10 @@ def test_demo_writes_masks_context_picture_and_dice(tmp_path, capsys):
     assert main(["demo", "--output-dir", str(output), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "in-context" in printed and "interactive" in printed and "Dice" in printed
-    scores = json.loads((output / "dice.json").read_text())
+    scores = json.loads((output / "dice.json").read_text(encoding="utf-8"))
     assert set(scores) == {"in_context", "interactive"}
     assert all(0.0 <= value <= 1.0 for value in scores.values())
     target = sitk.ReadImage(str(output.parent / "demo" / "mr_liver_in_context.nii.gz"))
     assert target.GetSize() == (117, 91, 20)
-    assert json.loads((output / "context_liver.json").read_text())["context"][0]["boxes"]
+    assert json.loads((output / "context_liver.json").read_text(encoding="utf-8"))["context"][0]["boxes"]
     assert (output / "overview.png").read_bytes()[:4] == b"\x89PNG"

@@ -54,13 +54,13 @@ def ui_widgets():
 
 @pytest.mark.parametrize("path", PYTHON_FILES, ids=lambda p: str(p.relative_to(MODULE)))
 def test_every_module_file_parses_as_python_3_9(path):
-    ast.parse(path.read_text(), str(path), feature_version=(3, 9))
-    compile(path.read_text(), str(path), "exec")
+    ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 9))
+    compile(path.read_text(encoding="utf-8"), str(path), "exec")
 
 
 def test_engine_imports_no_slicer_qt_or_vtk():
     pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk)\b", re.MULTILINE)
-    offenders = [p.name for p in (MODULE / "wsicl").rglob("*.py") if pattern.search(p.read_text())]
+    offenders = [p.name for p in (MODULE / "wsicl").rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
@@ -73,7 +73,7 @@ def test_ui_parses_and_has_the_sections():
 
 def test_every_self_ui_name_exists_with_a_compatible_class():
     widgets = ui_widgets()
-    source = (MODULE / "WSICLSegment.py").read_text()
+    source = (MODULE / "WSICLSegment.py").read_text(encoding="utf-8")
     uses = re.findall(r"self\.ui\.(\w+)(?:\.(\w+))?", source)
     assert uses, "the widget uses no self.ui names"
     for name, attribute in uses:
@@ -86,7 +86,7 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 
 
 def test_module_cmake_lists_every_script_and_resource():
-    cmake = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "WSICLSegment")
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "WSICLSegment")
     scripts = {str(p.relative_to(MODULE)) for p in PYTHON_FILES}
     listed = set(re.findall(r"^\s+(\S+\.py)$", cmake, re.MULTILINE))
     assert scripts == listed
@@ -95,7 +95,7 @@ def test_module_cmake_lists_every_script_and_resource():
 
 
 def test_extension_metadata():
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY \"Segmentation\"",
                   "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
                   "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS \"PyTorch\""):

@@ -29,7 +29,7 @@ def test_reference_outputs_reproduced(reference_io, mini_context, prompt_key, ou
 
 
 def test_released_architecture_matches_manifest():
-    manifest = json.loads((DATA / "full_size_state_dict_shapes.json").read_text())
+    manifest = json.loads((DATA / "full_size_state_dict_shapes.json").read_text(encoding="utf-8"))
     expected = {key[len("net."):]: shape for key, shape in manifest.items()}
     actual = {key: list(value.shape) for key, value in WSICLNet().state_dict().items()}
     assert actual == expected

@@ -10,7 +10,7 @@ from wsicl import PromptOutsideError, render_boxes, render_points
 
 @pytest.fixture(scope="module")
 def reference():
-    return (json.loads((DATA / "tiny_reference_prompts.json").read_text()),
+    return (json.loads((DATA / "tiny_reference_prompts.json").read_text(encoding="utf-8")),
             np.load(DATA / "tiny_reference_io.npz"))
 
 

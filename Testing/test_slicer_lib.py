@@ -96,7 +96,7 @@ def test_markups_become_the_same_model_prompts_as_the_json(logics, tmp_path, tin
                                              {"min": [10, 12, 9], "max": [24, 28, 9]}]}),
                           ("point", {"points": [[18, 20, 8], [12, 25, 7]]})):
         path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps({"name": kind, "context": [{"image": "ctx.nrrd", **prompts}]}))
+        path.write_text(json.dumps({"name": kind, "context": [{"image": "ctx.nrrd", **prompts}]}), encoding="utf-8")
         tiny_network.metadata.prompt = kind
         predictor = Predictor(tiny_network, device="cpu")
         from_json = predictor.prepare_context(read_context_file(path))
@@ -155,7 +155,7 @@ def test_export_and_import_json_round_trip(logics, tmp_path):
         {"image": "ctx.nrrd", "boxes": [{"min": [5, 6, 4], "max": [20, 22, 4]}]}]}))
     imported = sets.import_json(logics.scene, path)
     exported = sets.export_json(imported, tmp_path / "export")
-    document = json.loads(exported.read_text())
+    document = json.loads(exported.read_text(encoding="utf-8"))
     assert document["coordinates"] == "voxel"
     assert document["context"][0]["boxes"] == [{"min": [5, 6, 4], "max": [20, 22, 4]}]
     with pytest.raises(FileExistsError, match="empty folder"):

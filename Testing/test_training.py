@@ -35,7 +35,8 @@ def dataset(tmp_path_factory):
                         str(folder / "imagesTr" / f"case{index}_0000.nii.gz"))
         sitk.WriteImage(make_image(labels, spacing), str(folder / "labelsTr" / f"case{index}.nii.gz"))
     (folder / "dataset.json").write_text(json.dumps(
-        {"labels": {"background": 0, "ball": 1, "slab": 2}, "channel_names": {"0": "MR"}}))
+        {"labels": {"background": 0, "ball": 1, "slab": 2}, "channel_names": {"0": "MR"}}),
+        encoding="utf-8")
     return folder
 
 
@@ -134,8 +135,8 @@ def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, c
                  "--context-sizes", "1,2", "--prompts-per-image", "1,2", "--draws", "2",
                  "--output", str(output), "--device", "cpu", "--quiet"]) == 0
     table = capsys.readouterr().out
-    assert "average" in table and "baseline" in table and "±" in table
-    result = json.loads((output / "evaluation.json").read_text())
+    assert "average" in table and "baseline" in table and "+/-" in table
+    result = json.loads((output / "evaluation.json").read_text(encoding="utf-8"))
     assert len(result["records"]) == 2 * 3 * 2 * 2 * 2
     assert all(0 <= r["dice"] <= 1 for r in result["records"])
     for name in ("dice_vs_context_size.png", "dice_vs_annotation_time.png"):

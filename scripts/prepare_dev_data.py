@@ -28,12 +28,12 @@ def write_dataset(folder: Path, cases: Cases, labels: Dict[str, int]) -> None:
     meta = {"name": folder.name, "channel_names": {"0": "image"},
             "labels": {"background": 0, **labels}, "numTraining": len(cases),
             "file_ending": ".nii.gz"}
-    (folder / "dataset.json").write_text(json.dumps(meta, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def main(shared: Path, output: Path) -> None:
     ts = shared / "totalsegmentator_examples"
-    class_map = json.loads((ts / "class_map_total_and_total_mr.json").read_text())
+    class_map = json.loads((ts / "class_map_total_and_total_mr.json").read_text(encoding="utf-8"))
     for name, image, label, key in (("ts_ct", "example_ct_sm", "example_seg", "total"),
                                     ("ts_mr", "example_mr_sm", "example_seg_mr", "total_mr")):
         present = set(int(v) for v in sitk.GetArrayViewFromImage(

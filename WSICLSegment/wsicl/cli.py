@@ -253,7 +253,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result.update(dataset=str(args.dataset), model=str(args.model), seed=args.seed,
                   draws=args.draws)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "evaluation.json").write_text(json.dumps(result, indent=1))
+    (args.output / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     plots = plot(result, args.output)
     print(format_table(result))
     print(f"wrote {args.output / 'evaluation.json'}, " + ", ".join(str(p) for p in plots))

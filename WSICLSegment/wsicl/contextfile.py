@@ -49,7 +49,7 @@ def read_markups(path: Path) -> (List[Box], List[Point]):
     zero size along one axis is a 2D box.
     """
     try:
-        document = json.loads(Path(path).read_text())
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ContextFileError(f"{path}: cannot read markups file: {error}") from None
     boxes, points = [], []
@@ -115,7 +115,7 @@ def read_context_file(path: Union[str, Path]) -> ContextSet:
     """Parses and validates a context-set JSON file; images are read, prompts checked."""
     path = Path(path)
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ContextFileError(f"{path}: no such context-set file") from None
     except (OSError, ValueError) as error:
@@ -150,6 +150,6 @@ def write_context_file(path: Union[str, Path], name: str, coordinates: str,
         raise ValueError(f"coordinates {coordinates!r} is not one of {list(SPACES)}")
     path = Path(path)
     document = {"name": name, "coordinates": coordinates, "context": list(entries)}
-    path.write_text(json.dumps(document, indent=1))
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
     return path
 

@@ -79,7 +79,7 @@ def run_demo(output: Path, model: str = "box", device: str = "auto", precision: 
                        {"in-context": in_context, "interactive": interactive},
                        results, output / "overview.png")
     say(f"wrote {output} (masks, context_liver.json" + (", overview.png)" if picture else ")"))
-    (output / "dice.json").write_text(json.dumps(results, indent=1))
+    (output / "dice.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return results
 
 

@@ -43,7 +43,7 @@ def load_subjects(folder: Path, size: int) -> (List[EvalSubject], Dict[int, str]
     meta_path = folder / "dataset.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: no dataset.json; expected the nnU-Net layout")
-    names = {int(v): k for k, v in json.loads(meta_path.read_text())["labels"].items()
+    names = {int(v): k for k, v in json.loads(meta_path.read_text(encoding="utf-8"))["labels"].items()
              if int(v) != 0}
     labels = {case_name(p): p for p in image_files(folder / "labelsTr")}
     subjects = []
@@ -159,9 +159,9 @@ def format_table(result: dict) -> str:
     for row in result["summary"]:
         line = (f"{row['structure'][:28]:<28} {row['context_size']:>3} "
                 f"{row['prompts_per_image']:>3} {row['runs']:>5} "
-                f"{row['dice_mean']:>7.3f} ± {row['dice_sd']:.3f}")
+                f"{row['dice_mean']:>7.3f} +/- {row['dice_sd']:.3f}")
         if has_baseline:
-            line += f" {row['baseline_mean']:>7.3f} ± {row['baseline_sd']:.3f}"
+            line += f" {row['baseline_mean']:>7.3f} +/- {row['baseline_sd']:.3f}"
         lines.append(line)
     return "\n".join(lines)
 

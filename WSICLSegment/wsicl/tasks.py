@@ -90,7 +90,7 @@ def load_nnunet_dataset(folder: Path, size: int, min_voxels: int = 20,
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: no dataset.json; expected the nnU-Net layout "
                                 "(imagesTr/, labelsTr/, dataset.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     names = {int(v): k for k, v in meta.get("labels", {}).items() if int(v) != 0}
     label_files = {case_name(p): p for p in image_files(folder / "labelsTr")}
     subjects: Dict[str, List[Subject]] = {}
