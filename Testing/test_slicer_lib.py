@@ -17,7 +17,7 @@ from WSICLSegmentLib.scene import new_scene  # noqa: E402
 from WSICLSegmentLib.segments import SEGMENT_ID_PREFIX, segment_array, write_structure  # noqa: E402,E501
 from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E402
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
-from wsicl import Cancelled, Predictor, save_model  # noqa: E402
+from wsicl import Cancelled, Predictor  # noqa: E402
 from wsicl.contextfile import read_context_file  # noqa: E402
 
 AWKWARD = [rotation_direction(23.0, axis=2), (-1, 0, 0, 0, 1, 0, 0, 0, -1),

@@ -234,8 +234,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptKindSelector.setEnabled(not any(e.prompt_count for e in entries))
         self.ui.contextVolumesTable.setRowCount(len(entries))
         for row, entry in enumerate(entries):
-            self.ui.contextVolumesTable.setItem(row, 0, qt.QTableWidgetItem(entry.volume.GetName()))
-            self.ui.contextVolumesTable.setItem(row, 1, qt.QTableWidgetItem(str(entry.prompt_count)))
+            for column, text in enumerate((entry.volume.GetName(), str(entry.prompt_count))):
+                self.ui.contextVolumesTable.setItem(row, column, qt.QTableWidgetItem(text))
 
     def onNewSet(self):
         with slicer.util.tryWithErrorDisplay("Could not create the context set."):
@@ -280,7 +280,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportSet(self):
         node = self.currentSet()
-        folder = qt.QFileDialog.getExistingDirectory(None, "Export context set into an empty folder")
+        folder = qt.QFileDialog.getExistingDirectory(
+            None, "Export context set into an empty folder")
         if node is not None and folder:
             with slicer.util.tryWithErrorDisplay("Could not export the context set.",
                                                  waitCursor=True):

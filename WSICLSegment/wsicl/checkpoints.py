@@ -14,7 +14,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
@@ -230,9 +230,3 @@ def read_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
                               "from other weights")
     return dict(content)
 
-
-def channels_argument(text: Union[str, Sequence[int]]) -> List[int]:
-    """``"4,8,16"`` -> ``[4, 8, 16]``."""
-    if isinstance(text, str):
-        return [int(part) for part in text.split(",") if part.strip()]
-    return [int(c) for c in text]

@@ -53,8 +53,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     text = str(error).lower()
-    return isinstance(error, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(error, MemoryError))
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text)
 
 
 def out_of_memory_error(device: torch.device, mini_context: int) -> OutOfMemory:

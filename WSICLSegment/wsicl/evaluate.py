@@ -43,8 +43,8 @@ def load_subjects(folder: Path, size: int) -> (List[EvalSubject], Dict[int, str]
     meta_path = folder / "dataset.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: no dataset.json; expected the nnU-Net layout")
-    names = {int(v): k for k, v in json.loads(meta_path.read_text(encoding="utf-8"))["labels"].items()
-             if int(v) != 0}
+    labels_field = json.loads(meta_path.read_text(encoding="utf-8"))["labels"]
+    names = {int(v): k for k, v in labels_field.items() if int(v) != 0}
     labels = {case_name(p): p for p in image_files(folder / "labelsTr")}
     subjects = []
     for path in image_files(folder / "imagesTr"):

@@ -55,7 +55,8 @@ def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
             targets.append((path.name, path))
         else:
             inside = [(case_name(p), p) for p in sorted(path.iterdir()) if is_image_file(p)]
-            inside += [(p.name, p) for p in sorted(path.iterdir()) if p.is_dir() and dicom_series(p)]
+            inside += [(p.name, p) for p in sorted(path.iterdir())
+                       if p.is_dir() and dicom_series(p)]
             if not inside:
                 raise FileNotFoundError(f"{path}: folder holds no image files or DICOM series")
             targets.extend(inside)

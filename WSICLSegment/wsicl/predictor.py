@@ -15,7 +15,8 @@ import torch
 from .checkpoints import load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
 from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
-from .geometry import PreparedImage, box_to_model, point_to_model, prepare, threshold, to_source_grid
+from .geometry import (PreparedImage, box_to_model, point_to_model, prepare, threshold,
+                       to_source_grid)
 from .network import WSICLNet
 from .prompts import render_boxes, render_points
 

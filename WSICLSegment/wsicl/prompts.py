@@ -63,14 +63,16 @@ def render_boxes(boxes: Sequence[IndexBox], shape: Sequence[int]) -> np.ndarray:
 def ball_template(radius: int) -> np.ndarray:
     """``[2r+1]^3`` float32 ball valued by its normalised Euclidean distance transform."""
     offsets = np.arange(-radius, radius + 1)
-    squared = offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
+    squared = (offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2
+               + offsets[None, None, :] ** 2)
     edt = distance_transform_edt(squared <= radius * radius)
     template = (edt / edt.max()).astype(np.float32)
     template.setflags(write=False)
     return template
 
 
-def render_points(points: Sequence[IndexPoint], shape: Sequence[int], radius: int = 6) -> np.ndarray:
+def render_points(points: Sequence[IndexPoint], shape: Sequence[int],
+                  radius: int = 6) -> np.ndarray:
     """Balls of ``radius`` voxels around ``points``, combined by maximum, as float32."""
     shape = _check_shape(shape)
     if radius < 0:
