@@ -13,7 +13,8 @@ Each configuration runs in its own process (so peak RSS is its own) and prints o
   resampling, prompts, network, mapping back) on the bundled sample MR, with L = 8
   context images (in context) and L = 1 (interactive, the image as its own context).
 
-Wall time is the median over ``--repeats`` runs after one warm-up run.
+Wall time is the median over ``--repeats`` runs after one warm-up run (L = 8 rows of the
+released size: one run, no warm-up).
 """
 import argparse
 import json
@@ -33,7 +34,9 @@ def peak_rss_gb() -> float:
 
 
 def timed(function, repeats: int) -> float:
-    function()
+    """Median seconds over ``repeats`` runs, after a warm-up run when ``repeats > 1``."""
+    if repeats > 1:
+        function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
