@@ -43,18 +43,6 @@ def add_volume(logics, image, name="vol"):
     return node
 
 
-def place_2d_box(logics, set_node, volume, ijk, size_mm):
-    """An RAS-aligned ROI of zero thickness in S centred on voxel ``ijk`` of ``volume``."""
-    roi = sets.new_box(logics.scene, set_node, volume)
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-    centre = [0.0, 0.0, 0.0, 1.0]
-    matrix.MultiplyPoint(list(ijk) + [1], centre)
-    roi.SetCenter(centre[:3])
-    roi.SetSize(size_mm[0], size_mm[1], 0.0)
-    return roi
-
-
 @pytest.mark.parametrize("direction", AWKWARD)
 def test_volume_nodes_convert_to_images_and_back_exactly(logics, direction):
     image = ball_image(direction)
@@ -109,7 +97,7 @@ def test_markups_become_the_same_model_prompts_as_the_json(logics, tmp_path, tin
 def test_a_2d_roi_drawn_on_a_slice_stays_on_that_slice(logics):
     node = add_volume(logics, ball_image(AWKWARD[0]))
     set_node = sets.create_context_set(logics.scene, "ball")
-    place_2d_box(logics, set_node, node, (10, 12, 7), (12.0, 10.0))
+    sets.new_box_at(logics.scene, set_node, node, (10, 12, 7), (12.0, 10.0))
     box = sets.engine_prompts(sets.context_volumes(set_node)[0])[0][0]
     assert box.min[2] == box.max[2] == 7 and box.space == "voxel"
 
@@ -224,7 +212,7 @@ def two_context_scene(logics, tiny_network):
     target = add_volume(logics, ball_image(AWKWARD[2], shift=2), "target")
     set_node = sets.create_context_set(logics.scene, "ball")
     for node in context_nodes:
-        place_2d_box(logics, set_node, node, (18, 20, 8), (14.0, 14.0))
+        sets.new_box_at(logics.scene, set_node, node, (18, 20, 8), (14.0, 14.0))
     return logics, set_node, target
 
 

@@ -10,7 +10,6 @@ from typing import Callable, List, Optional, Sequence
 
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
@@ -484,16 +483,6 @@ class WSICLSegmentTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_context_set_and_interactive()
 
-    def addBox(self, setNode, volume, ijk, sizeMm):
-        from WSICLSegmentLib import context_sets
-        roi = context_sets.new_box(slicer.mrmlScene, setNode, volume)
-        matrix = vtk.vtkMatrix4x4()
-        volume.GetIJKToRASMatrix(matrix)
-        centre = [0.0, 0.0, 0.0, 1.0]
-        matrix.MultiplyPoint(list(ijk) + [1], centre)
-        roi.SetCenter(centre[:3])
-        roi.SetSize(sizeMm, sizeMm, 0.0)
-
     def test_context_set_and_interactive(self):
         if missing_packages():
             self.skipTest(f"missing {missing_packages()}")
@@ -502,18 +491,20 @@ class WSICLSegmentTest(ScriptedLoadableModuleTest):
         from WSICLSegmentLib.segments import segment_array
         context = [SampleData.downloadSample(name) for name in ("MRBrainTumor1", "MRBrainTumor2")]
         target = SampleData.downloadSample("MRHead")
+        from WSICLSegmentLib.context_sets import new_box_at
         logic = WSICLSegmentLogic()
         setNode = logic.createContextSet("brain")
         for volume in context:
             dims = volume.GetImageData().GetDimensions()
-            self.addBox(setNode, volume, [d // 2 for d in dims], 100.0)
+            new_box_at(slicer.mrmlScene, setNode, volume, [d // 2 for d in dims], (100.0, 100.0))
         nodes = logic.process([setNode], [target], model="box")
         segments = slicer.modules.segmentations.logic()
         mask = segment_array(segments, nodes[target.GetName()], "WSICL_brain", target)
         self.assertGreater(int(mask.sum()), 0)
         interactiveSet = logic.createContextSet("interactive brain")
         dims = target.GetImageData().GetDimensions()
-        self.addBox(interactiveSet, target, [d // 2 for d in dims], 120.0)
+        new_box_at(slicer.mrmlScene, interactiveSet, target, [d // 2 for d in dims],
+                   (120.0, 120.0))
         lib = SegmentationLogic(slicer.mrmlScene, segments)
         job = lib.gather_interactive(interactiveSet, target)
         lib.apply(lib.compute(job, lib.predictor("box")))

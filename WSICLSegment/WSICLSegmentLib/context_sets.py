@@ -20,7 +20,7 @@ from wsicl.contextfile import read_context_file, write_context_file
 from wsicl.geometry import Grid, to_lps
 
 from .prompts import points_to_prompts, roi_to_box
-from .volumes import image_ijk_to_ras, image_to_volume, volume_to_image
+from .volumes import ijk_to_world_ras, image_ijk_to_ras, image_to_volume, volume_to_image
 
 SET_ATTRIBUTE = "WSICL.ContextSet"
 VOLUME_ROLE = "wsiclContextVolume"
@@ -148,6 +148,17 @@ def new_box(scene, set_node, volume_node):
                                   f"{set_node.GetName()} box {count} ({volume_node.GetName()})")
     roi.CreateDefaultDisplayNodes()
     _adopt_prompt(scene, set_node, volume_node, roi)
+    return roi
+
+
+def new_box_at(scene, set_node, volume_node, ijk: Sequence[float],
+               size_mm: Sequence[float]):
+    """A 2D box (zero thickness in S) of ``size_mm`` (R, A extents in mm) centred on voxel
+    ``ijk`` of ``volume_node``, for scripts and tests."""
+    roi = new_box(scene, set_node, volume_node)
+    centre = ijk_to_world_ras(volume_node) @ np.r_[np.asarray(ijk, dtype=float), 1.0]
+    roi.SetCenter(*centre[:3].tolist())
+    roi.SetSize(float(size_mm[0]), float(size_mm[1]), 0.0)
     return roi
 
 
