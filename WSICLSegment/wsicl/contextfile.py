@@ -73,14 +73,19 @@ def read_markups(path: Path) -> (List[Box], List[Point]):
     return boxes, points
 
 
-def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
-    where = f"context[{index}]"
-    if not isinstance(raw, dict):
-        raise ContextFileError(f"{where}: expected an object, got {type(raw).__name__}")
-    unknown = set(raw) - ENTRY_KEYS
+def _check_object(value: Any, allowed: set, where: str) -> None:
+    """``value`` must be a JSON object whose keys are all in ``allowed``."""
+    if not isinstance(value, dict):
+        raise ContextFileError(f"{where}: expected an object, got {type(value).__name__}")
+    unknown = set(value) - allowed
     if unknown:
         raise ContextFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
-                               f"{sorted(ENTRY_KEYS)}")
+                               f"{sorted(allowed)}")
+
+
+def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
+    where = f"context[{index}]"
+    _check_object(raw, ENTRY_KEYS, where)
     if "image" not in raw:
         raise ContextFileError(f"{where}: missing 'image'")
     image_path = folder / str(raw["image"])
@@ -120,12 +125,7 @@ def read_context_file(path: Union[str, Path]) -> ContextSet:
         raise ContextFileError(f"{path}: no such context-set file") from None
     except (OSError, ValueError) as error:
         raise ContextFileError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise ContextFileError(f"{path}: expected a JSON object at the top level")
-    unknown = set(document) - TOP_KEYS
-    if unknown:
-        raise ContextFileError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: "
-                               f"{sorted(TOP_KEYS)}")
+    _check_object(document, TOP_KEYS, str(path))
     space = document.get("coordinates", "voxel")
     if space not in SPACES:
         raise ContextFileError(f"{path}: coordinates {space!r} is not one of {list(SPACES)}")
