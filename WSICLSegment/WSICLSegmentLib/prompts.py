@@ -4,12 +4,12 @@ A box is an ROI node; a point is a control point of a point-list node. Both are 
 through world RAS into continuous IJK indices of the context volume, so a box drawn on a
 slice of an oblique or anisotropic volume stays on that slice.
 """
-import math
 from typing import List
 
 import numpy as np
 
 from wsicl import Box, Point
+from wsicl.geometry import covered_indices
 
 from .volumes import ijk_to_world_ras
 
@@ -28,15 +28,9 @@ def roi_to_box(roi_node, volume_node) -> Box:
     a slice) the box collapses to the nearest slice.
     """
     index = _world_to_ijk(volume_node, roi_world_corners(roi_node))
-    low, high = [], []
-    for axis in range(3):
-        lo, hi = index[:, axis].min(), index[:, axis].max()
-        start, stop = math.ceil(lo - 1e-6), math.floor(hi + 1e-6)
-        if start > stop:
-            start = stop = int(round((lo + hi) / 2))
-        low.append(start)
-        high.append(stop)
-    return Box(tuple(low), tuple(high), "voxel")
+    low, high = zip(*(covered_indices(index[:, axis].min(), index[:, axis].max())
+                      for axis in range(3)))
+    return Box(low, high, "voxel")
 
 
 def roi_world_corners(roi_node) -> np.ndarray:

@@ -8,18 +8,6 @@ from typing import List, Optional
 from . import __version__
 
 
-def channels_argument(text: str) -> List[int]:
-    """``"4,8,16"`` -> ``[4, 8, 16]``."""
-    try:
-        channels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"channels must be integers separated by commas, "
-                                         f"got {text!r}") from None
-    if len(channels) < 2 or min(channels) < 1:
-        raise argparse.ArgumentTypeError(f"need at least two positive channel counts, got {text!r}")
-    return channels
-
-
 def int_list(text: str) -> List[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]`` (positive integers)."""
     try:
@@ -30,6 +18,14 @@ def int_list(text: str) -> List[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def channels_argument(text: str) -> List[int]:
+    """``"4,8,16"`` -> ``[4, 8, 16]``: at least two positive channel counts."""
+    channels = int_list(text)
+    if len(channels) < 2:
+        raise argparse.ArgumentTypeError(f"need at least two positive channel counts, got {text!r}")
+    return channels
 
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from .contextfile import write_context_file
 from .context import Box
+from .geometry import canonical
 from .imageio import write_atomic
 from .metrics import dice
 
@@ -84,7 +85,7 @@ def run_demo(output: Path, model: str = "box", device: str = "auto", precision: 
 
 
 def _canonical_array(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+    return sitk.GetArrayFromImage(canonical(image))
 
 
 def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.ndarray,
@@ -104,7 +105,7 @@ def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.n
     axial = int(np.flatnonzero(truth_array.reshape(truth_array.shape[0], -1).any(1)).mean())
     coronal = int(np.flatnonzero(truth_array.any(axis=(0, 2))).mean())
     figure, axes = plt.subplots(2, 1 + len(masks), figsize=(4 * (1 + len(masks)), 7.2))
-    oriented = sitk.DICOMOrient(context, "LPS")
+    oriented = canonical(context)
     corners = [[oriented.TransformPhysicalPointToContinuousIndex(
         context.TransformContinuousIndexToPhysicalPoint([float(v) for v in box[end]]))
         for end in ("min", "max")] for box in context_boxes]

@@ -20,8 +20,7 @@ import SimpleITK as sitk
 from .geometry import PreparedImage, prepare, threshold, to_source_grid
 from .metrics import dice
 from .predictor import PreparedContext, Predictor
-from .prompts import render_boxes, render_points
-from .simulate import simulate_prompts
+from .simulate import simulated_channel
 from .tasks import case_name, image_files, label_on_grid
 
 SECONDS_PER_PROMPT = {"point": 5.0, "box": 10.0}
@@ -56,14 +55,6 @@ def load_subjects(folder: Path, size: int) -> (List[EvalSubject], Dict[int, str]
         label = sitk.ReadImage(str(labels[case]))
         subjects.append(EvalSubject(case, image, prepared, label, label_on_grid(label, prepared)))
     return subjects, names
-
-
-def prompt_channel(mask: np.ndarray, kind: str, slices: int, rng: np.random.Generator,
-                   radius: int) -> (np.ndarray, list):
-    prompts = simulate_prompts(mask, kind, slices, rng)
-    if kind == "box":
-        return render_boxes(prompts, mask.shape).astype(np.float32), prompts
-    return render_points(prompts, mask.shape, radius), prompts
 
 
 def baseline_mask(boxes_per_context: Sequence[list], shape: Sequence[int]) -> np.ndarray:
@@ -104,7 +95,7 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                     for draw in range(draws):
                         picks = [others[i] for i in rng.choice(
                             len(others), size, replace=size > len(others))]
-                        channels, prompt_lists = zip(*[prompt_channel(
+                        channels, prompt_lists = zip(*[simulated_channel(
                             s.labels_on_grid == value, kind, slices, rng, radius) for s in picks])
                         context = PreparedContext.of([s.prepared.array for s in picks],
                                                      list(channels), kind, name)

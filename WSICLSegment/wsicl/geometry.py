@@ -193,6 +193,15 @@ def _grid_array_index(lps: np.ndarray, grid: Grid) -> np.ndarray:
     return grid.lps_to_index(lps)[:, ::-1]
 
 
+def covered_indices(lo: float, hi: float) -> Tuple[int, int]:
+    """Inclusive first and last voxel whose centre lies in ``[lo, hi]`` (continuous indices);
+    when none does (an extent thinner than a voxel), the nearest voxel on both ends."""
+    start, stop = math.ceil(lo - 1e-6), math.floor(hi + 1e-6)
+    if start > stop:
+        start = stop = int(round((lo + hi) / 2))
+    return start, stop
+
+
 def box_to_model(low: Sequence[float], high: Sequence[float], space: str, prepared: PreparedImage
                  ) -> IndexBox:
     """A box to half-open model-grid array ranges.
@@ -215,10 +224,7 @@ def box_to_model(low: Sequence[float], high: Sequence[float], space: str, prepar
     ranges = []
     size = prepared.array.shape
     for axis in range(3):
-        lo, hi = index[:, axis].min(), index[:, axis].max()
-        start, stop = math.ceil(lo - 1e-6), math.floor(hi + 1e-6)
-        if start > stop:
-            start = stop = int(round((lo + hi) / 2))
+        start, stop = covered_indices(index[:, axis].min(), index[:, axis].max())
         if stop < 0 or start >= size[axis]:
             raise PromptOutsideError(
                 f"{prepared.name}: box min {low.tolist()} max {high.tolist()} ({space}) lies "

@@ -11,12 +11,12 @@ Boxes come as half-open array ranges with a width-1 range on axis 0 (a 2D box on
 slice); points as array indices. Both feed :func:`wsicl.prompts.render_boxes` /
 :func:`wsicl.prompts.render_points` directly.
 """
-from typing import List, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
 
-from .prompts import IndexBox, IndexPoint
+from .prompts import IndexBox, IndexPoint, render_boxes, render_points
 
 Prompt = Union[IndexBox, IndexPoint]
 
@@ -67,3 +67,12 @@ def simulate_prompts(mask: np.ndarray, kind: str, slices: int, rng: np.random.Ge
                 b, c = pixels[rng.integers(len(pixels))]
                 prompts.append((int(axial), int(b), int(c)))
     return prompts
+
+
+def simulated_channel(mask: np.ndarray, kind: str, slices: int, rng: np.random.Generator,
+                      radius: int = 6) -> Tuple[np.ndarray, List[Prompt]]:
+    """A float32 prompt channel of simulated prompts on ``mask``, and the prompts."""
+    prompts = simulate_prompts(mask, kind, slices, rng)
+    if kind == "box":
+        return render_boxes(prompts, mask.shape).astype(np.float32), prompts
+    return render_points(prompts, mask.shape, radius), prompts

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .geometry import PreparedImage, prepare
+from .geometry import PreparedImage, canonical, prepare
 
 
 @dataclasses.dataclass
@@ -72,7 +72,7 @@ def case_name(path: Path) -> str:
 
 def label_on_grid(label: sitk.Image, prepared: PreparedImage) -> np.ndarray:
     """An integer label image resampled to a prepared image's model grid (nearest label)."""
-    oriented = sitk.DICOMOrient(label, "LPS")
+    oriented = canonical(label)
     resampled = sitk.Resample(oriented, prepared.grid.empty_image(sitk.sitkUInt16),
                               sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     return sitk.GetArrayFromImage(resampled)

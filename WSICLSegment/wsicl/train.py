@@ -23,8 +23,7 @@ from .device import autocast, pick_device
 from .losses import weighted_smooth_l1
 from .metrics import dice
 from .network import WSICLNet
-from .prompts import render_boxes, render_points
-from .simulate import simulate_prompts
+from .simulate import simulated_channel
 from .tasks import Episode, Task, load_nnunet_dataset, sample_episode, synthetic_task
 
 CHECKPOINT_NAME = "last.pt"
@@ -83,10 +82,7 @@ def prompt_channels(masks: torch.Tensor, kind: str, max_slices: int,
     channels = []
     for mask in masks[:, 0].numpy() > 0.5:
         slices = int(rng.integers(1, max_slices + 1))
-        prompts = simulate_prompts(mask, kind, slices, rng)
-        render = render_boxes if kind == "box" else (
-            lambda p, s: render_points(p, s, radius))
-        channels.append(render(prompts, mask.shape).astype(np.float32))
+        channels.append(simulated_channel(mask, kind, slices, rng, radius)[0])
     return torch.from_numpy(np.stack(channels))[:, None]
 
 
