@@ -3,13 +3,26 @@
 The engine of the WSICLSegment 3D Slicer extension, usable on its own: pure Python on
 torch, numpy, scipy and SimpleITK.
 """
-from .checkpoints import CheckpointError, ModelInfo, load_model, save_model
-from .context import Box, ContextEntry, ContextError, ContextSet, Point
-from .device import OutOfMemory, keep_freed_memory
-from .geometry import ImageError
-from .network import WSICLNet
-from .predictor import Cancelled, Predictor, Segmentation
-from .prompts import PromptOutsideError, render_boxes, render_points
+import importlib
+
+_EXPORTS = {
+    "CheckpointError": "checkpoints", "ModelInfo": "checkpoints", "load_model": "checkpoints",
+    "save_model": "checkpoints", "Box": "context", "ContextEntry": "context",
+    "ContextError": "context", "ContextSet": "context", "Point": "context",
+    "OutOfMemory": "device", "keep_freed_memory": "device", "ImageError": "geometry",
+    "WSICLNet": "network", "Cancelled": "predictor", "Predictor": "predictor",
+    "Segmentation": "predictor", "PromptOutsideError": "prompts",
+    "render_boxes": "prompts", "render_points": "prompts",
+}
+
+
+def __getattr__(name: str):
+    """Public names load their module on first use, so that ``wsicl.network`` or the
+    training engine can be imported where SimpleITK is not installed."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'wsicl' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

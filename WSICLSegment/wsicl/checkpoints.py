@@ -40,7 +40,12 @@ class ModelInfo:
         prompt: ``"box"``, ``"point"`` or ``None`` when the file does not say.
         input_size: edge of the cubic model grid in voxels (128 for the released weights).
         normalisation: intensity normalisation of inputs; ``"minmax"`` maps each volume to
-            [0, 1].
+            [0, 1], ``"robust"`` maps its 0.5th / 99.5th percentiles to 0 / 1 and clips.
+        input_policy: what the network was trained to see: ``"whole"`` (the whole field of
+            view, as the released weights) or ``"crop"`` (a box around the prompts or a
+            first-pass mask, :mod:`wsicl.crops`).
+        output: ``"raw"`` (threshold the output at 0.5, as the released weights) or
+            ``"logit"`` (a probability through the sigmoid).
         point_radius: radius in model-grid voxels of the balls that points become.
         provenance: free text: where the weights come from, how they were trained.
         source: the file or bundled name the weights were read from.
@@ -51,6 +56,8 @@ class ModelInfo:
     prompt: Optional[str] = None
     input_size: int = 128
     normalisation: str = "minmax"
+    input_policy: str = "whole"
+    output: str = "raw"
     point_radius: int = 6
     provenance: str = ""
     source: str = ""
@@ -198,17 +205,20 @@ def load_model(source: Union[str, os.PathLike] = "box", device: Union[str, torch
 
 
 def save_model(network: WSICLNet, path: Union[str, os.PathLike], info: ModelInfo,
-               extra: Optional[Mapping[str, Any]] = None) -> Path:
+               extra: Optional[Mapping[str, Any]] = None,
+               dtype: Optional[torch.dtype] = None) -> Path:
     """Writes ``network`` in the project's format; atomic (temporary file, then rename).
 
     ``extra`` entries (plain containers and tensors only) are stored beside the weights,
-    e.g. optimiser state for resuming training.
+    e.g. optimiser state for resuming training. ``dtype`` (e.g. ``torch.float16``) stores
+    the weights in that type; they load back as float32.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                "metadata": info.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+               "state_dict": {k: v.detach().cpu().to(dtype or v.dtype)
+                              for k, v in network.state_dict().items()}}
     content.update(extra or {})
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

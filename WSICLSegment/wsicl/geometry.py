@@ -17,12 +17,14 @@ linear interpolation and thresholded afterwards.
 """
 import dataclasses
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy.ndimage import gaussian_filter
 
+from .crops import Region, robust_unit_range, whole_region
 from .prompts import IndexBox, IndexPoint, PromptOutsideError
 
 CANONICAL_ORIENTATION = "LPS"
@@ -117,12 +119,18 @@ def canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
 
 
-def model_grid(image: sitk.Image, size: int) -> Grid:
-    """A ``size^3`` grid spanning exactly the extent of ``image`` along its own axes."""
+def model_grid(image: sitk.Image, size: int, region: Optional[Region] = None) -> Grid:
+    """A ``size^3`` grid spanning exactly ``region`` of ``image`` along its own axes.
+
+    ``region`` is ``(low, high)`` in continuous index coordinates (i, j, k) of ``image``
+    (voxel ``n`` covers ``[n - 0.5, n + 0.5]``); the whole image when ``None``.
+    """
     source = Grid.of(image)
-    spacing = tuple(n * s / size for n, s in zip(source.size, source.spacing))
-    half_step = (np.array(spacing) - np.array(source.spacing)) / 2
-    origin = np.array(source.origin) + np.array(source.direction).reshape(3, 3) @ half_step
+    low, high = region if region is not None else whole_region(source.size)
+    extent = np.asarray(high, dtype=float) - np.asarray(low, dtype=float)
+    spacing = tuple(float(v) for v in extent * np.array(source.spacing) / size)
+    first_centre = np.asarray(low, dtype=float) + 0.5 * extent / size
+    origin = source.index_to_lps(first_centre[None])[0]
     return Grid((size, size, size), spacing, tuple(float(v) for v in origin), source.direction)
 
 
@@ -133,11 +141,21 @@ def anti_alias_sigmas(source: Grid, target: Grid) -> Tuple[float, ...]:
     return tuple(max(0.0, (f - 1.0) / 2.0) for f in reversed(factors))
 
 
-def normalise(array: np.ndarray, name: str = "image") -> np.ndarray:
-    """Min-max normalisation to [0, 1] (float32); a constant volume is an error."""
+NORMALISATIONS = ("minmax", "robust")
+
+
+def normalise(array: np.ndarray, name: str = "image", method: str = "minmax") -> np.ndarray:
+    """Intensities to [0, 1] (float32): ``"minmax"`` maps the minimum and maximum,
+    ``"robust"`` the 0.5th / 99.5th percentiles (clipping beyond); a constant volume is an
+    error."""
     low, high = float(array.min()), float(array.max())
     if not high - low > 1e-8 * max(1.0, abs(high)):
         raise ImageError(f"{name}: is constant (every voxel {low:g}); nothing to segment")
+    if method == "robust":
+        return robust_unit_range(torch.from_numpy(np.ascontiguousarray(array))).numpy()
+    if method != "minmax":
+        raise ValueError(f"unknown normalisation {method!r}; use one of "
+                         f"{', '.join(NORMALISATIONS)}")
     return ((array - low) / (high - low)).astype(np.float32)
 
 
@@ -150,19 +168,24 @@ class PreparedImage:
         grid: the model grid (LPS geometry).
         source: geometry of the image as given (before reorientation).
         name: for messages.
+        oriented: geometry of the reoriented image, whose index coordinates regions use.
     """
 
     array: np.ndarray
     grid: Grid
     source: Grid
     name: str
+    oriented: Optional[Grid] = None
 
 
-def prepare(image: sitk.Image, size: int, name: str = "image") -> PreparedImage:
-    """Reorients, anti-aliases, resamples to the ``size^3`` model grid and normalises."""
+def prepare(image: sitk.Image, size: int, name: str = "image", region: Optional[Region] = None,
+            normalisation: str = "minmax") -> PreparedImage:
+    """Reorients, anti-aliases, resamples ``region`` (continuous index coordinates of the
+    reoriented image; the whole image when ``None``) to the ``size^3`` model grid and
+    normalises (``"minmax"`` or ``"robust"``, see :func:`normalise`)."""
     volume = check_volume(image, name)
     oriented = canonical(volume)
-    grid = model_grid(oriented, size)
+    grid = model_grid(oriented, size, region)
     sigmas = anti_alias_sigmas(Grid.of(oriented), grid)
     if any(sigmas):
         smoothed = gaussian_filter(sitk.GetArrayFromImage(oriented), sigmas, mode="nearest")
@@ -171,8 +194,28 @@ def prepare(image: sitk.Image, size: int, name: str = "image") -> PreparedImage:
         oriented = smoothed_image
     resampled = sitk.Resample(oriented, grid.empty_image(), sitk.Transform(), sitk.sitkLinear,
                               0.0, sitk.sitkFloat32, True)
-    array = normalise(sitk.GetArrayFromImage(resampled), name)
-    return PreparedImage(array, grid, Grid.of(volume), name)
+    array = normalise(sitk.GetArrayFromImage(resampled), name, normalisation)
+    return PreparedImage(array, grid, Grid.of(volume), name, Grid.of(oriented))
+
+
+def canonical_grid(image: sitk.Image) -> Grid:
+    """Geometry of ``image`` reoriented as :func:`prepare` does (no resampling)."""
+    return Grid.of(canonical(check_volume(image)))
+
+
+def box_corners_lps(low: Sequence[float], high: Sequence[float], space: str, source: Grid
+                    ) -> np.ndarray:
+    """The 8 corners ``[8, 3]`` (LPS mm) of a box with inclusive corners ``low``/``high``
+    in ``space`` coordinates of ``source``. In ``voxel`` space each voxel counts with its
+    full extent, except along an axis where ``low == high`` (a 2D box on that slice)."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if low.shape != (3,) or high.shape != (3,) or np.any(high < low):
+        raise ValueError(f"box min {low.tolist()} / max {high.tolist()} must be 3 coordinates "
+                         "with min <= max")
+    margin = np.where(high == low, 0.0, 0.5) if space == "voxel" else np.zeros(3)
+    corners = np.array([[(low - margin)[a] if bit == 0 else (high + margin)[a]
+                         for a, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    return to_lps(corners, space, source)
 
 
 def to_lps(points: np.ndarray, space: str, source: Grid) -> np.ndarray:
@@ -211,23 +254,15 @@ def box_to_model(low: Sequence[float], high: Sequence[float], space: str, prepar
     ``low == high`` the box is 2D on that slice and stays one model slice thick.
     Raises :class:`PromptOutsideError` if the box misses the image, clips it otherwise.
     """
-    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
-    if low.shape != (3,) or high.shape != (3,) or np.any(high < low):
-        raise ValueError(f"box min {low.tolist()} / max {high.tolist()} must be 3 coordinates "
-                         "with min <= max")
-    thin = high == low
-    margin = np.where(thin, 0.0, 0.5) if space == "voxel" else np.zeros(3)
-    corners = np.array([[(low - margin)[a] if bit == 0 else (high + margin)[a]
-                         for a, bit in enumerate(bits)]
-                        for bits in np.ndindex(2, 2, 2)])
-    index = _grid_array_index(to_lps(corners, space, prepared.source), prepared.grid)
+    index = _grid_array_index(box_corners_lps(low, high, space, prepared.source),
+                              prepared.grid)
     ranges = []
     size = prepared.array.shape
     for axis in range(3):
         start, stop = covered_indices(index[:, axis].min(), index[:, axis].max())
         if stop < 0 or start >= size[axis]:
             raise PromptOutsideError(
-                f"{prepared.name}: box min {low.tolist()} max {high.tolist()} ({space}) lies "
+                f"{prepared.name}: box min {list(low)} max {list(high)} ({space}) lies "
                 "outside the image; check the coordinate system and the image it belongs to")
         ranges.append((max(start, 0), min(stop, size[axis] - 1) + 1))
     return tuple(ranges)

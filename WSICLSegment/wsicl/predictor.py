@@ -6,7 +6,7 @@
 """
 import dataclasses
 import os
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,9 +14,10 @@ import torch
 
 from .checkpoints import load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
+from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region
 from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
-from .geometry import (PreparedImage, box_to_model, point_to_model, prepare, threshold,
-                       to_source_grid)
+from .geometry import (Grid, PreparedImage, box_corners_lps, box_to_model, canonical_grid,
+                       point_to_model, prepare, threshold, to_lps, to_source_grid)
 from .network import WSICLNet
 from .prompts import render_boxes, render_points
 
@@ -30,12 +31,15 @@ class Cancelled(Exception):
 
 @dataclasses.dataclass
 class PreparedContext:
-    """A context set on the model grid: ``images`` and ``prompts`` ``[1, L, 1, S, S, S]``."""
+    """A context set on the model grid: ``images`` and ``prompts`` ``[1, L, 1, S, S, S]``
+    (whole views); for models trained on crops, ``crops`` holds the same context with each
+    image cropped around its own prompts (the second pass)."""
 
     images: torch.Tensor
     prompts: torch.Tensor
     kind: str
     name: str
+    crops: Optional["PreparedContext"] = None
 
     @classmethod
     def of(cls, images: Sequence[np.ndarray], prompts: Sequence[np.ndarray], kind: str,
@@ -66,10 +70,15 @@ class Predictor:
         precision: ``"fp32"`` or ``"bf16"``. CUDA always uses bfloat16 autocast; on the
             CPU ``"bf16"`` is an opt-in that is several times faster on processors with
             bfloat16 instructions (raw outputs within 1e-2 of fp32).
+        refine: work at the structure's own scale (:mod:`wsicl.crops`): interactive mode
+            on a crop around the prompts, in-context mode in two passes (whole view, then
+            a crop around the first answer with each context image cropped around its
+            prompts). ``None`` follows the model (``metadata.input_policy == "crop"``).
     """
 
     def __init__(self, model: Union[str, os.PathLike, WSICLNet] = "box", device: str = "auto",
-                 mini_context: int = 1, precision: str = "fp32") -> None:
+                 mini_context: int = 1, precision: str = "fp32",
+                 refine: Optional[bool] = None) -> None:
         if mini_context < 1:
             raise ValueError(f"mini_context must be at least 1, got {mini_context}")
         self.device = pick_device(device)
@@ -82,6 +91,7 @@ class Predictor:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.mini_context = int(mini_context)
         self.precision = precision
+        self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
 
     @property
     def size(self) -> int:
@@ -90,15 +100,53 @@ class Predictor:
 
     def prepare_context(self, context_set: ContextSet, cancel: Optional[CancelCheck] = None
                         ) -> PreparedContext:
-        """Resamples every context image and renders its prompts on the model grid."""
+        """Resamples every context image and renders its prompts on the model grid (and,
+        when refining, once more on a crop around its prompts)."""
         kind = self._check_kind(context_set)
-        images, prompts = [], []
+        views: List[List[np.ndarray]] = [[], [], [], []]
         for entry in context_set.entries:
             _check_cancel(cancel)
-            prepared = prepare(entry.image, self.size, entry.name)
-            images.append(prepared.array)
-            prompts.append(self._prompt_channel(entry, prepared))
-        return PreparedContext.of(images, prompts, kind, context_set.name)
+            prepared = self._prepare(entry.image, entry.name)
+            views[0].append(prepared.array)
+            views[1].append(self._prompt_channel(entry, prepared))
+            if self.refine:
+                cropped = self._prepare(entry.image, entry.name,
+                                        self._prompt_region(entry, prepared.oriented))
+                views[2].append(cropped.array)
+                views[3].append(self._prompt_channel(entry, cropped))
+        crops = PreparedContext.of(views[2], views[3], kind, context_set.name) \
+            if self.refine else None
+        whole = PreparedContext.of(views[0], views[1], kind, context_set.name)
+        whole.crops = crops
+        return whole
+
+    def _prepare(self, image: sitk.Image, name: str, region: Optional[Region] = None
+                 ) -> PreparedImage:
+        return prepare(image, self.size, name, region, self.metadata.normalisation)
+
+    def _prompt_region(self, entry: ContextEntry, oriented: Grid) -> Region:
+        """The crop around an entry's prompts, in index coordinates of the reoriented
+        image."""
+        corners = [box_corners_lps(b.min, b.max, b.space, Grid.of(entry.image))
+                   for b in entry.boxes]
+        corners += [to_lps(p.position, p.space, Grid.of(entry.image)) for p in entry.points]
+        index = oriented.lps_to_index(np.concatenate(corners))
+        min_side = MIN_SIDE_MM if entry.boxes else POINT_SIDE_MM
+        return crop_region(index.min(0), index.max(0), oriented.spacing, oriented.size,
+                           CROP_MARGIN, min_side)
+
+    def _mask_region(self, mask: np.ndarray, prepared: PreparedImage) -> Region:
+        """The crop around a model-grid mask's bounding box, in index coordinates of the
+        reoriented image."""
+        present = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+                   for axis in range(3)]
+        low = np.array([p[0] - 0.5 for p in present])[::-1]     # array order -> (i, j, k)
+        high = np.array([p[-1] + 0.5 for p in present])[::-1]
+        corners = np.array([[(low, high)[bit][a] for a, bit in enumerate(bits)]
+                            for bits in np.ndindex(2, 2, 2)])
+        index = prepared.oriented.lps_to_index(prepared.grid.index_to_lps(corners))
+        return crop_region(index.min(0), index.max(0), prepared.oriented.spacing,
+                           prepared.oriented.size, CROP_MARGIN, MIN_SIDE_MM)
 
     def _check_kind(self, context_set: ContextSet) -> str:
         """The set's prompt kind; an error if the model reads the other kind."""
@@ -130,9 +178,25 @@ class Predictor:
         """
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
-        prepared = prepare(target, self.size, "target")
-        return self.segment_prepared(target, prepared, context, return_probability, progress,
-                                      cancel)
+        prepared = self._prepare(target, "target")
+        if not (self.refine and context.crops is not None):
+            return self.segment_prepared(target, prepared, context, return_probability,
+                                          progress, cancel)
+
+        def half(offset: float):
+            def report(fraction: float, message: str) -> None:
+                if progress is not None:
+                    progress(offset + fraction / 2, f"pass {int(offset * 2) + 1}/2: {message}")
+            return report
+
+        first = self._run(prepared.array, context, half(0.0), cancel)
+        if not (first >= 0.5).any():
+            probability = to_source_grid(first, prepared.grid, target)
+            mask = threshold(probability)
+            return Segmentation(mask, probability) if return_probability else mask
+        cropped = self._prepare(target, "target", self._mask_region(first >= 0.5, prepared))
+        return self.segment_prepared(target, cropped, context.crops, return_probability,
+                                      half(0.5), cancel)
 
     def segment_prepared(self, target: sitk.Image, prepared: PreparedImage,
                           context: PreparedContext, return_probability: bool,
@@ -168,14 +232,17 @@ class Predictor:
         """Segments ``image`` from prompts on itself (the image is its own context)."""
         context_set = ContextSet(name="interactive").add(image, boxes, points, "the image")
         kind = self._check_kind(context_set)
-        prepared = prepare(image, self.size, "the image")
-        channel = self._prompt_channel(context_set.entries[0], prepared)
+        entry = context_set.entries[0]
+        region = self._prompt_region(entry, canonical_grid(image)) if self.refine else None
+        prepared = self._prepare(image, "the image", region)
+        channel = self._prompt_channel(entry, prepared)
         context = PreparedContext.of([prepared.array], [channel], kind, context_set.name)
         return self.segment_prepared(image, prepared, context, return_probability, None, cancel)
 
     def _run(self, target: np.ndarray, context: PreparedContext,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> np.ndarray:
-        """Raw network output ``[S, S, S]`` for a prepared target array."""
+        """Network output ``[S, S, S]`` for a prepared target array, on the scale where
+        0.5 is the threshold (raw output, or the sigmoid of a logit)."""
         total = context.images.shape[1]
 
         def after_chunk(done: int) -> None:
@@ -195,7 +262,10 @@ class Predictor:
                     torch.cuda.empty_cache()
                 raise out_of_memory_error(self.device, self.mini_context) from None
             raise
-        return raw[0, 0].float().cpu().numpy()
+        output = raw[0, 0].float()
+        if self.metadata.output == "logit":
+            output = torch.sigmoid(output)
+        return output.cpu().numpy()
 
 
 def _check_cancel(cancel: Optional[CancelCheck]) -> None:

@@ -1,0 +1,225 @@
+"""Training on the episode engine (the crop recipe), within a wall-clock budget.
+
+Each step draws a batch of episodes (:mod:`wsicl.episodes`) and minimises BCE + soft Dice
+of the network's output read as a logit, with Adam, a linear warm-up and cosine decay over
+the planned steps, gradient clipping, and bfloat16 autocast on CUDA (on the CPU only when
+asked). The run stops at ``steps`` or after ``minutes``, whichever comes first, writing
+``last.pt`` (weights, metadata, optimiser, step, history) every ``checkpoint_seconds``
+and at the end; a run started on a folder holding ``last.pt`` resumes from it.
+
+Usage (a bundle from ``scripts/make_sources_bundle.py``)::
+
+    python -m wsicl.episode_training --sources sources.pt --output runs/box \\
+        --init box --prompt box --batch 32 --minutes 10
+"""
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import ModelInfo, build_model, load_model, read_training_state, save_model
+from .episodes import Batch, EngineConfig, EpisodeEngine
+from .sources import load_bundle
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A training run: data engine settings plus optimisation."""
+
+    output: str
+    sources: str
+    prompt: str = "box"
+    init: Optional[str] = None
+    channels: List[int] = dataclasses.field(default_factory=lambda: [16, 32, 64, 128])
+    size: int = 64
+    batch: int = 4
+    steps: int = 100000
+    minutes: float = 0.0
+    lr: float = 1e-3
+    warmup: int = 50
+    clip: float = 1.0
+    max_context: int = 4
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+    checkpoint_seconds: float = 120.0
+    export: Optional[str] = None
+    validation_batches: int = 4
+
+
+def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE on the logits plus soft Dice of their sigmoid, averaged over the batch
+    (``[B, 1, D, H, W]`` each)."""
+    bce = F.binary_cross_entropy_with_logits(logits, mask)
+    probability = torch.sigmoid(logits).flatten(1)
+    target = mask.flatten(1)
+    overlap = (probability * target).sum(1)
+    soft_dice = (2 * overlap + 1) / (probability.sum(1) + target.sum(1) + 1)
+    return bce + (1 - soft_dice).mean()
+
+
+def batch_dice(logits: torch.Tensor, mask: torch.Tensor) -> List[float]:
+    """Dice of ``logits >= 0`` against the mask, per episode."""
+    predicted = (logits >= 0).flatten(1).float()
+    target = mask.flatten(1)
+    total = predicted.sum(1) + target.sum(1)
+    return ((2 * (predicted * target).sum(1)).clamp_min(0) / total.clamp_min(1)).tolist()
+
+
+def learning_rate(step: int, config: RunConfig, planned: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, planned - config.warmup))
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _network(config: RunConfig):
+    if config.init:
+        network = load_model(config.init)
+        info = dataclasses.replace(network.metadata)
+    else:
+        info = ModelInfo(channels=list(config.channels), input_size=config.size)
+        network = build_model(info)
+    info = dataclasses.replace(info, input_size=config.size, prompt=config.prompt,
+                               normalisation="robust", input_policy="crop", output="logit")
+    network.metadata = info
+    return network.train(), info
+
+
+def _forward(network: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    return network(batch.target, batch.context, batch.prompts, batch.context.shape[1]).float()
+
+
+def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
+             device: torch.device) -> Dict[str, float]:
+    """Loss and mean Dice on fixed draws of a separate seed (interactive and in context)."""
+    network.eval()
+    losses, scores = [], []
+    with torch.no_grad(), _autocast(device, config.bf16):
+        for index in range(config.validation_batches):
+            batch = engine.batch(index, config.batch)
+            logits = _forward(network, batch)
+            losses.append(float(segmentation_loss(logits, batch.target_mask)))
+            scores.extend(batch_dice(logits, batch.target_mask))
+    network.train()
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(scores))}
+
+
+def _autocast(device: torch.device, bf16: bool):
+    import contextlib
+    if bf16 and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(config: RunConfig, log: Callable[[str], None] = print) -> Dict:
+    """Runs or resumes ``config``; returns a summary (steps, seconds, last validation)."""
+    from .device import pick_device
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = output / CHECKPOINT_NAME
+    network, info = _network(config)
+    network.to(device)
+    if device.type == "cpu":  # oneDNN's fast 3D convolutions want channels-last
+        network.to(memory_format=torch.channels_last_3d)
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
+    step, history = 0, []
+    if checkpoint.is_file():
+        state = read_training_state(checkpoint)
+        network.load_state_dict(state["state_dict"])
+        optimiser.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state.get("history", []))
+        log(f"resuming from {checkpoint} at step {step}")
+    sources = load_bundle(config.sources, device)
+    engine_config = EngineConfig(size=config.size, prompt=config.prompt,
+                                 max_context=config.max_context)
+    engine = EpisodeEngine(sources, engine_config, config.seed, device)
+    held_out = EpisodeEngine(sources, engine_config, config.seed + 10 ** 6, device)
+    started = time.perf_counter()
+    last_save = started
+    deadline = started + config.minutes * 60 if config.minutes > 0 else math.inf
+    planned = config.steps
+    recent: List[float] = []
+
+    def save() -> None:
+        info.provenance = (f"wsicl.episode_training: crop recipe, {config.prompt} prompts, "
+                           f"{step} steps of {config.batch} episodes, init {config.init}")
+        save_model(network, checkpoint, info, {"optimizer": optimiser.state_dict(),
+                                               "step": step, "history": history,
+                                               "config": dataclasses.asdict(config)})
+        if config.export:
+            save_model(network, config.export, info, {"step": step, "history": history},
+                       dtype=torch.float16)
+
+    first = step
+    while step < config.steps and time.perf_counter() < deadline:
+        if config.minutes > 0 and step - first == 20:
+            rate = (time.perf_counter() - started) / 20
+            planned = min(config.steps, step + int((deadline - time.perf_counter()) / rate))
+            log(f"{rate:.3f} s/step: planning {planned} steps")
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(step, config, planned)
+        batch = engine.batch(step, config.batch)
+        with _autocast(device, config.bf16):
+            logits = _forward(network, batch)
+        loss = segmentation_loss(logits, batch.target_mask)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip)
+        optimiser.step()
+        step += 1
+        recent = (recent + [float(loss.detach())])[-50:]
+        if step % 50 == 0:
+            record = {"step": step, "loss": float(np.mean(recent)),
+                      "seconds": time.perf_counter() - started}
+            if step % 200 == 0:
+                record.update(validate(network, held_out, config, device))
+            history.append(record)
+            log(json.dumps(record))
+        if time.perf_counter() - last_save > config.checkpoint_seconds:
+            save()
+            last_save = time.perf_counter()
+    history.append({"step": step, "loss": float(np.mean(recent)) if recent else float("nan"),
+                    "seconds": time.perf_counter() - started,
+                    **validate(network, held_out, config, device)})
+    log(json.dumps(history[-1]))
+    save()
+    return {"step": step, "checkpoint": str(checkpoint), "history": history}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(RunConfig):
+        name = "--" + field.name.replace("_", "-")
+        if field.type == "bool" or field.type is bool:
+            parser.add_argument(name, type=lambda v: v.lower() in ("1", "true", "yes"),
+                                default=field.default)
+        elif field.name == "channels":
+            parser.add_argument(name, type=lambda v: [int(c) for c in v.split(",")],
+                                default=[16, 32, 64, 128])
+        elif field.name == "init" or field.name == "export":
+            parser.add_argument(name, default=None)
+        elif field.name in ("output", "sources"):
+            parser.add_argument(name, required=True)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type), None)
+            kind = kind or (field.type if field.type in (int, float) else str)
+            parser.add_argument(name, type=kind, default=field.default)
+    arguments = vars(parser.parse_args(argv))
+    summary = train(RunConfig(**arguments))
+    print(f"done: {summary['step']} steps, {summary['checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()

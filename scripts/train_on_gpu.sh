@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Trains the bundled box and point models side by side on one GPU within a time budget.
+#
+# Usage: scripts/train_on_gpu.sh SOURCES.pt OUT_DIR [MINUTES]   (default 12 minutes)
+#
+# SOURCES.pt is the bundle of scripts/make_sources_bundle.py: the script needs nothing
+# beyond torch, numpy and scipy (no SimpleITK, no data files). Each model resumes from
+# the bundled weights (or from OUT_DIR/<kind>-run/last.pt when OUT_DIR holds one), trains
+# with the crop recipe of wsicl.episode_training under bfloat16 autocast, and writes
+# float16 weights to OUT_DIR/<kind>.pt every 2 minutes and at the end, with its log in
+# OUT_DIR/<kind>.log. Score the results with scripts/dev_benchmark.py (needs SimpleITK).
+# Environment: BATCH (episodes per step, default 24), RUN_DIR (full checkpoints with
+# optimiser state, default /tmp/wsicl-train), DEVICE (default auto), INIT (default: the
+# bundled model of each kind), EXTRA (more options of wsicl.episode_training).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sources=$1
+out=$2
+minutes=${3:-12}
+export PYTHONPATH="$PWD/WSICLSegment${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out"
+pids=()
+for kind in box point; do
+  python3 -m wsicl.episode_training --sources "$sources" --prompt "$kind" \
+    --init "${INIT:-$kind}" --output "${RUN_DIR:-/tmp/wsicl-train}/$kind" \
+    --export "$out/$kind.pt" --batch "${BATCH:-24}" --minutes "$minutes" \
+    --device "${DEVICE:-auto}" --checkpoint-seconds 120 ${EXTRA:-} >"$out/$kind.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+tail -n 3 "$out"/*.log
+exit $status
