@@ -10,8 +10,8 @@
 # float16 weights to OUT_DIR/<kind>.pt every 2 minutes and at the end, with its log in
 # OUT_DIR/<kind>.log. Score the results with scripts/dev_benchmark.py (needs SimpleITK).
 # Environment: BATCH (episodes per step, default 24), RUN_DIR (full checkpoints with
-# optimiser state, default /tmp/wsicl-train), DEVICE (default auto), INIT (default: the
-# bundled model of each kind), EXTRA (more options of wsicl.episode_training).
+# optimiser state, default /tmp/wsicl-train), DEVICE (default auto), INIT_DIR (a folder
+# with box.pt and point.pt to start from; default: the bundled models), EXTRA (more options of wsicl.episode_training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sources=$1
@@ -21,8 +21,10 @@ export PYTHONPATH="$PWD/WSICLSegment${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 pids=()
 for kind in box point; do
+  init=$kind
+  if [ -n "${INIT_DIR:-}" ]; then init="$INIT_DIR/$kind.pt"; fi
   python3 -m wsicl.episode_training --sources "$sources" --prompt "$kind" \
-    --init "${INIT:-$kind}" --output "${RUN_DIR:-/tmp/wsicl-train}/$kind" \
+    --init "$init" --output "${RUN_DIR:-/tmp/wsicl-train}/$kind" \
     --export "$out/$kind.pt" --batch "${BATCH:-24}" --minutes "$minutes" \
     --device "${DEVICE:-auto}" --checkpoint-seconds 120 ${EXTRA:-} >"$out/$kind.log" 2>&1 &
   pids+=($!)

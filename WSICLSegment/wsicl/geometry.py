@@ -289,10 +289,18 @@ def point_to_model(position: Sequence[float], space: str, prepared: PreparedImag
 
 
 def to_source_grid(values: np.ndarray, grid: Grid, reference: sitk.Image) -> sitk.Image:
-    """Model-grid ``values`` (array order) linearly resampled onto ``reference``'s grid."""
+    """Model-grid ``values`` (array order) linearly resampled onto ``reference``'s grid.
+
+    Within the model grid's extent (its voxels' outer faces) values near the faces come
+    from the nearest model voxel; beyond it (outside a crop) they are 0.
+    """
     image = grid.array_to_image(np.ascontiguousarray(values, dtype=np.float32))
-    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-                         sitk.sitkFloat32, True)
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                              sitk.sitkFloat32, True)
+    ones = grid.array_to_image(np.ones(values.shape, dtype=np.float32))
+    inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
+                           sitk.sitkFloat32)
+    return resampled * inside
 
 
 def threshold(probability: sitk.Image, level: float = 0.5) -> sitk.Image:

@@ -1,0 +1,200 @@
+"""The crop rule, the episode engine, its training loop and crop-aware inference."""
+import dataclasses
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_image, sphere_volume
+from wsicl import Box, ContextSet, Point, Predictor
+from wsicl.checkpoints import ModelInfo, build_model, read_training_state
+from wsicl.crops import crop_region, robust_unit_range, whole_region
+from wsicl.episode_training import RunConfig, segmentation_loss, train
+from wsicl.episodes import EngineConfig, EpisodeEngine, Source
+from wsicl.geometry import Grid, model_grid
+from wsicl.sources import load_bundle, read_source, save_bundle
+
+
+# ---- the crop rule ------------------------------------------------------------------------
+
+def test_crop_is_a_cube_in_millimetres_around_the_box():
+    low, high = crop_region([10, 20, 20], [10, 40, 30], spacing=[5.0, 1.0, 1.0],
+                            shape=[40, 100, 100], margin=2.0, min_side_mm=10)
+    side_mm = (high - low) * np.array([5.0, 1.0, 1.0])
+    assert np.allclose(side_mm, 40.0)  # 2 x the largest extent (20 voxels of 1 mm)
+    assert np.allclose((low + high) / 2, [10, 30, 25])
+
+
+def test_small_boxes_get_the_minimum_side_and_crops_stay_inside_keeping_their_size():
+    low, high = crop_region([1, 1, 1], [2, 2, 2], spacing=[1, 1, 1], shape=[100, 100, 100],
+                            margin=1.6, min_side_mm=40)
+    assert np.allclose(low, -0.5) and np.allclose(high - low, 40)
+    low, high = crop_region([0, 0, 0], [90, 9, 9], spacing=[1, 1, 1], shape=[50, 50, 50])
+    assert np.allclose(low, -0.5) and np.allclose(high, 49.5)  # larger than the image
+
+
+def test_robust_unit_range_clips_outliers_per_volume():
+    volume = torch.linspace(0, 1, 1000).reshape(1, 10, 10, 10).repeat(2, 1, 1, 1)
+    volume[1] *= 50
+    volume[0, 0, 0, 0] = 1e6
+    out = robust_unit_range(volume)
+    assert out.min() == 0 and out.max() == 1
+    assert torch.allclose(out[0, 5], out[1, 5], atol=2e-3)  # the outlier moved one rank
+
+
+def test_region_grid_matches_the_whole_image_grid(blob_image):
+    whole = model_grid(blob_image, 16)
+    same = model_grid(blob_image, 16, whole_region(blob_image.GetSize()))
+    assert whole == same
+    half = model_grid(blob_image, 16, (np.array([-0.5, -0.5, -0.5]), np.array([19.5, 35.5, 23.5])))
+    assert np.allclose(half.spacing, np.array(whole.spacing) * [0.5, 1, 1])
+    assert np.allclose(half.origin, whole.origin - np.array([whole.spacing[0] / 4, 0, 0]))
+
+
+# ---- the episode engine -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sources():
+    """Two small labelled volumes sharing a structure name (ball), one anisotropic."""
+    made = []
+    for index, spacing in enumerate([(2.0, 1.0, 1.0), (1.5, 1.5, 1.5)]):
+        labels = np.zeros((24, 40, 40), dtype=np.int64)
+        labels[sphere_volume(labels.shape, (12, 18 + index, 20), 9.0, spacing[::-1])] = 1
+        labels[2:6, 4:30, 4:30] = 2
+        image = labels * 50.0 + np.random.default_rng(index).normal(0, 4, labels.shape)
+        made.append(Source(f"volume {index}", torch.tensor(image, dtype=torch.float32),
+                           torch.from_numpy(labels), spacing, {1: "ball", 2: "slab"}))
+    return made
+
+
+@pytest.mark.parametrize("prompt", ["box", "point"])
+def test_batches_have_the_network_shapes_and_prompts_on_the_structure(sources, prompt):
+    engine = EpisodeEngine(sources, EngineConfig(size=16, prompt=prompt, max_context=3), seed=0)
+    for step in range(4):
+        batch = engine.batch(step, 3)
+        count = batch.context.shape[1]
+        assert batch.target.shape == (3, 1, 16, 16, 16)
+        assert batch.context.shape == batch.prompts.shape == (3, count, 1, 16, 16, 16)
+        assert float(batch.target.min()) >= 0 and float(batch.target.max()) <= 1
+        assert all(float(m.sum()) > 0 for m in batch.target_mask)
+        assert all(float(p.sum()) > 0 for p in batch.prompts.flatten(0, 1))
+        assert float(batch.prompts.max()) == 1.0 and len(batch.tasks) == 3
+
+
+def test_interactive_batches_prompt_the_target_itself(sources):
+    config = EngineConfig(size=16, interactive_fraction=1.0)
+    batch = EpisodeEngine(sources, config, seed=3).batch(0, 2)
+    assert batch.context.shape[1] == 1
+    assert torch.equal(batch.context[:, 0], batch.target)
+    overlap = (batch.prompts[:, 0] * batch.target_mask).flatten(1).sum(1)
+    assert bool((overlap > 0).all())
+
+
+def test_batches_depend_only_on_seed_and_step(sources):
+    config = EngineConfig(size=16)
+    first = EpisodeEngine(sources, config, seed=5).batch(7, 2)
+    again = EpisodeEngine(sources, config, seed=5).batch(7, 2)
+    other = EpisodeEngine(sources, config, seed=6).batch(7, 2)
+    assert torch.equal(first.target, again.target) and torch.equal(first.prompts, again.prompts)
+    assert not torch.equal(first.target, other.target)
+
+
+def test_random_shapes_alone_need_no_source():
+    batch = EpisodeEngine([], EngineConfig(size=16, shapes_fraction=1.0), seed=0).batch(0, 2)
+    assert all(task.startswith("random shapes") for task in batch.tasks)
+
+
+# ---- sources and bundles ------------------------------------------------------------------
+
+def test_bundle_round_trip_and_files(tmp_path, sources):
+    path = save_bundle(sources, tmp_path / "sources.pt", ["made in a test"])
+    loaded = load_bundle(path)
+    assert [s.name for s in loaded] == [s.name for s in sources]
+    assert torch.equal(loaded[0].labels, sources[0].labels)
+    assert torch.allclose(loaded[0].image, sources[0].image, atol=0.05)
+    assert loaded[1].structures == {1: "ball", 2: "slab"}
+    labels = sources[0].labels.numpy().astype(np.uint8)
+    sitk.WriteImage(make_image(sources[0].image.numpy(), (1, 1, 2)), str(tmp_path / "i.nii.gz"))
+    sitk.WriteImage(make_image(labels, (1, 1, 2)), str(tmp_path / "l.nii.gz"))
+    read = read_source(tmp_path / "i.nii.gz", tmp_path / "l.nii.gz", "file", {1: "ball"})
+    assert read.structures == {1: "ball"} and read.spacing == (2.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="not a WSICL sources bundle"):
+        torch.save({"format": "other"}, tmp_path / "bad.pt")
+        load_bundle(tmp_path / "bad.pt")
+
+
+# ---- training -----------------------------------------------------------------------------
+
+def test_loss_is_low_for_confident_correct_logits():
+    mask = torch.zeros(2, 1, 8, 8, 8)
+    mask[:, :, 2:6, 2:6, 2:6] = 1
+    assert float(segmentation_loss((mask - 0.5) * 40, mask)) < 0.01
+    assert float(segmentation_loss(-(mask - 0.5) * 40, mask)) > 1.0
+
+
+def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sources):
+    bundle = save_bundle(sources, tmp_path / "sources.pt", ["test"])
+    config = RunConfig(output=str(tmp_path / "run"), sources=str(bundle), channels=[4, 8, 16],
+                       size=16, batch=2, steps=3, max_context=2, device="cpu", bf16=False,
+                       validation_batches=1, export=str(tmp_path / "model.pt"))
+    summary = train(config, log=lambda message: None)
+    assert summary["step"] == 3 and "val_dice" in summary["history"][-1]
+    exported = Predictor(str(tmp_path / "model.pt"), device="cpu")
+    assert exported.metadata.input_policy == "crop" and exported.metadata.output == "logit"
+    assert exported.metadata.normalisation == "robust" and exported.refine
+    resumed = train(dataclasses.replace(config, steps=4), log=lambda message: None)
+    assert resumed["step"] == 4
+    assert read_training_state(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+# ---- crop-aware inference -----------------------------------------------------------------
+
+@pytest.fixture
+def crop_network():
+    torch.manual_seed(0)
+    return build_model(ModelInfo(channels=[4, 8, 16], input_size=16, prompt="box",
+                                 normalisation="robust", input_policy="crop", output="logit"))
+
+
+@pytest.fixture
+def wide_image():
+    """A 120 x 100 x 30 (i, j, k) volume at 1 x 1 x 3 mm with a 7 mm ball."""
+    ball = sphere_volume((30, 100, 120), (15, 50, 60), 7.0, (1.0, 1.0, 3.0))
+    array = (ball * 100.0 + np.random.default_rng(0).normal(0, 5, ball.shape))
+    return make_image(array.astype(np.float32), (1.0, 1.0, 3.0))
+
+
+def test_interactive_crop_is_zero_outside_the_crop_and_sees_finer_voxels(crop_network,
+                                                                          wide_image):
+    predictor = Predictor(crop_network, device="cpu")
+    box = Box((55, 45, 15), (65, 55, 15))
+    result = predictor.segment_interactive(wide_image, boxes=[box], return_probability=True)
+    probability = sitk.GetArrayFromImage(result.probability)
+    assert Grid.of(result.mask) == Grid.of(wide_image)
+    assert probability.min() >= 0 and probability.max() <= 1  # a sigmoid, not a logit
+    inside = np.argwhere(probability > 0)  # a sigmoid is > 0 wherever the network ran
+    extent_mm = (inside.max(0) - inside.min(0) + 1) * np.array([3.0, 1.0, 1.0])
+    assert np.all(extent_mm <= 40 + 2 * 3.0) and np.all(extent_mm >= 30)  # the 40 mm cube
+    whole = Predictor(crop_network, device="cpu", refine=False).segment_interactive(
+        wide_image, boxes=[box], return_probability=True)
+    assert np.count_nonzero(sitk.GetArrayFromImage(whole.probability)) > len(inside)
+
+
+def test_two_pass_in_context_refines_around_the_first_answer(crop_network, wide_image):
+    calls = []
+    predictor = Predictor(crop_network, device="cpu")
+    context = ContextSet(name="ball").add(wide_image, [Box((55, 45, 15), (65, 55, 15))])
+    prepared = predictor.prepare_context(context)
+    assert prepared.crops is not None and prepared.crops.images.shape == prepared.images.shape
+    assert not torch.equal(prepared.crops.prompts, prepared.prompts)
+    predictor.segment(wide_image, prepared, progress=lambda f, m: calls.append(m))
+    first = [m for m in calls if m.startswith("pass 1/2")]
+    assert first, calls
+
+
+def test_points_get_the_larger_point_crop(crop_network, wide_image):
+    points = ContextSet(name="ball").add(wide_image, points=[Point((60, 50, 15))])
+    region = Predictor(crop_network, device="cpu")._prompt_region(points.entries[0],
+                                                                   Grid.of(wide_image))
+    assert np.allclose((region[1] - region[0]) * np.array([1, 1, 3]), [96, 96, 90])
