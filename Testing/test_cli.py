@@ -190,3 +190,21 @@ def test_console_script_runs():
                                capture_output=True, text=True, check=True)
     for command in ("segment", "demo", "train", "evaluate"):
         assert command in completed.stdout
+
+
+def test_refine_flags_reach_the_predictor_and_evaluate_says_what_to_do(workspace, capsys):
+    from wsicl.cli import build_parser, make_predictor
+    for flags, expected in (([], False), (["--refine"], True), (["--no-refine"], False)):
+        args = build_parser().parse_args(["segment", "--context-set", "c.json",
+                                          "--output-dir", "out", "--model",
+                                          str(workspace / "tiny.pt"), "--device", "cpu", *flags])
+        assert make_predictor(args).refine is expected  # the tiny model is whole-view
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    assert run(workspace, path, workspace / "out", "--interactive", "--refine") == 0
+    assert (workspace / "out" / "context.nii.gz").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", str(workspace), "--model", str(workspace / "tiny.pt"),
+                 "--refine", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "--no-refine" in error and "dev_benchmark" in error and "Traceback" not in error

@@ -42,10 +42,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
-    from .device import keep_freed_memory
-    keep_freed_memory()
-    demo(args.output_dir, args.model, args.device, args.precision,
-         say=(lambda line: None) if args.quiet else print)
+    demo(args.output_dir, make_predictor(args), say=(lambda line: None) if args.quiet else print)
     return 0
 
 
@@ -221,6 +218,10 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="bf16: faster on CPUs with bfloat16 instructions, raw outputs "
                              "differ by a few hundredths")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="work at the structure's scale: interactive on a crop around "
+                             "the prompts, in context in two passes (default: what the "
+                             "model was trained for; on for the bundled models)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -229,12 +230,17 @@ def make_predictor(args: argparse.Namespace):
     from .predictor import Predictor
     keep_freed_memory()
     return Predictor(args.model, device=args.device, mini_context=args.mini_context,
-                     precision=args.precision)
+                     precision=args.precision, refine=args.refine)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table, load_subjects, plot
     predictor = make_predictor(args)
+    if predictor.refine:
+        raise ValueError(f"{args.model}: works at the structure's scale (crops), which "
+                         "'wsicl evaluate' does not simulate yet; add --no-refine to score its "
+                         "whole-view pass, or score the full path with "
+                         "scripts/dev_benchmark.py")
     kind = args.prompt or predictor.metadata.prompt
     if kind is None:
         raise ValueError(f"{args.model}: the model does not say which prompts it reads; "

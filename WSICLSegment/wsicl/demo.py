@@ -47,10 +47,8 @@ def to_boxes(entries: Sequence[Dict[str, List[int]]]) -> List[Box]:
     return [Box(tuple(b["min"]), tuple(b["max"])) for b in entries]
 
 
-def run_demo(output: Path, model: str = "box", device: str = "auto", precision: str = "fp32",
-             say=print) -> Dict[str, float]:
-    """Runs the demo into ``output``; returns the Dice scores."""
-    from .predictor import Predictor
+def run_demo(output: Path, predictor: "Predictor", say=print) -> Dict[str, float]:
+    """Runs the demo into ``output`` with a box-prompt predictor; returns the Dice scores."""
     from .contextfile import read_context_file
     output.mkdir(parents=True, exist_ok=True)
     ct, mr = sitk.ReadImage(str(sample("example_ct_sm.nii.gz"))), sitk.ReadImage(
@@ -63,7 +61,6 @@ def run_demo(output: Path, model: str = "box", device: str = "auto", precision: 
         output / "context_liver.json", "liver", "voxel",
         [{"image": os.path.relpath(sample("example_ct_sm.nii.gz"), output),
           "boxes": context_boxes}])
-    predictor = Predictor(model, device=device, precision=precision)
     say(f"model: {predictor.metadata.source} ({predictor.metadata.prompt} prompts, "
         f"{predictor.size}^3 grid) on {predictor.device.type}")
     context_set = read_context_file(context_file)
@@ -104,7 +101,12 @@ def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.n
     truth_array = _canonical_array(truth_image)
     axial = int(np.flatnonzero(truth_array.reshape(truth_array.shape[0], -1).any(1)).mean())
     coronal = int(np.flatnonzero(truth_array.any(axis=(0, 2))).mean())
-    figure, axes = plt.subplots(2, 1 + len(masks), figsize=(4 * (1 + len(masks)), 7.2))
+    shape, spacing = truth_array.shape, canonical(target).GetSpacing()
+    heights = [shape[1] * spacing[1], shape[0] * spacing[2]]  # axial and coronal, in mm
+    width = shape[2] * spacing[0]
+    figure, axes = plt.subplots(2, 1 + len(masks), gridspec_kw={"height_ratios": heights},
+                                figsize=(4 * (1 + len(masks)),
+                                         4 * sum(heights) / width + 1.2))
     oriented = canonical(context)
     corners = [[oriented.TransformPhysicalPointToContinuousIndex(
         context.TransformContinuousIndexToPhysicalPoint([float(v) for v in box[end]]))
@@ -112,8 +114,9 @@ def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.n
     slices = [int(round(low[2])) for low, _ in corners]
     middle = slices[len(slices) // 2]
     context_array = sitk.GetArrayFromImage(oriented)
+    si, sj, sk = oriented.GetSpacing()
     panel = axes[0][0]
-    panel.imshow(context_array[middle], cmap="gray")
+    panel.imshow(context_array[middle], cmap="gray", aspect=sj / si)
     for (low, high), k in zip(corners, slices):
         if k == middle:
             (i0, i1), (j0, j1) = sorted([low[0], high[0]]), sorted([low[1], high[1]])
@@ -121,11 +124,18 @@ def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.n
                                           fill=False, color="yellow", linewidth=1.5))
     panel.set_title(f"context CT, axial: one of {len(slices)} box prompts", fontsize=9)
     panel = axes[1][0]
-    panel.imshow(context_array[:, context_array.shape[1] // 2][::-1], cmap="gray", aspect="auto")
-    panel.set_title("context CT, coronal", fontsize=9)
+    box_rows = [j for low, high in corners for j in (low[1], high[1])]
+    row_j = int(round(np.mean(box_rows)))
+    panel.imshow(context_array[:, row_j][::-1], cmap="gray", aspect=sk / si)
+    top = context_array.shape[0] - 1
+    for (low, high), k in zip(corners, slices):  # each 2D box seen edge-on: one line
+        i0, i1 = sorted([low[0], high[0]])
+        panel.plot([i0 - 0.5, i1 + 0.5], [top - k, top - k], color="yellow", linewidth=1.5)
+    panel.set_title(f"context CT, coronal: the {len(slices)} boxes edge-on", fontsize=9)
     for row in range(2):
         axes[row][0].axis("off")
     target_array = _canonical_array(target)
+    ti, tj, tk = canonical(target).GetSpacing()
     for column, (name, mask) in enumerate(masks.items(), start=1):
         mask_array = _canonical_array(mask)
         for row, (image_slice, mask_slice, truth_slice) in enumerate((
@@ -133,7 +143,7 @@ def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.n
                 (target_array[:, coronal][::-1], mask_array[:, coronal][::-1],
                  truth_array[:, coronal][::-1]))):
             panel = axes[row][column]
-            panel.imshow(image_slice, cmap="gray", aspect="auto" if row else "equal")
+            panel.imshow(image_slice, cmap="gray", aspect=(tk if row else tj) / ti)
             if truth_slice.any():
                 panel.contour(truth_slice, levels=[0.5], colors="cyan", linestyles="dashed",
                               linewidths=1)
