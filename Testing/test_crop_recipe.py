@@ -10,7 +10,8 @@ from conftest import make_image, sphere_volume
 from wsicl import Box, ContextSet, Point, Predictor
 from wsicl.checkpoints import ModelInfo, build_model, read_training_state
 from wsicl.crops import crop_region, robust_unit_range, whole_region
-from wsicl.episode_training import RunConfig, segmentation_loss, train
+from wsicl.episode_training import RunConfig, train
+from wsicl.losses import segmentation_loss
 from wsicl.episodes import EngineConfig, EpisodeEngine, Source
 from wsicl.geometry import Grid, model_grid
 from wsicl.sources import load_bundle, read_source, save_bundle
@@ -198,3 +199,20 @@ def test_points_get_the_larger_point_crop(crop_network, wide_image):
     region = Predictor(crop_network, device="cpu")._prompt_region(points.entries[0],
                                                                    Grid.of(wide_image))
     assert np.allclose((region[1] - region[0]) * np.array([1, 1, 3]), [96, 96, 90])
+
+
+def test_crop_grows_towards_the_faces_the_answer_runs_into():
+    from wsicl.predictor import _grown
+    oriented = Grid((200, 200, 50), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    region = (np.array([80.0, 80.0, 10.0]), np.array([120.0, 120.0, 30.0]))  # 40 mm cube
+    inside = np.zeros((16, 16, 16), dtype=bool)
+    inside[5:10, 5:10, 5:10] = True
+    assert _grown(region, inside, oriented) is None
+    touching = inside.copy()
+    touching[6, 6, 10:] = True                     # runs into the high face of array axis 2 (i)
+    low, high = _grown(region, touching, oriented)
+    assert np.allclose((high - low) * oriented.spacing, 60.0)   # 1.5 x, still a cube in mm
+    assert np.isclose((low[0] + high[0]) / 2, 110.0)            # moved 10 voxels towards +i
+    assert np.allclose((low[1:] + high[1:]) / 2, [100.0, 20.0])
+    at_border = (np.array([160.0, 80.0, 10.0]), np.array([199.5, 120.0, 30.0]))
+    assert _grown(at_border, touching, oriented) is None        # that face is the image's

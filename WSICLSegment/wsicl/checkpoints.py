@@ -240,3 +240,13 @@ def read_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
                               "from other weights")
     return dict(content)
 
+
+
+def restore_training(path: Union[str, os.PathLike], network: WSICLNet,
+                     optimiser: torch.optim.Optimizer) -> (int, List[Dict[str, Any]]):
+    """Loads a training checkpoint's weights and optimiser state into ``network`` and
+    ``optimiser``; returns its step and history."""
+    state = read_training_state(path)
+    network.load_state_dict(state["state_dict"])
+    optimiser.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state.get("history", []))

@@ -22,10 +22,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .checkpoints import ModelInfo, build_model, load_model, read_training_state, save_model
+from .checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
+from .device import autocast, pick_device
 from .episodes import Batch, EngineConfig, EpisodeEngine
+from .losses import descend, segmentation_loss
 from .sources import load_bundle
 
 CHECKPOINT_NAME = "last.pt"
@@ -54,17 +55,6 @@ class RunConfig:
     checkpoint_seconds: float = 120.0
     export: Optional[str] = None
     validation_batches: int = 4
-
-
-def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE on the logits plus soft Dice of their sigmoid, averaged over the batch
-    (``[B, 1, D, H, W]`` each)."""
-    bce = F.binary_cross_entropy_with_logits(logits, mask)
-    probability = torch.sigmoid(logits).flatten(1)
-    target = mask.flatten(1)
-    overlap = (probability * target).sum(1)
-    soft_dice = (2 * overlap + 1) / (probability.sum(1) + target.sum(1) + 1)
-    return bce + (1 - soft_dice).mean()
 
 
 def batch_dice(logits: torch.Tensor, mask: torch.Tensor) -> List[float]:
@@ -104,7 +94,7 @@ def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
     """Loss and mean Dice on fixed draws of a separate seed (interactive and in context)."""
     network.eval()
     losses, scores = [], []
-    with torch.no_grad(), _autocast(device, config.bf16):
+    with torch.no_grad(), autocast(device, "bf16" if config.bf16 else "fp32"):
         for index in range(config.validation_batches):
             batch = engine.batch(index, config.batch)
             logits = _forward(network, batch)
@@ -114,16 +104,8 @@ def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(scores))}
 
 
-def _autocast(device: torch.device, bf16: bool):
-    import contextlib
-    if bf16 and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train(config: RunConfig, log: Callable[[str], None] = print) -> Dict:
     """Runs or resumes ``config``; returns a summary (steps, seconds, last validation)."""
-    from .device import pick_device
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     output = Path(config.output)
@@ -136,10 +118,7 @@ def train(config: RunConfig, log: Callable[[str], None] = print) -> Dict:
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     step, history = 0, []
     if checkpoint.is_file():
-        state = read_training_state(checkpoint)
-        network.load_state_dict(state["state_dict"])
-        optimiser.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state.get("history", []))
+        step, history = restore_training(checkpoint, network, optimiser)
         log(f"resuming from {checkpoint} at step {step}")
     sources = load_bundle(config.sources, device)
     engine_config = EngineConfig(size=config.size, prompt=config.prompt,
@@ -171,13 +150,10 @@ def train(config: RunConfig, log: Callable[[str], None] = print) -> Dict:
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, config, planned)
         batch = engine.batch(step, config.batch)
-        with _autocast(device, config.bf16):
+        with autocast(device, "bf16" if config.bf16 else "fp32"):
             logits = _forward(network, batch)
         loss = segmentation_loss(logits, batch.target_mask)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip)
-        optimiser.step()
+        descend(loss, network, optimiser, config.clip)
         step += 1
         recent = (recent + [float(loss.detach())])[-50:]
         if step % 50 == 0:

@@ -1,4 +1,5 @@
-"""The class-frequency-weighted smooth-L1 loss of Neuroverse3D."""
+"""Training losses (Neuroverse3D's weighted smooth-L1; BCE + soft Dice on logits) and the
+step that minimises them."""
 import torch
 import torch.nn.functional as F
 
@@ -20,3 +21,23 @@ def weighted_smooth_l1(raw: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5)
     weight_map = class_weights[target.long()]
     weight_map = (weight_map / weight_map.mean()).detach()
     return (F.smooth_l1_loss(raw, target, reduction="none") * weight_map).mean()
+
+
+def descend(loss: torch.Tensor, network: torch.nn.Module, optimiser: torch.optim.Optimizer,
+            clip: float) -> None:
+    """One optimiser step on ``loss``: gradients, clipping of their global norm, update."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+    optimiser.step()
+
+
+def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE on the logits plus soft Dice of their sigmoid, averaged over the batch
+    (``[B, 1, D, H, W]`` each)."""
+    bce = F.binary_cross_entropy_with_logits(logits, mask)
+    probability = torch.sigmoid(logits).flatten(1)
+    target = mask.flatten(1)
+    overlap = (probability * target).sum(1)
+    soft_dice = (2 * overlap + 1) / (probability.sum(1) + target.sum(1) + 1)
+    return bce + (1 - soft_dice).mean()

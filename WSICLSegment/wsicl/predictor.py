@@ -229,15 +229,29 @@ class Predictor:
                             points: Sequence[Point] = (), return_probability: bool = False,
                             cancel: Optional[CancelCheck] = None
                             ) -> Union[sitk.Image, Segmentation]:
-        """Segments ``image`` from prompts on itself (the image is its own context)."""
+        """Segments ``image`` from prompts on itself (the image is its own context).
+
+        When refining, the crop around the prompts grows (x1.5, moved towards the faces the
+        answer touches) and the network runs again while the answer runs into a face of the
+        crop that is not the image's, at most :data:`ZOOM_STEPS` times.
+        """
         context_set = ContextSet(name="interactive").add(image, boxes, points, "the image")
         kind = self._check_kind(context_set)
         entry = context_set.entries[0]
-        region = self._prompt_region(entry, canonical_grid(image)) if self.refine else None
-        prepared = self._prepare(image, "the image", region)
-        channel = self._prompt_channel(entry, prepared)
-        context = PreparedContext.of([prepared.array], [channel], kind, context_set.name)
-        return self.segment_prepared(image, prepared, context, return_probability, None, cancel)
+        oriented = canonical_grid(image) if self.refine else None
+        region = self._prompt_region(entry, oriented) if self.refine else None
+        for step in range(ZOOM_STEPS + 1):
+            prepared = self._prepare(image, "the image", region)
+            channel = self._prompt_channel(entry, prepared)
+            context = PreparedContext.of([prepared.array], [channel], kind, context_set.name)
+            output = self._run(prepared.array, context, None, cancel)
+            grown = _grown(region, output >= 0.5, oriented) if self.refine else None
+            if grown is None or step == ZOOM_STEPS:
+                break
+            region = grown
+        probability = to_source_grid(output, prepared.grid, image)
+        mask = threshold(probability)
+        return Segmentation(mask, probability) if return_probability else mask
 
     def _run(self, target: np.ndarray, context: PreparedContext,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> np.ndarray:
@@ -266,6 +280,31 @@ class Predictor:
         if self.metadata.output == "logit":
             output = torch.sigmoid(output)
         return output.cpu().numpy()
+
+
+ZOOM_STEPS = 2
+"""How many times interactive refinement may grow its crop (nnInteractive's auto-zoom)."""
+
+
+def _grown(region: Region, mask: np.ndarray, oriented: Grid) -> Optional[Region]:
+    """A crop 1.5 x larger, moved by a quarter of its side towards each face of ``region``
+    that ``mask`` (model-grid array order) touches, where that face is not the image's;
+    ``None`` when the mask touches no such face."""
+    low, high = region
+    bound_low, bound_high = -0.5, np.asarray(oriented.size, dtype=float) - 0.5
+    shift = np.zeros(3)
+    for array_axis in range(3):
+        axis = 2 - array_axis                      # array order (k, j, i) -> index (i, j, k)
+        first, last = np.take(mask, 0, array_axis), np.take(mask, -1, array_axis)
+        if first.any() and low[axis] > bound_low + 1e-6:
+            shift[axis] -= 0.25 * (high[axis] - low[axis])
+        if last.any() and high[axis] < bound_high[axis] - 1e-6:
+            shift[axis] += 0.25 * (high[axis] - low[axis])
+    if not shift.any():
+        return None
+    centre, half = (low + high) / 2 + shift, 0.75 * (high - low)
+    return crop_region(centre - half, centre + half, oriented.spacing, oriented.size,
+                       margin=1.0, min_side_mm=0.0)
 
 
 def _check_cancel(cancel: Optional[CancelCheck]) -> None:

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import ModelInfo, build_model, load_model, read_training_state, save_model
+from .checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
 from .device import autocast, pick_device
-from .losses import weighted_smooth_l1
+from .losses import descend, weighted_smooth_l1
 from .metrics import dice
 from .network import WSICLNet
 from .simulate import simulated_channel
@@ -184,10 +184,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
     history: List[Dict[str, float]] = []
     step = 0
     if checkpoint_path.is_file():
-        state = read_training_state(checkpoint_path)
-        network.load_state_dict(state["state_dict"])
-        optimiser.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state.get("history", []))
+        step, history = restore_training(checkpoint_path, network, optimiser)
         log(f"resuming from {checkpoint_path} at step {step}")
     train_tasks = load_tasks(config.datasets, config.size)
     held_tasks = load_tasks(config.val_datasets, config.size)
@@ -209,10 +206,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
         episode, prompts = sampler.episode(step)
         with autocast(device, config.precision):
             loss = step_loss(model, episode, prompts, device)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip)
-        optimiser.step()
+        descend(loss, network, optimiser, config.clip)
         step += 1
         recent = (recent + [float(loss.detach())])[-50:]
         volumes += episode.context_images.shape[0] + 1
