@@ -229,6 +229,12 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
                                                              sets.to_engine(set_node))
     assert np.array_equal(result, sitk.GetArrayFromImage(expected))
     assert reports[-1] == pytest.approx(1.0)
+    refined = logic.process([set_node], [target], model=tiny_network, device="cpu", refine=True)
+    assert logic.predictor(tiny_network, "cpu", refine=True).refine
+    expected = Predictor(tiny_network, device="cpu", refine=True).segment(
+        volume_to_image(target), sets.to_engine(set_node))
+    assert np.array_equal(segment_array(logics.segmentations, refined["target"], "WSICL_ball",
+                                        target), sitk.GetArrayFromImage(expected))
 
 
 def test_cancel_leaves_the_scene_unchanged(two_context_scene, tiny_network):

@@ -20,6 +20,9 @@ MODELS = [("Bundled box model (CPU friendly)", "box"),
           ("Bundled point model (CPU friendly)", "point"),
           ("Weights file (.ckpt / .pt)...", "file")]
 DEVICES = ["auto", "cuda", "cpu", "mps"]
+REFINE_CHOICES = [("As the model was trained", None),
+                  ("Refine at the structure's scale", True),
+                  ("Whole view", False)]
 INTERACTIVE_DELAY_MS = 400
 PROMPT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent",
                  "PointEndInteractionEvent")
@@ -68,6 +71,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, _ in MODELS:
             self.ui.modelSelector.addItem(label)
         self.ui.deviceSelector.addItems(DEVICES)
+        for label, _ in REFINE_CHOICES:
+            self.ui.refineSelector.addItem(label)
         self.ui.promptKindSelector.addItems(["box", "point"])
         self.ui.contextVolumesTable.horizontalHeader().setStretchLastSection(True)
         self.restoreSettings()
@@ -77,6 +82,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.miniContextSpinBox.valueChanged.connect(self.onSettingsChanged)
         self.ui.fastCpuCheckBox.toggled.connect(self.onSettingsChanged)
+        self.ui.refineSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.newSetButton.clicked.connect(self.onNewSet)
         self.ui.deleteSetButton.clicked.connect(self.onDeleteSet)
@@ -132,6 +138,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.miniContextSpinBox.value = int(settings.value(SETTINGS_PREFIX + "miniContext", 1))
         self.ui.fastCpuCheckBox.checked = settings.value(SETTINGS_PREFIX + "fastCpu",
                                                          "false") == "true"
+        self.ui.refineSelector.setCurrentIndex(int(settings.value(SETTINGS_PREFIX + "refine", 0)))
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
 
     def onSettingsChanged(self, *_):
@@ -142,6 +149,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(SETTINGS_PREFIX + "miniContext", self.ui.miniContextSpinBox.value)
         settings.setValue(SETTINGS_PREFIX + "fastCpu",
                           "true" if self.ui.fastCpuCheckBox.checked else "false")
+        settings.setValue(SETTINGS_PREFIX + "refine", self.ui.refineSelector.currentIndex)
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
         self.updateDependencies()
 
@@ -357,7 +365,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logic = self.lib()
         predictor = logic.predictor(self.modelSource(), self.ui.deviceSelector.currentText,
                                     self.ui.miniContextSpinBox.value,
-                                    "bf16" if self.ui.fastCpuCheckBox.checked else "fp32")
+                                    "bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
+                                    REFINE_CHOICES[self.ui.refineSelector.currentIndex][1])
         self.setBusy(not interactive)
         self.worker.submit(lambda progress, cancelled: logic.compute(job, predictor, progress,
                                                                     cancelled),
@@ -459,13 +468,15 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
 
     def process(self, contextSetNodes: Sequence, targetVolumeNodes: Sequence, model: str = "box",
                 device: str = "auto", miniContext: int = 1, fastCpu: bool = False,
-                progress: Optional[Callable[[float, str], None]] = None) -> dict:
+                progress: Optional[Callable[[float, str], None]] = None,
+                refine: Optional[bool] = None) -> dict:
         """Segments every target with every context set; returns ``{volume name:
-        segmentation node}``. Blocks until done."""
+        segmentation node}``. Blocks until done. ``refine``: work at the structure's scale
+        (None: as the model was trained)."""
         from WSICLSegmentLib.logic import SegmentationLogic
         logic = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
         return logic.process(contextSetNodes, targetVolumeNodes, model, device, miniContext,
-                             "bf16" if fastCpu else "fp32", progress)
+                             "bf16" if fastCpu else "fp32", progress, refine)
 
     def createContextSet(self, name: str, promptKind: str = "box"):
         from WSICLSegmentLib import context_sets

@@ -63,11 +63,12 @@ class SegmentationLogic:
         self._predictor_key: Optional[tuple] = None
 
     def predictor(self, model: str = "box", device: str = "auto", mini_context: int = 1,
-                  precision: str = "fp32") -> wsicl.Predictor:
-        """A predictor, reused while the settings stay the same (loading takes seconds)."""
-        key = (str(model), device, int(mini_context), precision)
+                  precision: str = "fp32", refine: Optional[bool] = None) -> wsicl.Predictor:
+        """A predictor, reused while the settings stay the same (loading takes seconds).
+        ``refine``: work at the structure's scale (None: as the model was trained)."""
+        key = (str(model), device, int(mini_context), precision, refine)
         if self._predictor is None or key != self._predictor_key:
-            self._predictor = wsicl.Predictor(model, device, mini_context, precision)
+            self._predictor = wsicl.Predictor(model, device, mini_context, precision, refine)
             self._predictor_key = key
         return self._predictor
 
@@ -159,13 +160,14 @@ class SegmentationLogic:
 
     def process(self, set_nodes: Sequence, target_volumes: Sequence, model: str = "box",
                 device: str = "auto", mini_context: int = 1, precision: str = "fp32",
-                progress: Optional[Progress] = None) -> Dict[str, object]:
+                progress: Optional[Progress] = None, refine: Optional[bool] = None
+                ) -> Dict[str, object]:
         """Segments every target with every context set, synchronously.
 
         Returns ``{target volume name: segmentation node}``.
         """
         job = self.gather(set_nodes, target_volumes)
-        predictor = self.predictor(model, device, mini_context, precision)
+        predictor = self.predictor(model, device, mini_context, precision, refine)
         results = self.compute(job, predictor, progress)
         writes = self.apply(results)
         return {self.scene.GetNodeByID(r.target_id).GetName(): w.segmentation_node
