@@ -48,6 +48,7 @@ def main(output: Path) -> None:
     find = lambda cls, name: panel.findChild(cls, name)  # noqa: E731
     find(QComboBox, "modelSelector").addItems(["Bundled box model (CPU friendly)"])
     find(QComboBox, "deviceSelector").addItems(["auto"])
+    find(QComboBox, "refineSelector").addItems(["As the model was trained"])
     find(QComboBox, "promptKindSelector").addItems(["box"])
     find(QComboBox, "volumeSelector").addItems(["CT case 2"])
     find(QComboBox, "targetSelector").addItems(["MR case 7"])
