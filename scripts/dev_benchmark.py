@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/dev_benchmark.py SHARED_DATA_DIR OUTPUT_DIR [--model NAME=PATH ...]
-        [--prompt box|point] [--draws 3] [--seed 0]
+        [--prompt box|point] [--draws 3] [--seed 0] [--refine | --no-refine]
 
 Tasks (none of these structures or images is trained on; see Resources/MODEL_CARD.md):
 
@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="box", choices=("box", "point"))
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="crop / two-pass inference on or off (default: each model's own)")
     args = parser.parse_args()
     models = dict(item.split("=", 1) for item in (args.model or [f"bundled={args.prompt}"]))
     args.output.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def main() -> None:
         results.setdefault(method, {}).setdefault(task, []).append(float(value))
 
     for name, source in models.items():
-        predictor = Predictor(source, device="cpu")
+        predictor = Predictor(source, device="cpu", refine=args.refine)
         started = time.perf_counter()
         for task, (image, mask) in cases.items():
             axis = 2 - axial_axis(image)
