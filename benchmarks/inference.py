@@ -1,6 +1,7 @@
 """Inference time and peak memory per target.
 
-Usage: ``python benchmarks/inference.py [--quick] [--skip-released] [--repeats N]``
+Usage: ``python benchmarks/inference.py [--quick] [--skip-released] [--repeats N]
+[--precisions fp32,bf16]``
 
 Each configuration runs in its own process (so peak RSS is its own) and prints one row:
 
@@ -11,7 +12,8 @@ Each configuration runs in its own process (so peak RSS is its own) and prints o
   memory kept) and ``bf16`` (the opt-in reduced-precision CPU path);
 - ``bundled``: the bundled box model through the full predictor (reorientation,
   resampling, prompts, network, mapping back) on the bundled sample MR, with L = 8
-  context images (in context) and L = 1 (interactive, the image as its own context).
+  context images (in context) and L = 1 (interactive, the image as its own context),
+  with crops (the model's own way: two passes in context) and on whole views.
 
 Wall time is the median over ``--repeats`` runs after one warm-up run (L = 8 rows of the
 released size: one run, no warm-up).
@@ -69,12 +71,12 @@ def run_released(mode: str, context_size: int, repeats: int) -> dict:
             "peak_rss_gb": peak_rss_gb()}
 
 
-def run_bundled(kind: str, precision: str, repeats: int) -> dict:
+def run_bundled(kind: str, precision: str, refine: bool, repeats: int) -> dict:
     import SimpleITK as sitk
     import wsicl
     from wsicl.demo import boxes_on_slices, sample, to_boxes
     wsicl.keep_freed_memory()
-    predictor = wsicl.Predictor("box", device="cpu", precision=precision)
+    predictor = wsicl.Predictor("box", device="cpu", precision=precision, refine=refine)
     image = sitk.ReadImage(str(sample("example_mr_sm.nii.gz")))
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz")))) == 5
     boxes = to_boxes(boxes_on_slices(liver, 3))
@@ -87,14 +89,16 @@ def run_bundled(kind: str, precision: str, repeats: int) -> dict:
             context.add(image, boxes)
         seconds = timed(lambda: predictor.segment(image, context), repeats)
         context_size = 8
-    return {"model": f"bundled box ({predictor.size}^3)", "mode": f"{kind} {precision}",
+    view = "crops" if refine else "whole"
+    return {"model": f"bundled box ({predictor.size}^3)",
+            "mode": f"{kind} {precision} {view}",
             "L": context_size, "seconds": seconds, "peak_rss_gb": peak_rss_gb()}
 
 
 def run_one(spec: dict) -> dict:
     if spec["what"] == "released":
         return run_released(spec["mode"], spec["L"], spec["repeats"])
-    return run_bundled(spec["kind"], spec["precision"], spec["repeats"])
+    return run_bundled(spec["kind"], spec["precision"], spec["refine"], spec["repeats"])
 
 
 def main() -> None:
@@ -102,6 +106,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="L = 1 only for the released size")
     parser.add_argument("--skip-released", action="store_true")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated; bf16 only helps on CPUs with bfloat16 "
+                             "instructions")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -110,15 +117,16 @@ def main() -> None:
     specs = []
     if not args.skip_released:
         for context_size in ([1] if args.quick else [1, 8]):
-            for mode in ("plain", "fp32", "bf16"):
+            for mode in ["plain"] + args.precisions.split(","):
                 specs.append({"what": "released", "mode": mode, "L": context_size,
                               "repeats": 1 if context_size == 8 else args.repeats})
     for kind in ("in-context", "interactive"):
-        for precision in ("fp32", "bf16"):
-            specs.append({"what": "bundled", "kind": kind, "precision": precision,
-                          "repeats": args.repeats})
+        for precision in args.precisions.split(","):
+            for refine in (True, False):
+                specs.append({"what": "bundled", "kind": kind, "precision": precision,
+                              "refine": refine, "repeats": args.repeats})
     print(f"CPU threads: {os.cpu_count()}; python {sys.version.split()[0]}")
-    print(f"{'model':<24} {'mode':<20} {'L':>3} {'s/target':>9} {'peak RSS GB':>12}")
+    print(f"{'model':<24} {'mode':<26} {'L':>3} {'s/target':>9} {'peak RSS GB':>12}")
     root = Path(__file__).resolve().parent.parent
     for spec in specs:
         completed = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
@@ -127,7 +135,7 @@ def main() -> None:
             print(f"{spec}: failed: {completed.stderr.strip().splitlines()[-1]}")
             continue
         row = json.loads(completed.stdout.strip().splitlines()[-1])
-        print(f"{row['model']:<24} {row['mode']:<20} {row['L']:>3} {row['seconds']:>9.2f} "
+        print(f"{row['model']:<24} {row['mode']:<26} {row['L']:>3} {row['seconds']:>9.2f} "
               f"{row['peak_rss_gb']:>12.2f}", flush=True)
 
 
