@@ -3,6 +3,7 @@ cleanly with one line naming the culprit."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,16 @@ def test_refine_flags_reach_the_predictor_and_evaluate_says_what_to_do(workspace
                  "--refine", "--device", "cpu"]) == 1
     error = capsys.readouterr().err
     assert "--no-refine" in error and "dev_benchmark" in error and "Traceback" not in error
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_unwritable_output_folder_fails_before_the_model_loads(workspace, capsys, monkeypatch):
+    import wsicl.cli
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    loaded = []
+    monkeypatch.setattr(wsicl.cli, "make_predictor", lambda args: loaded.append(1))
+    # /proc refuses new files even to root, like a read-only file system
+    assert run(workspace, path, Path("/proc/wsicl-results"), str(workspace / "target.nrrd")) == 1
+    error = capsys.readouterr().err
+    assert "cannot write there" in error and "Traceback" not in error and not loaded

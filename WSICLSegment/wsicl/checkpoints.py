@@ -12,12 +12,12 @@ import dataclasses
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
+from .files import WriteError, atomic_write
 from .network import WSICLNet
 
 FORMAT_NAME = "wsicl-model"
@@ -220,14 +220,13 @@ def save_model(network: WSICLNet, path: Union[str, os.PathLike], info: ModelInfo
                "state_dict": {k: v.detach().cpu().to(dtype or v.dtype)
                               for k, v in network.state_dict().items()}}
     content.update(extra or {})
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_write(path) as temporary:
+        torch.save(content, str(temporary))
+        written = _read(temporary)
+        if not isinstance(written, Mapping) or written.get("state_dict", {}).keys() != \
+                content["state_dict"].keys():
+            raise WriteError(f"{path}: the file did not read back as written (disk full?); "
+                             "nothing was kept")
     return path
 
 

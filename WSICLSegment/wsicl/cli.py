@@ -119,6 +119,7 @@ def run_segment(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
     from .contextfile import read_context_file
     from .imageio import list_targets, output_path, read_image
+    from .files import WriteError, check_writable_folder
     from .tasks import case_name
     context_set = read_context_file(args.context_set)
     if args.interactive:
@@ -136,9 +137,14 @@ def run_segment(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise ValueError(f"{existing[0]}: exists ({len(existing)} output(s) in all); pass "
                          "--overwrite to replace")
+    check_writable_folder(args.output_dir)  # before the model loads, not after the work
     predictor = make_predictor(args)
     context = None if args.interactive else predictor.prepare_context(context_set)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(f"{args.output_dir}: cannot create it ({error.strerror or error}); "
+                         "choose a writable folder") from None
     failures = 0
     for index, ((name, job), path) in enumerate(zip(jobs, outputs)):
         label = f"[{index + 1}/{len(jobs)}] {name}"

@@ -1,11 +1,12 @@
 """Reading images (files and DICOM series) and writing masks atomically."""
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
+import numpy as np
 import SimpleITK as sitk
 
+from .files import WriteError, atomic_write
+from .geometry import Grid
 from .tasks import case_name
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -37,8 +38,7 @@ def read_image(path: Union[str, Path]) -> sitk.Image:
             return sitk.ReadImage(files)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise ValueError(f"{path}: cannot read image: {message}") from None
+        raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
 
 
 def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
@@ -91,13 +91,29 @@ def segmentation_metadata(mask: sitk.Image, segment_name: str,
 
 
 def write_atomic(image: sitk.Image, path: Path) -> None:
-    """Writes to a temporary name in the same folder, then renames (no half-written file)."""
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, temporary, True)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """Writes ``image`` to ``path`` (format from the suffix), verified by reading it back:
+    same size, geometry and voxels, else :class:`WriteError` and nothing is written."""
+    with atomic_write(path) as temporary:
+        try:
+            sitk.WriteImage(image, str(temporary), True)
+            written = sitk.ReadImage(str(temporary))
+        except RuntimeError as error:
+            raise WriteError(f"{path}: could not be written ({_last_line(error)}); check the "
+                             "free disk space and the folder's permissions") from None
+        same = (_same_grid(Grid.of(written), Grid.of(image))
+                and np.array_equal(sitk.GetArrayViewFromImage(written),
+                                   sitk.GetArrayViewFromImage(image)))
+        if not same:
+            raise WriteError(f"{path}: the file did not read back as written (disk full?); "
+                             "nothing was kept")
+
+
+def _same_grid(a: Grid, b: Grid) -> bool:
+    """Equal sizes, and geometry equal up to the float32 rounding of NIfTI headers."""
+    return a.size == b.size and all(np.allclose(x, y, rtol=1e-5, atol=1e-4) for x, y in (
+        (a.spacing, b.spacing), (a.origin, b.origin), (a.direction, b.direction)))
+
+
+def _last_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
