@@ -98,3 +98,18 @@ def test_newer_format_version_asks_for_an_update(tmp_path, tiny_network):
 def test_build_model_is_in_eval_mode_with_metadata():
     network = build_model(ModelInfo(channels=[2, 4]))
     assert not network.training and network.metadata.channels == [2, 4]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
+    (lambda path: path.write_bytes(bytes(range(256)) * 8), "not a PyTorch checkpoint"),
+    (lambda path: path.mkdir(), "is a folder"),
+])
+def test_broken_weights_files_get_one_clear_line(tmp_path, make, expected):
+    path = tmp_path / "weights.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    assert expected in message and str(path) in message
+    assert "weights_only" not in message and len(message) < 200 and "\n" not in message

@@ -72,20 +72,29 @@ class ModelInfo:
 
 
 def _read(path: Path) -> Any:
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the weights file inside it (.ckpt "
+                              "or .pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; check the path or use a bundled model "
                               f"({', '.join(BUNDLED_MODELS)})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes); download or copy it again")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: refused: the file contains Python objects beyond tensors and plain "
-            f"containers, which could run code when loaded. Only use weights from a source "
-            f"you trust, saved as a state_dict. ({str(error).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt download?): "
-            f"{str(error).splitlines()[0]}") from None
+        if "unsupported global" in str(error).lower():  # names an importable Python object
+            raise CheckpointError(
+                f"{path}: refused: the file contains Python objects beyond tensors and plain "
+                "containers, which could run code when loaded. Only use weights from a source "
+                "you trust, saved as a state_dict.") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (a corrupt download or "
+                              "another kind of file); download it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as error:
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() \
+            else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
+                              f"corrupt download?): {reason}; download it again") from None
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
