@@ -77,3 +77,17 @@ def test_an_unwritable_folder_is_named(tmp_path):
     blocker.write_text("x", encoding="utf-8")
     with pytest.raises(WriteError, match="cannot write there .not a folder"):
         check_writable_folder(blocker / "sub")
+
+
+@pytest.mark.parametrize("suffix, compress", [(".nii.gz", True), (".nii", False),
+                                              (".nrrd", False), (".mha", False)])
+def test_truncated_images_are_refused_not_zero_filled(tmp_path, suffix, compress):
+    from wsicl.imageio import read_image
+    array = np.random.default_rng(0).normal(size=(20, 30, 40)).astype(np.float32)
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(make_image(array), str(path), compress)
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ValueError, match=f"scan{suffix}.*(truncated|corrupt)"):
+        read_image(path)

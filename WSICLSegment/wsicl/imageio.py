@@ -1,4 +1,6 @@
 """Reading images (files and DICOM series) and writing masks atomically."""
+import gzip
+import zlib
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
@@ -36,9 +38,49 @@ def read_image(path: Union[str, Path]) -> sitk.Image:
             if not files:
                 raise ValueError(f"{path}: folder holds no DICOM series")
             return sitk.ReadImage(files)
+        check_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
+
+
+def check_complete(path: Path) -> None:
+    """:class:`ValueError` for an image file shorter than its header promises (SimpleITK
+    reads such files without complaint, the missing part as zeros): a gzip stream must
+    reach its end marker; an uncompressed NIfTI, NRRD or MHA must hold every voxel."""
+    name = path.name.lower()
+    remedy = "copy or download it again"
+    if name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 24):
+                    pass
+        except (EOFError, OSError, zlib.error) as error:
+            raise ValueError(f"{path}: truncated or corrupt compressed file ({error}); "
+                             f"{remedy}") from None
+        return
+    if name.endswith(".nrrd") and b"encoding: raw" not in _header(path):
+        return  # compressed NRRD payloads are checked by their reader
+    if name.endswith(".mha") and b"CompressedData = True" in _header(path):
+        return
+    if not name.endswith((".nii", ".nrrd", ".mha")):
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
+    voxels = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    needed = voxels * sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
+    if path.stat().st_size < needed:
+        raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes for {voxels} voxels "
+                         f"that need {needed}; {remedy}")
+
+
+def _header(path: Path, limit: int = 65536) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read(limit)
 
 
 def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
