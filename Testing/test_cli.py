@@ -222,3 +222,18 @@ def test_unwritable_output_folder_fails_before_the_model_loads(workspace, capsys
     assert run(workspace, path, Path("/proc/wsicl-results"), str(workspace / "target.nrrd")) == 1
     error = capsys.readouterr().err
     assert "cannot write there" in error and "Traceback" not in error and not loaded
+
+
+def test_flag_names_in_messages_bom_files_and_interactive_with_targets(workspace, capsys):
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    with pytest.raises(SystemExit):
+        run(workspace, path, workspace / "out", "--mini-context", "0")
+    assert "--mini-context: must be at least 1" in capsys.readouterr().err
+    assert run(workspace, path, workspace / "out", "--interactive",
+               str(workspace / "target.nrrd")) == 1
+    error = capsys.readouterr().err
+    assert "--interactive" in error and "TARGET" in error and not (workspace / "out").exists()
+    bom = workspace / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert run(workspace, bom, workspace / "out", "--interactive") == 0

@@ -28,6 +28,17 @@ def channels_argument(text: str) -> List[int]:
     return channels
 
 
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the bundled model on the bundled sample data",
@@ -122,6 +133,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from .files import WriteError, check_writable_folder
     from .tasks import case_name
     context_set = read_context_file(args.context_set)
+    if args.interactive and args.targets:
+        raise ValueError("--interactive segments the context images themselves; drop the "
+                         f"TARGET arguments ({args.targets[0]}, ...) or drop --interactive")
     if args.interactive:
         jobs = [(case_name(Path(entry.source)), entry) for entry in context_set.entries]
     elif not args.targets:
@@ -220,7 +234,8 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--mini-context", type=int, default=1)
+    parser.add_argument("--mini-context", type=positive_int, default=1,
+                        help="context images processed at once (lower it if memory runs out)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="bf16: faster on CPUs with bfloat16 instructions, raw outputs "
                              "differ by a few hundredths")

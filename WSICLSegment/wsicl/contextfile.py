@@ -49,7 +49,7 @@ def read_markups(path: Path) -> (List[Box], List[Point]):
     zero size along one axis is a 2D box.
     """
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM: Windows
     except (OSError, ValueError) as error:
         raise ContextFileError(f"{path}: cannot read markups file: {error}") from None
     boxes, points = [], []
@@ -120,7 +120,7 @@ def read_context_file(path: Union[str, Path]) -> ContextSet:
     """Parses and validates a context-set JSON file; images are read, prompts checked."""
     path = Path(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8-sig"))  # BOM: Windows
     except FileNotFoundError:
         raise ContextFileError(f"{path}: no such context-set file") from None
     except (OSError, ValueError) as error:

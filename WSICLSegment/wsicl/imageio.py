@@ -23,7 +23,12 @@ def is_image_file(path: Path) -> bool:
 def dicom_series(folder: Path) -> List[str]:
     """The files of the first DICOM series in ``folder`` (empty if there is none)."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    showing = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's "No Series were found"
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(showing)
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0])) if series else []
 
 

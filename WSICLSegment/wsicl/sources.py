@@ -99,9 +99,9 @@ def development_sources(data: Union[str, Path], mni_folder: Optional[Union[str, 
     if mni_folder is not None:
         sources.append(_mni_source(Path(mni_folder)))
         provenance.append("ICBM 2009a nonlinear symmetric T1 template with grey / white "
-                          "matter maps at 2 mm, thresholded at 0.5: McConnell Brain Imaging Centre, "
-                          "copy shipped in nilearn 0.14.1 (ICBM licence: use, copy, modify "
-                          "and distribute with its copyright notice)")
+                          "matter maps at 2 mm, thresholded at 0.5: McConnell Brain Imaging "
+                          "Centre, copy shipped in nilearn 0.14.1 (ICBM licence: use, copy, "
+                          "modify and distribute with its copyright notice)")
     return sources, provenance
 
 
