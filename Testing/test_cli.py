@@ -163,6 +163,8 @@ def test_existing_output_is_kept_without_overwrite(workspace, capsys):
      ["target.nrrd"], "outside"),
     ({"context": [{"image": "context.nii.gz"}]}, ["target.nrrd"], "context[0]"),
     ({"context": []}, ["target.nrrd"], "non-empty"),
+    ({"context": [{"image": "context.nii.gz", "boxes": "10 12 8 26 28 8"}]}, ["target.nrrd"],
+     "boxes: expected a list, got str"),
     ({"context": [{"image": "context.nii.gz", "boxes": [VOXEL_BOX]}]}, ["missing.nrrd"],
      "missing.nrrd"),
 ])

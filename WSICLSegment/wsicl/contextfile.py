@@ -90,6 +90,10 @@ def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
         raise ContextFileError(f"{where}: missing 'image'")
     image_path = folder / str(raw["image"])
     boxes, points = [], []
+    for key in ("boxes", "points"):
+        if not isinstance(raw.get(key, []), list):
+            raise ContextFileError(f"{where}.{key}: expected a list, got "
+                                   f"{type(raw[key]).__name__} {raw[key]!r:.60}")
     for box_index, box in enumerate(raw.get("boxes", [])):
         box_where = f"{where}.boxes[{box_index}]"
         if not isinstance(box, dict) or set(box) != BOX_KEYS:
