@@ -91,3 +91,12 @@ def test_truncated_images_are_refused_not_zero_filled(tmp_path, suffix, compress
     path.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(ValueError, match=f"scan{suffix}.*(truncated|corrupt)"):
         read_image(path)
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_reading(tmp_path):
+    from wsicl.imageio import read_image
+    path = tmp_path / "hostile.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 5000 5000 5000\n"
+                     b"encoding: raw\nendian: little\n\n" + bytes(64))
+    with pytest.raises(ValueError, match="hostile.nrrd: its header claims 125,000,000,000"):
+        read_image(path)

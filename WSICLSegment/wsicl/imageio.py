@@ -49,12 +49,29 @@ def read_image(path: Union[str, Path]) -> sitk.Image:
         raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
 
 
+MAX_VOXELS = 1_000_000_000
+"""Largest image read (4 GB as float32): a header claiming more is refused unread."""
+
+
 def check_complete(path: Path) -> None:
-    """:class:`ValueError` for an image file shorter than its header promises (SimpleITK
-    reads such files without complaint, the missing part as zeros): a gzip stream must
-    reach its end marker; an uncompressed NIfTI, NRRD or MHA must hold every voxel."""
+    """:class:`ValueError` for an image file whose header claims more than
+    :data:`MAX_VOXELS` voxels (a corrupt or hostile header, refused before allocating), or
+    that is shorter than its header promises (SimpleITK reads such files without complaint,
+    the missing part as zeros): a gzip stream must reach its end marker; an uncompressed
+    NIfTI, NRRD or MHA must hold every voxel."""
     name = path.name.lower()
     remedy = "copy or download it again"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
+    voxels = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
+    if voxels > MAX_VOXELS:
+        raise ValueError(f"{path}: its header claims {voxels:,} voxels (size "
+                         f"{list(reader.GetSize())}), more than WSICL reads ({MAX_VOXELS:,}); "
+                         "the header is corrupt or the image must be cropped first")
     if name.endswith(".gz"):
         try:
             with gzip.open(path, "rb") as stream:
@@ -64,19 +81,10 @@ def check_complete(path: Path) -> None:
             raise ValueError(f"{path}: truncated or corrupt compressed file ({error}); "
                              f"{remedy}") from None
         return
-    if name.endswith(".nrrd") and b"encoding: raw" not in _header(path):
-        return  # compressed NRRD payloads are checked by their reader
-    if name.endswith(".mha") and b"CompressedData = True" in _header(path):
-        return
-    if not name.endswith((".nii", ".nrrd", ".mha")):
-        return
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
-    voxels = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    compressed = (name.endswith(".nrrd") and b"encoding: raw" not in _header(path)) or (
+        name.endswith(".mha") and b"CompressedData = True" in _header(path))
+    if compressed or not name.endswith((".nii", ".nrrd", ".mha")):
+        return  # compressed payloads are checked by their reader
     needed = voxels * sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     if path.stat().st_size < needed:
         raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes for {voxels} voxels "
