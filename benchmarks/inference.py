@@ -1,7 +1,7 @@
 """Inference time and peak memory per target.
 
 Usage: ``python benchmarks/inference.py [--quick] [--skip-released] [--repeats N]
-[--precisions fp32,bf16]``
+[--precisions fp32,bf16] [--cuda]``
 
 Each configuration runs in its own process (so peak RSS is its own) and prints one row:
 
@@ -14,6 +14,9 @@ Each configuration runs in its own process (so peak RSS is its own) and prints o
   resampling, prompts, network, mapping back) on the bundled sample MR, with L = 8
   context images (in context) and L = 1 (interactive, the image as its own context),
   with crops (the model's own way: two passes in context) and on whole views.
+
+With ``--cuda`` only the released size runs, on the GPU (CUDA always autocasts to
+bfloat16), for L = 1, 8 and 32 (PYTHONPATH=WSICLSegment is enough: no SimpleITK needed).
 
 Wall time is the median over ``--repeats`` runs after one warm-up run (L = 8 rows of the
 released size: one run, no warm-up).
@@ -47,26 +50,31 @@ def timed(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_released(mode: str, context_size: int, repeats: int) -> dict:
+def run_released(mode: str, context_size: int, repeats: int, device_name: str = "cpu"
+                 ) -> dict:
     import torch
     from wsicl.device import autocast, keep_freed_memory
     from wsicl.network import WSICLNet
     torch.manual_seed(0)
-    network = WSICLNet(RELEASED).eval()
-    if mode != "plain":
+    device = torch.device(device_name)
+    network = WSICLNet(RELEASED).eval().to(device)
+    if mode != "plain" and device.type == "cpu":
         keep_freed_memory()
         network = network.to(memory_format=torch.channels_last_3d)
     size = 128
-    target = torch.rand(1, 1, size, size, size)
-    images = torch.rand(1, context_size, 1, size, size, size)
-    prompts = (torch.rand(1, context_size, 1, size, size, size) > 0.9).float()
-    device = torch.device("cpu")
+    target = torch.rand(1, 1, size, size, size, device=device)
+    images = torch.rand(1, context_size, 1, size, size, size, device=device)
+    prompts = (torch.rand(1, context_size, 1, size, size, size, device=device) > 0.9).float()
 
     def once():
         with torch.inference_mode(), autocast(device, "bf16" if mode == "bf16" else "fp32"):
             network(target, images, prompts, 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     seconds = timed(once, repeats)
+    if device.type == "cuda":
+        mode = f"{mode} cuda (bf16 autocast)"
     return {"model": "released-size", "mode": mode, "L": context_size, "seconds": seconds,
             "peak_rss_gb": peak_rss_gb()}
 
@@ -97,7 +105,7 @@ def run_bundled(kind: str, precision: str, refine: bool, repeats: int) -> dict:
 
 def run_one(spec: dict) -> dict:
     if spec["what"] == "released":
-        return run_released(spec["mode"], spec["L"], spec["repeats"])
+        return run_released(spec["mode"], spec["L"], spec["repeats"], spec.get("device", "cpu"))
     return run_bundled(spec["kind"], spec["precision"], spec["refine"], spec["repeats"])
 
 
@@ -109,18 +117,24 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="comma-separated; bf16 only helps on CPUs with bfloat16 "
                              "instructions")
+    parser.add_argument("--cuda", action="store_true",
+                        help="time the released-size network on the GPU only (peak RSS is "
+                             "then host memory)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
     specs = []
-    if not args.skip_released:
+    if args.cuda:
+        specs = [{"what": "released", "mode": "fp32", "L": context_size, "repeats": 5,
+                  "device": "cuda"} for context_size in (1, 8, 32)]
+    elif not args.skip_released:
         for context_size in ([1] if args.quick else [1, 8]):
             for mode in ["plain"] + args.precisions.split(","):
                 specs.append({"what": "released", "mode": mode, "L": context_size,
                               "repeats": 1 if context_size == 8 else args.repeats})
-    for kind in ("in-context", "interactive"):
+    for kind in ("in-context", "interactive") if not args.cuda else ():
         for precision in args.precisions.split(","):
             for refine in (True, False):
                 specs.append({"what": "bundled", "kind": kind, "precision": precision,
