@@ -101,3 +101,15 @@ def test_extension_metadata():
                   "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS \"PyTorch\""):
         assert field in cmake
     assert (ROOT / "WSICL.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_inference_and_file_formats_import_no_training_code():
+    import subprocess
+    import sys
+    code = ("import sys, wsicl.predictor, wsicl.contextfile, wsicl.imageio, wsicl.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('wsicl.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    for training in ("tasks", "train", "episodes", "episode_training", "sources", "losses",
+                     "simulate", "evaluate"):
+        assert f"'wsicl.{training}'" not in loaded, loaded

@@ -129,9 +129,8 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
     from .contextfile import read_context_file
-    from .imageio import list_targets, output_path, read_image
+    from .imageio import case_name, list_targets, output_path, read_image
     from .files import WriteError, check_writable_folder
-    from .tasks import case_name
     context_set = read_context_file(args.context_set)
     if args.interactive and args.targets:
         raise ValueError("--interactive segments the context images themselves; drop the "

@@ -21,7 +21,8 @@ from .geometry import PreparedImage, prepare, threshold, to_source_grid
 from .metrics import dice
 from .predictor import PreparedContext, Predictor
 from .simulate import simulated_channel
-from .tasks import case_name, image_files, label_on_grid
+from .imageio import case_name, image_files
+from .tasks import label_on_grid
 
 SECONDS_PER_PROMPT = {"point": 5.0, "box": 10.0}
 SECONDS_PER_MASK = {"2D mask": 80.0, "3D mask": 1600.0}

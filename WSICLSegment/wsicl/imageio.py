@@ -9,10 +9,23 @@ import SimpleITK as sitk
 
 from .files import WriteError, atomic_write
 from .geometry import Grid
-from .tasks import case_name
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
+
+
+def image_files(folder: Path) -> List[Path]:
+    """Image files in ``folder`` (NIfTI, NRRD, MHA/MHD), sorted."""
+    return sorted(p for p in folder.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def case_name(path: Path) -> str:
+    """The file name without image extensions (and without nnU-Net's ``_0000``)."""
+    name = path.name
+    for suffix in IMAGE_SUFFIXES + (".seg",):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name[:-5] if name.endswith("_0000") else name
 
 
 def is_image_file(path: Path) -> bool:

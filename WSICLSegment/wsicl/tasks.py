@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .geometry import PreparedImage, canonical, prepare
+from .imageio import case_name, image_files
 
 
 @dataclasses.dataclass
@@ -53,21 +54,6 @@ class Episode:
     context_images: torch.Tensor
     context_masks: torch.Tensor
     task: str
-
-
-def image_files(folder: Path) -> List[Path]:
-    """Image files in ``folder`` (NIfTI, NRRD, MHA/MHD), sorted."""
-    suffixes = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-    return sorted(p for p in folder.iterdir() if p.name.lower().endswith(suffixes))
-
-
-def case_name(path: Path) -> str:
-    """The file name without image extensions (and without nnU-Net's ``_0000``)."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name[:-5] if name.endswith("_0000") else name
 
 
 def label_on_grid(label: sitk.Image, prepared: PreparedImage) -> np.ndarray:
