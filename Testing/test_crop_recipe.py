@@ -12,8 +12,10 @@ from wsicl.checkpoints import ModelInfo, build_model, read_training_state
 from wsicl.crops import crop_region, robust_unit_range, whole_region
 from wsicl.episode_training import RunConfig, train
 from wsicl.losses import segmentation_loss
+from wsicl.metrics import dice
 from wsicl.episodes import EngineConfig, EpisodeEngine, Source
-from wsicl.geometry import Grid, model_grid
+from wsicl.geometry import Grid, canonical_grid, model_grid, prepare
+from wsicl.network import WSICLNet
 from wsicl.sources import load_bundle, read_source, save_bundle
 
 
@@ -216,3 +218,43 @@ def test_crop_grows_towards_the_faces_the_answer_runs_into():
     assert np.allclose((low[1:] + high[1:]) / 2, [100.0, 20.0])
     at_border = (np.array([160.0, 80.0, 10.0]), np.array([199.5, 120.0, 30.0]))
     assert _grown(at_border, touching, oriented) is None        # that face is the image's
+
+
+@pytest.mark.parametrize("direction", [tuple(np.eye(3).ravel()),
+                                       (-1, 0, 0, 0, 1, 0, 0, 0, -1),
+                                       (0, 0, 1, 1, 0, 0, 0, 1, 0)])  # flipped; permuted axes
+def test_crops_land_around_the_prompt_in_physical_space(crop_network, direction):
+    spacing = (0.8, 1.1, 2.5)
+    array = np.random.default_rng(1).normal(size=(30, 70, 80)).astype(np.float32)
+    image = make_image(array, spacing, (12.0, -30.0, 7.0), direction)
+    low, high = (20, 25, 14), (36, 45, 14)        # a 2D box on slice k = 14 (voxel i, j, k)
+    centre = image.TransformContinuousIndexToPhysicalPoint(
+        [(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, 14.0])
+    entry = ContextSet(name="s").add(image, [Box(low, high)]).entries[0]
+    predictor = Predictor(crop_network, device="cpu")
+    region = predictor._prompt_region(entry, canonical_grid(image))
+    prepared = prepare(image, 16, "image", region, "robust")
+    middle = prepared.grid.index_to_lps(np.array([[7.5, 7.5, 7.5]]))[0]
+    assert np.allclose(middle, centre, atol=max(spacing) / 2 + 1e-6)
+    # 1.6 x the box's largest side (21 voxels x 1.1 mm = 23.1 mm) is under the 40 mm minimum
+    assert np.allclose(np.array(prepared.grid.spacing) * 16, 40.0)
+
+
+def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
+    class Oracle(WSICLNet):
+        """Answers 'bright' as a logit: what a perfect network would say here."""
+
+        def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None):
+            return (target - 0.5) * 40
+
+    oracle = Oracle([2, 4])
+    oracle.metadata = ModelInfo(channels=[2, 4], input_size=32, prompt="box",
+                                normalisation="robust", input_policy="crop", output="logit")
+    spacing = (0.7, 0.7, 3.0)
+    ball = sphere_volume((40, 256, 256), (20, 120, 140), 6.0, spacing)  # 12 mm in 180 mm
+    image = make_image(ball.astype(np.float32) * 100, spacing)
+    box = Box((133, 113, 20), (147, 127, 20))
+    crop = Predictor(oracle, device="cpu").segment_interactive(image, boxes=[box])
+    whole = Predictor(oracle, device="cpu", refine=False).segment_interactive(image, boxes=[box])
+    assert dice(sitk.GetArrayFromImage(crop), ball) > 0.97
+    assert dice(sitk.GetArrayFromImage(whole), ball) < dice(sitk.GetArrayFromImage(crop), ball)
