@@ -203,6 +203,12 @@ def canonical_grid(image: sitk.Image) -> Grid:
     return Grid.of(canonical(check_volume(image)))
 
 
+def box_corners(low: Sequence[float], high: Sequence[float]) -> np.ndarray:
+    """The 8 corners ``[8, 3]`` of the axis-aligned box ``[low, high]``."""
+    return np.array([[(low, high)[bit][axis] for axis, bit in enumerate(bits)]
+                     for bits in np.ndindex(2, 2, 2)], dtype=float)
+
+
 def box_corners_lps(low: Sequence[float], high: Sequence[float], space: str, source: Grid
                     ) -> np.ndarray:
     """The 8 corners ``[8, 3]`` (LPS mm) of a box with inclusive corners ``low``/``high``
@@ -213,9 +219,7 @@ def box_corners_lps(low: Sequence[float], high: Sequence[float], space: str, sou
         raise ValueError(f"box min {low.tolist()} / max {high.tolist()} must be 3 coordinates "
                          "with min <= max")
     margin = np.where(high == low, 0.0, 0.5) if space == "voxel" else np.zeros(3)
-    corners = np.array([[(low - margin)[a] if bit == 0 else (high + margin)[a]
-                         for a, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-    return to_lps(corners, space, source)
+    return to_lps(box_corners(low - margin, high + margin), space, source)
 
 
 def to_lps(points: np.ndarray, space: str, source: Grid) -> np.ndarray:
@@ -297,6 +301,11 @@ def to_source_grid(values: np.ndarray, grid: Grid, reference: sitk.Image) -> sit
     image = grid.array_to_image(np.ascontiguousarray(values, dtype=np.float32))
     resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
                               sitk.sitkFloat32, True)
+    target = Grid.of(reference)
+    centres = box_corners(np.zeros(3), np.array(target.size) - 1.0)
+    index = grid.lps_to_index(target.index_to_lps(centres))
+    if np.all(index >= -0.5 - 1e-6) and np.all(index <= np.array(grid.size) - 0.5 + 1e-6):
+        return resampled  # the grid covers the whole reference (a whole view): no cut-off
     ones = grid.array_to_image(np.ones(values.shape, dtype=np.float32))
     inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
                            sitk.sitkFloat32)

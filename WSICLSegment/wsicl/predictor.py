@@ -16,8 +16,9 @@ from .checkpoints import load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
 from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region
 from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
-from .geometry import (Grid, PreparedImage, box_corners_lps, box_to_model, canonical_grid,
-                       point_to_model, prepare, threshold, to_lps, to_source_grid)
+from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
+                       canonical_grid, point_to_model, prepare, threshold, to_lps,
+                       to_source_grid)
 from .network import WSICLNet
 from .prompts import render_boxes, render_points
 
@@ -103,22 +104,20 @@ class Predictor:
         """Resamples every context image and renders its prompts on the model grid (and,
         when refining, once more on a crop around its prompts)."""
         kind = self._check_kind(context_set)
-        views: List[List[np.ndarray]] = [[], [], [], []]
+        whole: List[Tuple[np.ndarray, np.ndarray]] = []   # (image, prompt channel) each
+        cropped: List[Tuple[np.ndarray, np.ndarray]] = []
         for entry in context_set.entries:
             _check_cancel(cancel)
             prepared = self._prepare(entry.image, entry.name)
-            views[0].append(prepared.array)
-            views[1].append(self._prompt_channel(entry, prepared))
+            whole.append((prepared.array, self._prompt_channel(entry, prepared)))
             if self.refine:
-                cropped = self._prepare(entry.image, entry.name,
-                                        self._prompt_region(entry, prepared.oriented))
-                views[2].append(cropped.array)
-                views[3].append(self._prompt_channel(entry, cropped))
-        crops = PreparedContext.of(views[2], views[3], kind, context_set.name) \
+                crop = self._prepare(entry.image, entry.name,
+                                     self._prompt_region(entry, prepared.oriented))
+                cropped.append((crop.array, self._prompt_channel(entry, crop)))
+        result = PreparedContext.of(*zip(*whole), kind, context_set.name)
+        result.crops = PreparedContext.of(*zip(*cropped), kind, context_set.name) \
             if self.refine else None
-        whole = PreparedContext.of(views[0], views[1], kind, context_set.name)
-        whole.crops = crops
-        return whole
+        return result
 
     def _prepare(self, image: sitk.Image, name: str, region: Optional[Region] = None
                  ) -> PreparedImage:
@@ -142,9 +141,8 @@ class Predictor:
                    for axis in range(3)]
         low = np.array([p[0] - 0.5 for p in present])[::-1]     # array order -> (i, j, k)
         high = np.array([p[-1] + 0.5 for p in present])[::-1]
-        corners = np.array([[(low, high)[bit][a] for a, bit in enumerate(bits)]
-                            for bits in np.ndindex(2, 2, 2)])
-        index = prepared.oriented.lps_to_index(prepared.grid.index_to_lps(corners))
+        index = prepared.oriented.lps_to_index(prepared.grid.index_to_lps(
+            box_corners(low, high)))
         return crop_region(index.min(0), index.max(0), prepared.oriented.spacing,
                            prepared.oriented.size, CROP_MARGIN, MIN_SIDE_MM)
 
@@ -191,9 +189,7 @@ class Predictor:
 
         first = self._run(prepared.array, context, half(0.0), cancel)
         if not (first >= 0.5).any():
-            probability = to_source_grid(first, prepared.grid, target)
-            mask = threshold(probability)
-            return Segmentation(mask, probability) if return_probability else mask
+            return _on_target(first, prepared, target, return_probability)
         cropped = self._prepare(target, "target", self._mask_region(first >= 0.5, prepared))
         return self.segment_prepared(target, cropped, context.crops, return_probability,
                                       half(0.5), cancel)
@@ -204,10 +200,8 @@ class Predictor:
                           ) -> Union[sitk.Image, Segmentation]:
         """Segments an already prepared target (``prepare(target, size)``) with a prepared
         context; the result is on ``target``'s grid."""
-        raw = self._run(prepared.array, context, progress, cancel)
-        probability = to_source_grid(raw, prepared.grid, target)
-        mask = threshold(probability)
-        return Segmentation(mask, probability) if return_probability else mask
+        output = self._run(prepared.array, context, progress, cancel)
+        return _on_target(output, prepared, target, return_probability)
 
     def segment_many(self, targets: Sequence[sitk.Image], context_set: ContextSet,
                      progress: Optional[ProgressCallback] = None,
@@ -249,9 +243,7 @@ class Predictor:
             if grown is None or step == ZOOM_STEPS:
                 break
             region = grown
-        probability = to_source_grid(output, prepared.grid, image)
-        mask = threshold(probability)
-        return Segmentation(mask, probability) if return_probability else mask
+        return _on_target(output, prepared, image, return_probability)
 
     def _run(self, target: np.ndarray, context: PreparedContext,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> np.ndarray:
@@ -280,6 +272,15 @@ class Predictor:
         if self.metadata.output == "logit":
             output = torch.sigmoid(output)
         return output.cpu().numpy()
+
+
+def _on_target(output: np.ndarray, prepared: PreparedImage, target: sitk.Image,
+               return_probability: bool) -> Union[sitk.Image, Segmentation]:
+    """A model-grid output (0.5 = threshold) as the mask, and on request the probability,
+    on ``target``'s grid."""
+    probability = to_source_grid(output, prepared.grid, target)
+    mask = threshold(probability)
+    return Segmentation(mask, probability) if return_probability else mask
 
 
 ZOOM_STEPS = 2
