@@ -29,11 +29,12 @@ Region = Tuple[np.ndarray, np.ndarray]
 
 def crop_region(low: Sequence[float], high: Sequence[float], spacing: Sequence[float],
                 shape: Sequence[int], margin: float = CROP_MARGIN,
-                min_side_mm: float = MIN_SIDE_MM, shift_mm: Sequence[float] = (0, 0, 0)
+                min_side_mm: float = MIN_SIDE_MM, shift: Sequence[float] = (0, 0, 0)
                 ) -> Region:
     """The crop around the box ``[low, high]`` (continuous voxel coordinates).
 
-    The crop is a cube in millimetres centred on the box (moved by ``shift_mm``) with side
+    The crop is a cube in millimetres centred on the box (moved by ``shift`` times its
+    side, per axis) with side
     ``max(min_side_mm, margin * largest extent of the box in mm)``, then clipped to the
     image ``[-0.5, shape - 0.5]``. A structure large relative to the image therefore gets
     the whole image along that axis. Returns ``(low, high)`` voxel coordinates of the crop.
@@ -42,7 +43,7 @@ def crop_region(low: Sequence[float], high: Sequence[float], spacing: Sequence[f
     spacing = np.asarray(spacing, dtype=float)
     extent_mm = (high - low) * spacing
     side_mm = max(float(min_side_mm), float(margin) * float(extent_mm.max()))
-    centre = (low + high) / 2 + np.asarray(shift_mm, dtype=float) / spacing
+    centre = (low + high) / 2 + np.asarray(shift, dtype=float) * side_mm / spacing
     half = side_mm / 2 / spacing
     bound_low, bound_high = np.full(3, -0.5), np.asarray(shape, dtype=float) - 0.5
     crop_low = np.clip(centre - half, bound_low, bound_high)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .crops import MIN_SIDE_MM, POINT_SIDE_MM, crop_region, robust_unit_range, whole_region
-from .prompts import ball_template
+from .prompts import ball_slices, ball_template
 
 
 @dataclasses.dataclass
@@ -48,6 +48,10 @@ class Source:
     labels: torch.Tensor
     spacing: Tuple[float, float, float]
     structures: Dict[int, str]
+
+
+Table = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Label-to-image synthesis of one source: class map, mean and noise level per class."""
 
 
 @dataclasses.dataclass
@@ -71,6 +75,14 @@ def _smooth_noise(shape: Sequence[int], channels: int, coarse: int,
     return F.interpolate(noise, size=tuple(shape), mode="trilinear", align_corners=False)[0]
 
 
+def quantile_bins(volume: torch.Tensor, bins: int) -> torch.Tensor:
+    """Each voxel's intensity bin, 0 .. ``bins - 1``, between equal-count quantiles
+    (estimated on at most ~200,000 voxels)."""
+    sample = volume.flatten()[:: max(1, volume.numel() // 200000)]
+    edges = torch.quantile(sample, torch.linspace(0, 1, bins + 1, device=volume.device)[1:-1])
+    return torch.bucketize(volume, edges)
+
+
 def random_shapes_source(rng: np.random.Generator, generator: torch.Generator,
                          device: torch.device, size: int = 96) -> Source:
     """A label map as the argmax of 6-14 smooth noise channels on a ``size^3`` grid at
@@ -90,10 +102,7 @@ def pseudo_label_source(source: Source, rng: np.random.Generator,
     a random partition of space into 2-5 smooth regions."""
     image = source.image[None, None]
     blurred = F.avg_pool3d(F.pad(image, (1,) * 6, mode="replicate"), 3, stride=1)[0, 0]
-    bins = int(rng.integers(3, 7))
-    sample = blurred.flatten()[:: max(1, blurred.numel() // 200000)]
-    edges = torch.quantile(sample, torch.linspace(0, 1, bins + 1, device=image.device)[1:-1])
-    intensity_bin = torch.bucketize(blurred, edges)
+    intensity_bin = quantile_bins(blurred, int(rng.integers(3, 7)))
     parts = int(rng.integers(2, 6))
     partition = _smooth_noise(blurred.shape, parts, int(rng.integers(2, 5)), generator,
                               image.device).argmax(0)
@@ -228,8 +237,7 @@ class EpisodeEngine:
             high = np.maximum(high + rng.normal(0, 0.08, 3) * extent, low + 1)
         min_side = MIN_SIDE_MM if self.config.prompt == "box" or around_prompts is None \
             else POINT_SIDE_MM * float(rng.uniform(0.7, 1.4))
-        side = max(min_side, margin * float(((high - low) * np.array(source.spacing)).max()))
-        shift = rng.normal(0, 0.08 * side / 2, 3) * np.array([0.3, 1, 1])
+        shift = rng.normal(0, 0.04, 3) * np.array([0.3, 1, 1])  # sd 4 % of the side
         return crop_region(low, high, source.spacing, shape, margin, min_side, shift)
 
     def _sampling_grid(self, source: Source, region: Tuple[np.ndarray, np.ndarray],
@@ -267,27 +275,21 @@ class EpisodeEngine:
         return normalised.flip(-1)[None]
 
     # ---- images ------------------------------------------------------------------------
-    def _intensity_table(self, source: Source, rng: np.random.Generator
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Random mean and noise level per label value and per background tercile."""
-        count = int(source.labels.max()) + 4
-        means = torch.tensor(rng.uniform(0, 1, count), dtype=torch.float32, device=self.device)
-        sds = torch.tensor(rng.uniform(0.01, 0.08, count), dtype=torch.float32,
-                           device=self.device)
-        return means, sds
-
-    def _synthetic_classes(self, source: Source) -> torch.Tensor:
-        """Label values, with unlabelled voxels split into three intensity terciles
-        (``max + 1 .. max + 3``)."""
+    def _intensity_table(self, source: Source, rng: np.random.Generator) -> Table:
+        """The synthesis classes of ``source`` (label values; unlabelled voxels split into
+        three intensity terciles, ``max + 1 .. max + 3``) with a random mean and noise level
+        per class."""
         top = int(source.labels.max())
-        sample = source.image.flatten()[:: max(1, source.image.numel() // 200000)]
-        edges = torch.quantile(sample, torch.tensor([1 / 3, 2 / 3], device=self.device))
-        terciles = torch.bucketize(source.image, edges) + top + 1
-        return torch.where(source.labels > 0, source.labels, terciles)
+        terciles = quantile_bins(source.image, 3) + top + 1
+        classes = torch.where(source.labels > 0, source.labels, terciles)
+        means = torch.tensor(rng.uniform(0, 1, top + 4), dtype=torch.float32,
+                             device=self.device)
+        sds = torch.tensor(rng.uniform(0.01, 0.08, top + 4), dtype=torch.float32,
+                           device=self.device)
+        return classes, means, sds
 
     def _subject(self, source: Source, mask: torch.Tensor, region, rng, generator,
-                 strength: float, table: Optional[Tuple[torch.Tensor, torch.Tensor]]
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+                 strength: float, table: Optional[Table]) -> Tuple[torch.Tensor, torch.Tensor]:
         """An image ``[S, S, S]`` (normalised) and mask ``[S, S, S]`` (0/1) of one subject."""
         oversample = 2
         grid = self._sampling_grid(source, region, rng, generator, strength, oversample)
@@ -295,10 +297,9 @@ class EpisodeEngine:
                                   padding_mode="zeros", align_corners=False)
         crop_mask = (F.avg_pool3d(mask_fine, oversample) >= 0.5).float()[0, 0]
         if table is not None:
-            classes = self._synthetic_classes(source)
+            classes, means, sds = table
             fine_classes = F.grid_sample(classes[None, None].float(), grid, mode="nearest",
                                          padding_mode="border", align_corners=False).long()
-            means, sds = table
             jitter = 1 + 0.05 * torch.randn(means.shape, generator=generator,
                                             device=self.device)
             fine = (means * jitter)[fine_classes] + sds[fine_classes] * torch.randn(
@@ -350,14 +351,9 @@ class EpisodeEngine:
         return channel
 
     def _stamp_ball(self, channel: torch.Tensor, centre: Sequence[int]) -> None:
-        radius = self.ball.shape[0] // 2
-        target, source = [], []
-        for c, size in zip(centre, channel.shape):
-            lo, hi = c - radius, c + radius + 1
-            target.append(slice(max(lo, 0), min(hi, size)))
-            source.append(slice(max(lo, 0) - lo, min(hi, size) - lo))
-        view = channel[tuple(target)]
-        torch.maximum(view, self.ball[tuple(source)], out=view)
+        target, source = ball_slices(centre, channel.shape, self.ball.shape[0] // 2)
+        view = channel[target]
+        torch.maximum(view, self.ball[source], out=view)
 
     # ---- episodes ----------------------------------------------------------------------
     def _episode(self, rng: np.random.Generator, generator: torch.Generator,
@@ -405,9 +401,9 @@ class EpisodeEngine:
         size = self.config.size
         low, high = region
         channel = torch.zeros_like(crop_mask)
+        present = torch.nonzero(crop_mask.flatten(1).any(1)).flatten()
         for axial in slices:
             crop_slice = int(np.clip((axial - low[0]) / (high[0] - low[0]) * size, 0, size - 1))
-            present = torch.nonzero(crop_mask.flatten(1).any(1)).flatten()
             nearest = int(present[torch.argmin((present - crop_slice).abs())])
             single = torch.zeros_like(crop_mask)
             single[nearest] = crop_mask[nearest]

@@ -71,6 +71,18 @@ def ball_template(radius: int) -> np.ndarray:
     return template
 
 
+def ball_slices(centre: Sequence[int], shape: Sequence[int], radius: int
+                ) -> Tuple[Tuple[slice, ...], Tuple[slice, ...]]:
+    """Where a ``[2r+1]^3`` ball template centred at ``centre`` lands on a grid of
+    ``shape``: the grid's slices and the matching template slices (clipped at borders)."""
+    target, source = [], []
+    for c, size in zip(centre, shape):
+        lo, hi = c - radius, c + radius + 1
+        target.append(slice(max(lo, 0), min(hi, size)))
+        source.append(slice(max(lo, 0) - lo, min(hi, size) - lo))
+    return tuple(target), tuple(source)
+
+
 def render_points(points: Sequence[IndexPoint], shape: Sequence[int],
                   radius: int = 6) -> np.ndarray:
     """Balls of ``radius`` voxels around ``points``, combined by maximum, as float32."""
@@ -85,10 +97,6 @@ def render_points(points: Sequence[IndexPoint], shape: Sequence[int],
             raise ValueError(f"point {point} does not have 3 coordinates")
         if any(c + radius < 0 or c - radius >= size for c, size in zip(centre, shape)):
             raise PromptOutsideError(f"point {point} lies wholly outside the grid {list(shape)}")
-        target, source = [], []
-        for c, size in zip(centre, shape):
-            lo, hi = c - radius, c + radius + 1
-            target.append(slice(max(lo, 0), min(hi, size)))
-            source.append(slice(max(lo, 0) - lo, min(hi, size) - lo))
-        np.maximum(channel[tuple(target)], template[tuple(source)], out=channel[tuple(target)])
+        target, source = ball_slices(centre, shape, radius)
+        np.maximum(channel[target], template[source], out=channel[target])
     return channel
