@@ -62,7 +62,7 @@ def batch_dice(logits: torch.Tensor, mask: torch.Tensor) -> List[float]:
     predicted = (logits >= 0).flatten(1).float()
     target = mask.flatten(1)
     total = predicted.sum(1) + target.sum(1)
-    return ((2 * (predicted * target).sum(1)).clamp_min(0) / total.clamp_min(1)).tolist()
+    return (2 * (predicted * target).sum(1) / total.clamp_min(1)).tolist()
 
 
 def learning_rate(step: int, config: RunConfig, planned: int) -> float:
@@ -75,7 +75,7 @@ def learning_rate(step: int, config: RunConfig, planned: int) -> float:
 def _network(config: RunConfig):
     if config.init:
         network = load_model(config.init)
-        info = dataclasses.replace(network.metadata)
+        info = network.metadata
     else:
         info = ModelInfo(channels=list(config.channels), input_size=config.size)
         network = build_model(info)
