@@ -53,7 +53,7 @@ def sphere_volume(shape_kji: Sequence[int], centre_kji: Sequence[float], radius:
 def tiny_network():
     """A random 4-8-16 network on a 32^3 grid reading box prompts."""
     torch.manual_seed(0)
-    return build_model(ModelInfo(channels=[4, 8, 16], input_size=32, prompt="box",
+    return build_model(ModelInfo(channels=[4, 8, 16], input_size=32, prompt_kinds=["box"],
                                  source="tiny test network"))
 
 

@@ -20,7 +20,7 @@ def test_lightning_checkpoint_architecture_from_hyper_parameters():
 def test_project_format_round_trip(tmp_path, tiny_network):
     path = save_model(tiny_network, tmp_path / "model.pt", tiny_network.metadata)
     loaded = load_model(path)
-    assert loaded.metadata.prompt == "box" and loaded.metadata.input_size == 32
+    assert loaded.metadata.prompt_kinds == ["box"] and loaded.metadata.input_size == 32
     for key, value in tiny_network.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -31,7 +31,7 @@ def test_bare_state_dict_infers_architecture(tmp_path, tiny_network):
     torch.save({"net." + k: v for k, v in tiny_network.state_dict().items()}, path)
     loaded = load_model(path)
     assert loaded.metadata.channels == [4, 8, 16]
-    assert loaded.metadata.prompt == "point"
+    assert loaded.metadata.prompt_kinds == ["point"]
 
 
 class RunsACommand:

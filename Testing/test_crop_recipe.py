@@ -156,7 +156,7 @@ def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sourc
 @pytest.fixture
 def crop_network():
     torch.manual_seed(0)
-    return build_model(ModelInfo(channels=[4, 8, 16], input_size=16, prompt="box",
+    return build_model(ModelInfo(channels=[4, 8, 16], input_size=16, prompt_kinds=["box"],
                                  normalisation="robust", input_policy="crop", output="logit"))
 
 
@@ -248,7 +248,7 @@ def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
             return (target - 0.5) * 40
 
     oracle = Oracle([2, 4])
-    oracle.metadata = ModelInfo(channels=[2, 4], input_size=32, prompt="box",
+    oracle.metadata = ModelInfo(channels=[2, 4], input_size=32, prompt_kinds=["box"],
                                 normalisation="robust", input_policy="crop", output="logit")
     spacing = (0.7, 0.7, 3.0)
     ball = sphere_volume((40, 256, 256), (20, 120, 140), 6.0, spacing)  # 12 mm in 180 mm

@@ -9,7 +9,7 @@ from wsicl.cli import main
 
 def test_bundled_box_model_loads():
     network = load_model("box")
-    assert network.metadata.prompt == "box"
+    assert network.metadata.prompt_kinds == ["box"]
     assert network.metadata.input_size % network.size_multiple == 0
 
 

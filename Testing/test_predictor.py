@@ -76,8 +76,9 @@ def test_segment_many_reports_progress_and_cancels(tiny_network, blob_image):
     (lambda image: ContextSet(name="liver").add(image, name="scan 2"), "scan 2: has no prompt"),
     (lambda image: ContextSet().add(image, [BOX], [Point((1, 2, 3))], "scan 3"), "mixes"),
     (lambda image: ContextSet().add(image, [BOX]).add(image, points=[Point((1, 2, 3))]),
-     "some images have boxes"),
-    (lambda image: ContextSet().add(image, points=[Point((10, 10, 5))]), "reads box prompts"),
+     "has point prompts but the model tiny test network was trained for box"),
+    (lambda image: ContextSet().add(image, points=[Point((10, 10, 5))]),
+     "trained for box prompts; give box prompts"),
 ])
 def test_context_problems_are_named(tiny_network, blob_image, build, message):
     with pytest.raises(ContextError, match=message):

@@ -48,4 +48,4 @@ def test_the_context_set_example_is_a_valid_file(scans):
         "type": "ROI", "coordinateSystem": "LPS", "center": list(centre),
         "size": [60.0, 45.0, 0.0]}]}), encoding="utf-8")
     context = read_context_file(scans / "liver.json")
-    assert context.name == "liver" and len(context) == 3 and context.prompt_kind() == "box"
+    assert context.name == "liver" and len(context) == 3 and context.kinds() == ["box"]

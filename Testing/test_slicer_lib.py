@@ -85,7 +85,7 @@ def test_markups_become_the_same_model_prompts_as_the_json(logics, tmp_path, tin
                           ("point", {"points": [[18, 20, 8], [12, 25, 7]]})):
         path = tmp_path / f"{kind}.json"
         path.write_text(json.dumps({"name": kind, "context": [{"image": "ctx.nrrd", **prompts}]}), encoding="utf-8")
-        tiny_network.metadata.prompt = kind
+        tiny_network.metadata.prompt_kinds = [kind]
         predictor = Predictor(tiny_network, device="cpu")
         from_json = predictor.prepare_context(read_context_file(path))
         set_node = sets.import_json(logics.scene, path)
@@ -173,7 +173,7 @@ def test_mask_lands_in_the_segmentation_on_the_reference_geometry(logics, tmp_pa
     assert saved.sum() == mask_array.sum()
     reloaded = logics.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     assert storage.ReadData(reloaded)
-    assert np.array_equal(segment_array(logics.segmentations, reloaded, SEGMENT_ID_PREFIX + "liver",
+    assert np.array_equal(segment_array(reloaded, SEGMENT_ID_PREFIX + "liver",
                                         node), mask_array)
 
 
@@ -195,12 +195,12 @@ def test_rerun_replaces_only_its_segment_and_undo_restores(logics):
     seg = write.segmentation_node
     from WSICLSegmentLib.logic import Result, Structure
     logic.apply([Result(node.GetID(), Structure("liver", (1, 0, 0), None), as_image[2])])
-    assert np.array_equal(segment_array(logics.segmentations, seg, "WSICL_liver", node),
+    assert np.array_equal(segment_array(seg, "WSICL_liver", node),
                           first[::-1])
-    assert np.array_equal(segment_array(logics.segmentations, seg, "WSICL_spleen", node), second)
+    assert np.array_equal(segment_array(seg, "WSICL_spleen", node), second)
     assert np.array_equal(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(image))
     assert logic.undo_last()
-    assert np.array_equal(segment_array(logics.segmentations, seg, "WSICL_liver", node), first)
+    assert np.array_equal(segment_array(seg, "WSICL_liver", node), first)
     assert not logic.undo_last()
 
 
@@ -224,7 +224,7 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
     nodes = logic.process([set_node], [target], model=tiny_network, device="cpu",
                           progress=lambda f, m: reports.append(f))
     segmentation = nodes["target"]
-    result = segment_array(logics.segmentations, segmentation, "WSICL_ball", target)
+    result = segment_array(segmentation, "WSICL_ball", target)
     expected = Predictor(tiny_network, device="cpu").segment(volume_to_image(target),
                                                              sets.to_engine(set_node))
     assert np.array_equal(result, sitk.GetArrayFromImage(expected))
@@ -233,7 +233,7 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
     assert logic.predictor(tiny_network, "cpu", refine=True).refine
     expected = Predictor(tiny_network, device="cpu", refine=True).segment(
         volume_to_image(target), sets.to_engine(set_node))
-    assert np.array_equal(segment_array(logics.segmentations, refined["target"], "WSICL_ball",
+    assert np.array_equal(segment_array(refined["target"], "WSICL_ball",
                                         target), sitk.GetArrayFromImage(expected))
 
 
@@ -308,3 +308,89 @@ def test_errors_a_user_can_act_on(logics, problem, message):
         target = flat
     with pytest.raises(ValueError, match=message):
         logic.gather([set_node], [target])
+
+
+def user_segment(logics, volume, array: np.ndarray, name: str = "ball"):
+    """A segmentation node drawn on ``volume`` with one segment holding ``array``."""
+    from WSICLSegmentLib.segments import oriented_labelmap
+    mask = sitk.GetImageFromArray(array.astype(np.uint8))
+    mask.CopyInformation(volume_to_image(volume))
+    node = logics.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = node.AddSegmentFromBinaryLabelmapRepresentation(
+        oriented_labelmap(mask, volume), name, [1.0, 0.0, 0.0])
+    return node, segment_id
+
+
+def test_segment_as_context_survives_scene_save_and_json_round_trip(logics, tmp_path):
+    image = ball_image(AWKWARD[0])
+    volume = add_volume(logics, image, "context one")
+    drawn = sitk.GetArrayFromImage(image) > 40
+    set_node = sets.create_context_set(logics.scene, "ball", "mask")
+    segmentation, segment_id = user_segment(logics, volume, drawn)
+    sets.add_segment(logics.scene, set_node, volume, segmentation, segment_id)
+    logics.scene.RemoveNode(segmentation)               # the set keeps its own copy
+    [entry] = sets.to_engine(set_node).entries
+    assert entry.prompt_kind == "mask"
+    assert np.array_equal(sitk.GetArrayFromImage(entry.mask), drawn)
+
+    save_scene(logics.scene, tmp_path / "scene.mrml")
+    reloaded = new_scene()
+    reloaded.scene.SetURL(str(tmp_path / "scene.mrml"))
+    reloaded.scene.Import()
+    [restored] = sets.context_sets(reloaded.scene)
+    assert sets.prompt_kind(restored) == "mask"
+    [entry] = sets.to_engine(restored).entries
+    assert np.array_equal(sitk.GetArrayFromImage(entry.mask), drawn)
+
+    exported = sets.export_json(restored, tmp_path / "export")
+    document = json.loads(exported.read_text(encoding="utf-8"))
+    assert document["context"] == [{"image": "context_one.nrrd",
+                                    "mask": "context_one_mask.nrrd"}]
+    [from_file] = read_context_file(exported).entries
+    assert np.array_equal(sitk.GetArrayFromImage(from_file.mask), drawn)
+    imported = sets.import_json(logics.scene, exported)
+    [entry] = sets.to_engine(imported).entries
+    assert sets.prompt_kind(imported) == "mask"
+    assert np.array_equal(sitk.GetArrayFromImage(entry.mask), drawn)
+
+
+def test_segment_on_a_box_set_becomes_2d_boxes_around_it(logics):
+    image = ball_image(AWKWARD[1])
+    volume = add_volume(logics, image)
+    drawn = sitk.GetArrayFromImage(image) > 40
+    set_node = sets.create_context_set(logics.scene, "ball", "box")
+    segmentation, segment_id = user_segment(logics, volume, drawn)
+    sets.add_segment(logics.scene, set_node, volume, segmentation, segment_id)
+    boxes, points = sets.engine_prompts(sets.context_volumes(set_node)[0])
+    assert len(boxes) == 3 and not points
+    for box in boxes:
+        k = int(box.min[2])
+        assert box.max[2] == k
+        j, i = np.nonzero(drawn[k])
+        assert (box.min[0], box.min[1], box.max[0], box.max[1]) == (
+            i.min(), j.min(), i.max(), j.max())
+    with pytest.raises(ValueError, match="uses box prompts; place a box"):
+        sets.point_list(logics.scene, set_node, volume)
+
+
+def test_a_corrected_result_becomes_context(logics):
+    image = ball_image(AWKWARD[2])
+    target = add_volume(logics, image, "target")
+    set_node = sets.create_context_set(logics.scene, "ball", "mask")
+    with pytest.raises(ValueError, match="no result of 'ball' on 'target'; segment it first"):
+        sets.use_result_as_context(logics.scene, set_node, target)
+    corrected = sitk.GetArrayFromImage(image) > 40
+    mask = sitk.GetImageFromArray(corrected.astype(np.uint8))
+    mask.CopyInformation(image)
+    write_structure(logics.scene, logics.segmentations, target, mask, "ball", (1, 0, 0))
+    assert non_context_volumes(logics.scene) == [target]
+    sets.use_result_as_context(logics.scene, set_node, target)
+    assert non_context_volumes(logics.scene) == []
+    [entry] = sets.to_engine(set_node).entries
+    assert np.array_equal(sitk.GetArrayFromImage(entry.mask), corrected)
+    with pytest.raises(ValueError, match="uses mask prompts; add a segment"):
+        sets.new_box(logics.scene, set_node, target)
+    with pytest.raises(ValueError, match="interactive mode needs box or point prompts"):
+        SegmentationLogic(logics.scene, logics.segmentations).gather_interactive(set_node,
+                                                                                 target)

@@ -123,7 +123,7 @@ def test_train_command_writes_a_loadable_model(tmp_path, dataset, capsys):
                  "--val-dataset", str(dataset), "--val-every", "2",
                  "--prompt", "point"]) == 0
     network = load_model(tmp_path / "run" / "last.pt")
-    assert network.metadata.prompt == "point" and network.metadata.input_size == 32
+    assert network.metadata.prompt_kinds == ["point"] and network.metadata.input_size == 32
     assert "trained to step 2" in capsys.readouterr().out
 
 
@@ -144,3 +144,20 @@ def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, c
     assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
                  "--mode", "interactive", "--prompts-per-image", "1", "--draws", "1",
                  "--output", str(output), "--device", "cpu", "--quiet"]) == 0
+
+
+def test_evaluate_with_dense_mask_context(tmp_path, dataset, tiny_network, capsys):
+    from wsicl import save_model
+    save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)
+    common = ["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
+              "--mode", "mask", "--context-sizes", "1,2", "--draws", "1", "--device", "cpu",
+              "--quiet"]
+    assert main(common + ["--output", str(tmp_path / "refused")]) == 1
+    assert "has mask prompts but the model" in capsys.readouterr().err
+    assert main(common + ["--output", str(tmp_path / "masks"), "--context-kind",
+                          "box,mask"]) == 0
+    result = json.loads((tmp_path / "masks" / "evaluation.json").read_text(encoding="utf-8"))
+    assert result["kind"] == "mask" and result["mode"] == "mask"
+    assert {r["prompts_per_image"] for r in result["records"]} == {1}
+    assert all(r["prompts"] == r["context_size"] and "baseline_dice" not in r
+               for r in result["records"])

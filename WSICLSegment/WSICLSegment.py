@@ -23,6 +23,8 @@ DEVICES = ["auto", "cuda", "cpu", "mps"]
 REFINE_CHOICES = [("As the model was trained", None),
                   ("Refine at the structure's scale", True),
                   ("Whole view", False)]
+CONTEXT_KINDS = [("As the file says", None), ("Boxes", ["box"]), ("Points", ["point"]),
+                 ("Masks (segments)", ["mask"])]
 INTERACTIVE_DELAY_MS = 400
 PROMPT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent",
                  "PointEndInteractionEvent")
@@ -73,7 +75,9 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceSelector.addItems(DEVICES)
         for label, _ in REFINE_CHOICES:
             self.ui.refineSelector.addItem(label)
-        self.ui.promptKindSelector.addItems(["box", "point"])
+        for label, _ in CONTEXT_KINDS:
+            self.ui.contextKindSelector.addItem(label)
+        self.ui.promptKindSelector.addItems(["box", "point", "mask"])
         self.ui.contextVolumesTable.horizontalHeader().setStretchLastSection(True)
         self.restoreSettings()
 
@@ -83,6 +87,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.miniContextSpinBox.valueChanged.connect(self.onSettingsChanged)
         self.ui.fastCpuCheckBox.toggled.connect(self.onSettingsChanged)
         self.ui.refineSelector.currentIndexChanged.connect(self.onSettingsChanged)
+        self.ui.contextKindSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.newSetButton.clicked.connect(self.onNewSet)
         self.ui.deleteSetButton.clicked.connect(self.onDeleteSet)
@@ -97,6 +102,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.placePointButton.clicked.connect(lambda: self.onPlace("point"))
         self.ui.removePromptButton.clicked.connect(self.onRemovePrompt)
         self.ui.removeVolumeButton.clicked.connect(self.onRemoveVolume)
+        self.ui.addSegmentButton.clicked.connect(self.onAddSegment)
+        self.ui.useResultButton.clicked.connect(self.onUseResult)
         self.ui.contextVolumesTable.itemSelectionChanged.connect(self.onContextVolumeSelected)
         self.ui.segmentButton.clicked.connect(lambda: self.onSegment(all_volumes=False))
         self.ui.segmentAllButton.clicked.connect(lambda: self.onSegment(all_volumes=True))
@@ -139,6 +146,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fastCpuCheckBox.checked = settings.value(SETTINGS_PREFIX + "fastCpu",
                                                          "false") == "true"
         self.ui.refineSelector.setCurrentIndex(int(settings.value(SETTINGS_PREFIX + "refine", 0)))
+        self.ui.contextKindSelector.setCurrentIndex(
+            int(settings.value(SETTINGS_PREFIX + "contextKind", 0)))
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
 
     def onSettingsChanged(self, *_):
@@ -150,6 +159,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(SETTINGS_PREFIX + "fastCpu",
                           "true" if self.ui.fastCpuCheckBox.checked else "false")
         settings.setValue(SETTINGS_PREFIX + "refine", self.ui.refineSelector.currentIndex)
+        settings.setValue(SETTINGS_PREFIX + "contextKind", self.ui.contextKindSelector.currentIndex)
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
         self.updateDependencies()
 
@@ -359,6 +369,27 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.sets().remove_context_volume(slicer.mrmlScene, node, entry.volume)
             self.updateSetPanel()
 
+    def onAddSegment(self):
+        with slicer.util.tryWithErrorDisplay("Could not add the segment as context."):
+            node = self.requireSet()
+            self.sets().add_segment(slicer.mrmlScene, node, self.ui.volumeSelector.currentNode(),
+                                    self.ui.contextSegmentSelector.currentNode(),
+                                    self.ui.contextSegmentSelector.currentSegmentID())
+            self.updateSetPanel()
+
+    def onUseResult(self):
+        with slicer.util.tryWithErrorDisplay("Could not use the result as context."):
+            node = self.requireSet()
+            self.sets().use_result_as_context(slicer.mrmlScene, node,
+                                              self.ui.targetSelector.currentNode())
+            self.updateSetPanel()
+
+    def requireSet(self):
+        node = self.currentSet()
+        if node is None:
+            raise ValueError("Select a context set first (or create one).")
+        return node
+
     # Segmentation -----------------------------------------------------------------------
 
     def runInWorker(self, job, interactive: bool = False):
@@ -366,7 +397,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         predictor = logic.predictor(self.modelSource(), self.ui.deviceSelector.currentText,
                                     self.ui.miniContextSpinBox.value,
                                     "bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
-                                    REFINE_CHOICES[self.ui.refineSelector.currentIndex][1])
+                                    REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
+                                    CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
         self.setBusy(not interactive)
         self.worker.submit(lambda progress, cancelled: logic.compute(job, predictor, progress,
                                                                     cancelled),
@@ -469,18 +501,28 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
     def process(self, contextSetNodes: Sequence, targetVolumeNodes: Sequence, model: str = "box",
                 device: str = "auto", miniContext: int = 1, fastCpu: bool = False,
                 progress: Optional[Callable[[float, str], None]] = None,
-                refine: Optional[bool] = None) -> dict:
+                refine: Optional[bool] = None,
+                contextKinds: Optional[Sequence[str]] = None) -> dict:
         """Segments every target with every context set; returns ``{volume name:
         segmentation node}``. Blocks until done. ``refine``: work at the structure's scale
-        (None: as the model was trained)."""
+        (None: as the model was trained); ``contextKinds``: what the model reads (box,
+        point, mask) when its file does not say."""
         from WSICLSegmentLib.logic import SegmentationLogic
         logic = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
         return logic.process(contextSetNodes, targetVolumeNodes, model, device, miniContext,
-                             "bf16" if fastCpu else "fp32", progress, refine)
+                             "bf16" if fastCpu else "fp32", progress, refine, contextKinds)
 
     def createContextSet(self, name: str, promptKind: str = "box"):
+        """A new context set of ``promptKind`` ("box", "point" or "mask")."""
         from WSICLSegmentLib import context_sets
         return context_sets.create_context_set(slicer.mrmlScene, name, promptKind)
+
+    def addSegmentAsContext(self, contextSetNode, volumeNode, segmentationNode, segmentId: str):
+        """Adds a segment drawn on ``volumeNode`` to the set (a copy in a mask set, boxes or
+        points marking it in a box or point set)."""
+        from WSICLSegmentLib import context_sets
+        context_sets.add_segment(slicer.mrmlScene, contextSetNode, volumeNode, segmentationNode,
+                                 segmentId)
 
 
 class WSICLSegmentTest(ScriptedLoadableModuleTest):
@@ -510,7 +552,7 @@ class WSICLSegmentTest(ScriptedLoadableModuleTest):
             new_box_at(slicer.mrmlScene, setNode, volume, [d // 2 for d in dims], (100.0, 100.0))
         nodes = logic.process([setNode], [target], model="box")
         segments = slicer.modules.segmentations.logic()
-        mask = segment_array(segments, nodes[target.GetName()], "WSICL_brain", target)
+        mask = segment_array(nodes[target.GetName()], "WSICL_brain", target)
         self.assertGreater(int(mask.sum()), 0)
         interactiveSet = logic.createContextSet("interactive brain")
         dims = target.GetImageData().GetDimensions()
@@ -519,6 +561,6 @@ class WSICLSegmentTest(ScriptedLoadableModuleTest):
         lib = SegmentationLogic(slicer.mrmlScene, segments)
         job = lib.gather_interactive(interactiveSet, target)
         lib.apply(lib.compute(job, lib.predictor("box")))
-        mask = segment_array(segments, nodes[target.GetName()], "WSICL_interactive_brain", target)
+        mask = segment_array(nodes[target.GetName()], "WSICL_interactive_brain", target)
         self.assertGreater(int(mask.sum()), 0)
         self.delayDisplay("WSICLSegment self-test passed")

@@ -2,10 +2,12 @@
 
 A context set is a ``vtkMRMLScriptedModuleNode`` (attribute ``WSICL.ContextSet``) holding
 the structure's name, colour and prompt kind as parameters, and node references to its
-context volumes (role ``wsiclContextVolume``) and prompt markups (role ``wsiclPrompt``).
+context volumes (role ``wsiclContextVolume``) and prompt nodes (role ``wsiclPrompt``).
 Each prompt node references the volume it annotates (role ``wsiclVolume``): boxes are ROI
-nodes (one box each), points are control points of one point-list node per volume. All of
-it sits under one subject-hierarchy folder per set, below a ``WSICL context sets`` folder.
+nodes (one box each), points are control points of one point-list node per volume, a dense
+mask is a segmentation node of the set's own with one segment (a copy: editing the
+segment it came from does not change the context). All of it sits under one
+subject-hierarchy folder per set, below a ``WSICL context sets`` folder.
 """
 import dataclasses
 from pathlib import Path
@@ -16,10 +18,13 @@ import SimpleITK as sitk
 
 import slicer
 import wsicl
+from wsicl.context import PROMPT_KINDS, prompts_from_mask
 from wsicl.contextfile import read_context_file, write_context_file
 from wsicl.geometry import Grid, to_lps
+from wsicl.imageio import write_atomic
 
 from .prompts import points_to_prompts, roi_to_box
+from .segments import oriented_labelmap, result_node, segment_array, structure_segment_id
 from .volumes import ijk_to_world_ras, image_ijk_to_ras, image_to_volume, volume_to_image
 
 SET_ATTRIBUTE = "WSICL.ContextSet"
@@ -32,16 +37,18 @@ DEFAULT_COLOUR = (0.90, 0.35, 0.25)
 
 @dataclasses.dataclass
 class ContextVolume:
-    """One context volume of a set with its prompt nodes."""
+    """One context volume of a set with its prompt nodes (``mask``: the set's segmentation
+    node holding the volume's dense mask)."""
 
     volume: object
     rois: List[object]
     point_list: Optional[object]
+    mask: Optional[object] = None
 
     @property
     def prompt_count(self) -> int:
         points = self.point_list.GetNumberOfControlPoints() if self.point_list else 0
-        return len(self.rois) + points
+        return len(self.rois) + points + (self.mask is not None)
 
 
 def _referenced(node, role: str) -> List[object]:
@@ -73,9 +80,11 @@ def _place_in_folder(scene, set_node, node) -> None:
 
 def create_context_set(scene, name: str, prompt_kind: str = "box",
                        colour: Sequence[float] = DEFAULT_COLOUR):
-    """A new, empty context set for structure ``name``."""
-    if prompt_kind not in ("box", "point"):
-        raise ValueError(f"prompt kind must be 'box' or 'point', got {prompt_kind!r}")
+    """A new, empty context set for structure ``name`` whose volumes carry ``prompt_kind``
+    prompts (``"box"``, ``"point"`` or ``"mask"``)."""
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got "
+                         f"{prompt_kind!r}")
     node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", name)
     node.SetAttribute(SET_ATTRIBUTE, "1")
     node.SetAttribute("ModuleName", "WSICLSegment")
@@ -138,11 +147,17 @@ def _adopt_prompt(scene, set_node, volume_node, prompt_node) -> None:
     _place_in_folder(scene, set_node, prompt_node)
 
 
+def _require_kind(set_node, kind: str) -> None:
+    used = prompt_kind(set_node)
+    if used != kind:
+        remedy = "add a segment" if used == "mask" else f"place a {used}"
+        raise ValueError(f"context set '{set_node.GetName()}' uses {used} prompts; {remedy} "
+                         f"or make a {kind} context set")
+
+
 def new_box(scene, set_node, volume_node):
     """A new ROI node for a box on ``volume_node``, ready for Slicer's placement mode."""
-    if prompt_kind(set_node) != "box":
-        raise ValueError(f"context set '{set_node.GetName()}' uses points; place a point or "
-                         "make a box context set")
+    _require_kind(set_node, "box")
     count = len([p for p in _prompt_nodes(set_node, volume_node)]) + 1
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
                                   f"{set_node.GetName()} box {count} ({volume_node.GetName()})")
@@ -164,9 +179,7 @@ def new_box_at(scene, set_node, volume_node, ijk: Sequence[float],
 
 def point_list(scene, set_node, volume_node):
     """The set's point-list node for ``volume_node`` (created on first use)."""
-    if prompt_kind(set_node) != "point":
-        raise ValueError(f"context set '{set_node.GetName()}' uses boxes; place a box or "
-                         "make a point context set")
+    _require_kind(set_node, "point")
     for node in _prompt_nodes(set_node, volume_node):
         if node.IsA("vtkMRMLMarkupsFiducialNode"):
             return node
@@ -177,8 +190,21 @@ def point_list(scene, set_node, volume_node):
     return node
 
 
+def use_result_as_context(scene, set_node, volume_node) -> None:
+    """Adds the set's result on ``volume_node`` (its segment in the target's WSICL
+    segmentation, as the user corrected it) to the set as context, like
+    :func:`add_segment`; the volume then counts as context, not as a target."""
+    node = result_node(scene, volume_node) if volume_node is not None else None
+    segment_id = structure_segment_id(set_node.GetName())
+    if node is None or node.GetSegmentation().GetSegment(segment_id) is None:
+        raise ValueError(f"no result of '{set_node.GetName()}' on "
+                         f"'{volume_node.GetName() if volume_node else 'no volume'}'; segment "
+                         "it first (and correct it in the Segment Editor)")
+    add_segment(scene, set_node, volume_node, node, segment_id)
+
+
 def remove_prompt(scene, set_node, prompt_node) -> None:
-    """Deletes one prompt node of the set."""
+    """Deletes one prompt node of the set (an ROI, a point list or a mask)."""
     for index in reversed(range(set_node.GetNumberOfNodeReferences(PROMPT_ROLE))):
         if set_node.GetNthNodeReferenceID(PROMPT_ROLE, index) == prompt_node.GetID():
             set_node.RemoveNthNodeReferenceID(PROMPT_ROLE, index)
@@ -192,7 +218,9 @@ def context_volumes(set_node) -> List[ContextVolume]:
         prompts = _prompt_nodes(set_node, volume)
         rois = [p for p in prompts if p.IsA("vtkMRMLMarkupsROINode")]
         points = [p for p in prompts if p.IsA("vtkMRMLMarkupsFiducialNode")]
-        entries.append(ContextVolume(volume, rois, points[0] if points else None))
+        masks = [p for p in prompts if p.IsA("vtkMRMLSegmentationNode")]
+        entries.append(ContextVolume(volume, rois, points[0] if points else None,
+                                     masks[0] if masks else None))
     return entries
 
 
@@ -203,32 +231,94 @@ def engine_prompts(entry: ContextVolume) -> Tuple[List[wsicl.Box], List[wsicl.Po
     return boxes, points
 
 
+def engine_mask(entry: ContextVolume) -> Optional[sitk.Image]:
+    """The volume's dense mask as a uint8 0/1 image on its grid, or None."""
+    if entry.mask is None:
+        return None
+    segmentation = entry.mask.GetSegmentation()
+    if segmentation.GetNumberOfSegments() == 0:
+        return None
+    array = segment_array(entry.mask, segmentation.GetNthSegmentID(0), entry.volume)
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(volume_to_image(entry.volume))
+    return image
+
+
 def to_engine(set_node) -> wsicl.ContextSet:
     """The set as an engine context set (images copied from the volume nodes)."""
     context = wsicl.ContextSet(name=set_node.GetName())
     for entry in context_volumes(set_node):
         boxes, points = engine_prompts(entry)
-        context.add(volume_to_image(entry.volume), boxes, points, entry.volume.GetName())
+        context.add(volume_to_image(entry.volume), boxes, points, entry.volume.GetName(),
+                    mask=engine_mask(entry))
     return context
+
+
+def set_mask(scene, set_node, volume_node, mask: sitk.Image):
+    """Makes ``mask`` (0/1 on the volume's grid) the dense-mask prompt of ``volume_node``
+    in a mask set, replacing the one it had; returns the set's segmentation node."""
+    _require_kind(set_node, "mask")
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise ValueError(f"the mask for '{volume_node.GetName()}' is empty; segment the "
+                         "structure first")
+    for node in _prompt_nodes(set_node, volume_node):
+        remove_prompt(scene, set_node, node)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                   f"{set_node.GetName()} mask ({volume_node.GetName()})")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    node.AddSegmentFromBinaryLabelmapRepresentation(
+        oriented_labelmap(mask, volume_node), set_node.GetName(), list(colour(set_node)))
+    _adopt_prompt(scene, set_node, volume_node, node)
+    return node
+
+
+def add_segment(scene, set_node, volume_node, segmentation_node, segment_id: str) -> None:
+    """Adds a segment drawn on ``volume_node`` to the set: a mask set keeps a copy of it,
+    a box or point set gets the boxes or points that mark it on three slices
+    (:func:`wsicl.context.prompts_from_mask`), which can be edited like placed ones."""
+    if segmentation_node is None or not segment_id or \
+            segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise ValueError("no segment selected; pick a segmentation and one of its segments")
+    if volume_node is None:
+        raise ValueError("no volume selected; pick the volume the segment was drawn on")
+    mask = sitk.GetImageFromArray(segment_array(segmentation_node, segment_id, volume_node))
+    mask.CopyInformation(volume_to_image(volume_node))
+    kind = prompt_kind(set_node)
+    if kind == "mask":
+        add_context_volume(set_node, volume_node)
+        set_mask(scene, set_node, volume_node, mask)
+        return
+    if not sitk.GetArrayViewFromImage(mask).any():
+        raise ValueError(f"segment '{segment_id}' is empty on '{volume_node.GetName()}'")
+    boxes, points = prompts_from_mask(mask, kind)
+    add_context_volume(set_node, volume_node)
+    grid = Grid.of(mask)
+    for box in boxes:
+        _box_to_roi(new_box(scene, set_node, volume_node), box, grid, mask)
+    if points:
+        _add_points(point_list(scene, set_node, volume_node), points, grid)
 
 
 def export_json(set_node, folder: Path) -> Path:
     """Writes the set as a command-line context-set file with its volumes beside it.
 
-    Volumes are written as ``<volume name>.nrrd``, prompts in their voxel indices. An
-    existing file of the same name is not overwritten: export into an empty folder.
+    Volumes are written as ``<volume name>.nrrd``, dense masks as
+    ``<volume name>_mask.nrrd``, prompts in their voxel indices. An existing file of the
+    same name is not overwritten: export into an empty folder.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for entry in context_volumes(set_node):
         file_name = _safe_name(entry.volume.GetName()) + ".nrrd"
-        path = folder / file_name
-        if path.exists():
-            raise FileExistsError(f"{path}: exists; export into an empty folder")
-        sitk.WriteImage(volume_to_image(entry.volume), str(path), True)
+        _write_new(volume_to_image(entry.volume), folder / file_name)
         boxes, points = engine_prompts(entry)
         record: Dict[str, object] = {"image": file_name}
+        mask = engine_mask(entry)
+        if mask is not None:
+            record["mask"] = _safe_name(entry.volume.GetName()) + "_mask.nrrd"
+            _write_new(mask, folder / record["mask"])
         if boxes:
             record["boxes"] = [{"min": [int(v) for v in b.min], "max": [int(v) for v in b.max]}
                                for b in boxes]
@@ -241,15 +331,26 @@ def export_json(set_node, folder: Path) -> Path:
     return write_context_file(json_path, set_node.GetName(), "voxel", entries)
 
 
+def _write_new(image: sitk.Image, path: Path) -> None:
+    if path.exists():
+        raise FileExistsError(f"{path}: exists; export into an empty folder")
+    write_atomic(image, path)
+
+
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "volume"
 
 
 def import_json(scene, path: Path, colour_rgb: Sequence[float] = DEFAULT_COLOUR):
     """Loads a context-set file: its volumes become volume nodes, its boxes ROI nodes
-    aligned with each volume's axes, its points a point-list node per volume."""
+    aligned with each volume's axes, its points a point-list node per volume, its masks a
+    segmentation node per volume."""
     context = read_context_file(path)
-    set_node = create_context_set(scene, context.name, context.prompt_kind(), colour_rgb)
+    kinds = context.kinds()
+    if len(kinds) > 1:
+        raise ValueError(f"{path}: mixes {' and '.join(kinds)} prompts; a context set in "
+                         "Slicer holds one kind: split the file by kind")
+    set_node = create_context_set(scene, context.name, kinds[0], colour_rgb)
     for entry in context.entries:
         volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
                                          Path(entry.source).name.split(".")[0])
@@ -260,11 +361,16 @@ def import_json(scene, path: Path, colour_rgb: Sequence[float] = DEFAULT_COLOUR)
         for box in entry.boxes:
             _box_to_roi(new_box(scene, set_node, volume), box, grid, entry.image)
         if entry.points:
-            node = point_list(scene, set_node, volume)
-            for point in entry.points:
-                ras = to_lps(np.array(point.position), point.space, grid)[0] * [-1, -1, 1]
-                node.AddControlPointWorld(ras.tolist())
+            _add_points(point_list(scene, set_node, volume), entry.points, grid)
+        if entry.mask is not None:
+            set_mask(scene, set_node, volume, entry.mask)
     return set_node
+
+
+def _add_points(node, points: Sequence[wsicl.Point], grid: Grid) -> None:
+    for point in points:
+        ras = to_lps(np.array(point.position), point.space, grid)[0] * [-1, -1, 1]
+        node.AddControlPointWorld(ras.tolist())
 
 
 def _box_to_roi(roi, box: wsicl.Box, grid: Grid, image: sitk.Image) -> None:

@@ -63,12 +63,16 @@ class SegmentationLogic:
         self._predictor_key: Optional[tuple] = None
 
     def predictor(self, model: str = "box", device: str = "auto", mini_context: int = 1,
-                  precision: str = "fp32", refine: Optional[bool] = None) -> wsicl.Predictor:
+                  precision: str = "fp32", refine: Optional[bool] = None,
+                  prompt_kinds: Optional[Sequence[str]] = None) -> wsicl.Predictor:
         """A predictor, reused while the settings stay the same (loading takes seconds).
-        ``refine``: work at the structure's scale (None: as the model was trained)."""
-        key = (str(model), device, int(mini_context), precision, refine)
+        ``refine``: work at the structure's scale (None: as the model was trained);
+        ``prompt_kinds``: what the model reads, when its file does not say."""
+        kinds = tuple(prompt_kinds) if prompt_kinds is not None else None
+        key = (str(model), device, int(mini_context), precision, refine, kinds)
         if self._predictor is None or key != self._predictor_key:
-            self._predictor = wsicl.Predictor(model, device, mini_context, precision, refine)
+            self._predictor = wsicl.Predictor(model, device, mini_context, precision, refine,
+                                              prompt_kinds)
             self._predictor_key = key
         return self._predictor
 
@@ -82,7 +86,7 @@ class SegmentationLogic:
         structures = []
         for node in set_nodes:
             context = sets.to_engine(node)
-            context.prompt_kind()
+            context.kinds()
             structures.append(Structure(node.GetName(), sets.colour(node), context))
         targets = [_target_image(v) for v in target_volumes]
         return Job(structures, [v.GetID() for v in target_volumes],
@@ -92,6 +96,9 @@ class SegmentationLogic:
         """A job that segments ``volume_node`` from its own prompts in ``set_node``."""
         entry = next((e for e in sets.context_volumes(set_node) if e.volume is volume_node),
                      None)
+        if sets.prompt_kind(set_node) == "mask":
+            raise ValueError(f"context set '{set_node.GetName()}' holds masks; interactive "
+                             "mode needs box or point prompts: use a box or point set")
         if entry is None or entry.prompt_count == 0:
             raise ValueError(f"'{volume_node.GetName()}' has no prompt in context set "
                              f"'{set_node.GetName()}'; place a box or point on it")
@@ -160,14 +167,15 @@ class SegmentationLogic:
 
     def process(self, set_nodes: Sequence, target_volumes: Sequence, model: str = "box",
                 device: str = "auto", mini_context: int = 1, precision: str = "fp32",
-                progress: Optional[Progress] = None, refine: Optional[bool] = None
-                ) -> Dict[str, object]:
+                progress: Optional[Progress] = None, refine: Optional[bool] = None,
+                prompt_kinds: Optional[Sequence[str]] = None) -> Dict[str, object]:
         """Segments every target with every context set, synchronously.
 
         Returns ``{target volume name: segmentation node}``.
         """
         job = self.gather(set_nodes, target_volumes)
-        predictor = self.predictor(model, device, mini_context, precision, refine)
+        predictor = self.predictor(model, device, mini_context, precision, refine,
+                                   prompt_kinds)
         results = self.compute(job, predictor, progress)
         writes = self.apply(results)
         return {self.scene.GetNodeByID(r.target_id).GetName(): w.segmentation_node

@@ -42,12 +42,10 @@ def terminology_entry(name: str) -> Optional[str]:
 
 def segmentation_for(scene, volume_node):
     """The segmentation node ``<volume name> WSICL`` of a target (created if needed)."""
-    name = volume_node.GetName() + NODE_SUFFIX
-    for node in _nodes(scene, "vtkMRMLSegmentationNode"):
-        if node.GetName() == name and node.GetNodeReferenceID(
-                "referenceImageGeometryRef") == volume_node.GetID():
-            return node
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node = result_node(scene, volume_node)
+    if node is not None:
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", volume_node.GetName() + NODE_SUFFIX)
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     return node
@@ -90,10 +88,10 @@ def write_structure(scene, segmentations_logic, volume_node, mask: sitk.Image, n
                     colour: Sequence[float]) -> SegmentWrite:
     """Puts ``mask`` into segment ``name`` of the target's WSICL segmentation node."""
     labelmap = oriented_labelmap(mask, volume_node)
-    existing = _find_node(scene, volume_node)
+    existing = result_node(scene, volume_node)
     node = segmentation_for(scene, volume_node)
     segmentation = node.GetSegmentation()
-    segment_id = SEGMENT_ID_PREFIX + "".join(c if c.isalnum() else "_" for c in name)
+    segment_id = structure_segment_id(name)
     previous = None
     created_segment = segmentation.GetSegment(segment_id) is None
     if created_segment:
@@ -111,7 +109,13 @@ def write_structure(scene, segmentations_logic, volume_node, mask: sitk.Image, n
     return SegmentWrite(node, segment_id, existing is None, created_segment, previous)
 
 
-def _find_node(scene, volume_node):
+def structure_segment_id(name: str) -> str:
+    """The segment ID under which structure ``name``'s results are written."""
+    return SEGMENT_ID_PREFIX + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def result_node(scene, volume_node):
+    """The target's WSICL segmentation node, or None if nothing was segmented in it."""
     name = volume_node.GetName() + NODE_SUFFIX
     return next((n for n in _nodes(scene, "vtkMRMLSegmentationNode") if n.GetName() == name
                  and n.GetNodeReferenceID("referenceImageGeometryRef") == volume_node.GetID()),
@@ -131,9 +135,8 @@ def undo(scene, segmentations_logic, write: SegmentWrite) -> None:
             write.previous.GetExtent())
 
 
-def segment_array(segmentations_logic, segmentation_node, segment_id: str, volume_node
-                  ) -> np.ndarray:
-    """A segment as a (k, j, i) uint8 array on the volume's grid (for checks and tests)."""
+def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """A segment as a (k, j, i) uint8 0/1 array on the volume's grid."""
     labelmap = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap)
     reference = slicer.vtkOrientedImageData()

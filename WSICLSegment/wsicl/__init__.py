@@ -10,6 +10,7 @@ _EXPORTS = {
     "save_model": "checkpoints", "Box": "context", "ContextEntry": "context",
     "ContextError": "context", "ContextSet": "context", "Point": "context",
     "OutOfMemory": "device", "keep_freed_memory": "device", "ImageError": "geometry",
+    "MaskError": "masks",
     "WSICLNet": "network", "Cancelled": "predictor", "Predictor": "predictor",
     "Segmentation": "predictor", "PromptOutsideError": "prompts",
     "render_boxes": "prompts", "render_points": "prompts",
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Box", "Cancelled", "CheckpointError", "ContextEntry", "ContextError", "ContextSet",
-    "ImageError", "ModelInfo", "OutOfMemory", "Point", "Predictor", "PromptOutsideError",
+    "ImageError", "MaskError", "ModelInfo", "OutOfMemory", "Point", "Predictor", "PromptOutsideError",
     "Segmentation", "WSICLNet", "keep_freed_memory", "load_model", "render_boxes",
     "render_points", "save_model",
 ]

@@ -37,7 +37,9 @@ class ModelInfo:
     Attributes:
         channels: feature channels per stage.
         convs_per_stage: 3x3x3 convolutions per residual unit.
-        prompt: ``"box"``, ``"point"`` or ``None`` when the file does not say.
+        prompt_kinds: the context kinds the network was trained for (``"box"``,
+            ``"point"``, ``"mask"``, see :data:`wsicl.context.PROMPT_KINDS`); empty when
+            the file does not say.
         input_size: edge of the cubic model grid in voxels (128 for the released weights).
         normalisation: intensity normalisation of inputs; ``"minmax"`` maps each volume to
             [0, 1], ``"robust"`` maps its 0.5th / 99.5th percentiles to 0 / 1 and clips.
@@ -53,7 +55,7 @@ class ModelInfo:
 
     channels: List[int]
     convs_per_stage: int = 2
-    prompt: Optional[str] = None
+    prompt_kinds: List[str] = dataclasses.field(default_factory=list)
     input_size: int = 128
     normalisation: str = "minmax"
     input_policy: str = "whole"
@@ -68,7 +70,10 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ModelInfo":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        fields = {k: v for k, v in values.items() if k in known}
+        if "prompt_kinds" not in fields and values.get("prompt"):   # files written before prompt_kinds
+            fields["prompt_kinds"] = [values["prompt"]]
+        return cls(**fields)
 
 
 def _read(path: Path) -> Any:
@@ -135,26 +140,32 @@ def _split_checkpoint(content: Any, path: Path) -> (Dict[str, torch.Tensor], Mod
                  for k, v in content["state_dict"].items()}
         info = ModelInfo(channels=[int(c) for c in params["nb_inner_channels"]],
                          convs_per_stage=int(params.get("nb_conv_layers_per_stage", 2)),
-                         prompt=_prompt_from_name(path.name),
+                         prompt_kinds=kinds_from_name(path.name),
                          provenance=f"PyTorch-Lightning checkpoint {path.name} "
                                     f"(epoch {content.get('epoch')}, step "
                                     f"{content.get('global_step')})")
         return state, info
     if content and all(isinstance(v, torch.Tensor) for v in content.values()):
         state = {k[len("net."):] if k.startswith("net.") else k: v for k, v in content.items()}
-        return state, ModelInfo(**infer_architecture(state), prompt=_prompt_from_name(path.name),
+        return state, ModelInfo(**infer_architecture(state),
+                                prompt_kinds=kinds_from_name(path.name),
                                 provenance=f"bare state_dict {path.name}")
     raise CheckpointError(f"{path}: neither a WSICL model, a Lightning checkpoint nor a "
                           f"state_dict (top-level keys: {sorted(map(str, content))[:8]})")
 
 
-def _prompt_from_name(name: str) -> Optional[str]:
+def kinds_from_name(name: str) -> List[str]:
+    """Context kinds told by the authors' file names, which their checkpoints do not record:
+    ``weak_ICL_bbox.ckpt`` -> box, ``weak_ICL_point.ckpt`` -> point, a name containing
+    ``neuroverse3d`` (any case; trained with dense masks) -> mask; else none."""
     lowered = name.lower()
+    if "neuroverse3d" in lowered:
+        return ["mask"]
     if "point" in lowered:
-        return "point"
+        return ["point"]
     if "box" in lowered:
-        return "box"
-    return None
+        return ["box"]
+    return []
 
 
 def _describe_mismatch(network: WSICLNet, state: Mapping[str, torch.Tensor]) -> str:
@@ -208,7 +219,7 @@ def load_model(source: Union[str, os.PathLike] = "box", device: Union[str, torch
     path = resolve_source(source)
     state, info = _split_checkpoint(_read(path), path)
     if str(source) in BUNDLED_MODELS:
-        info.prompt = info.prompt or str(source)
+        info.prompt_kinds = info.prompt_kinds or [str(source)]
     info.source = str(source) if str(source) in BUNDLED_MODELS else str(path)
     return build_model(info, state, str(path)).to(device)
 

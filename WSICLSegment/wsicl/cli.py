@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -37,6 +38,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def kinds_argument(text: str) -> List[str]:
+    """``"box,mask"`` -> ``["box", "mask"]`` (known prompt kinds; argparse type)."""
+    from .context import check_kinds
+    try:
+        return check_kinds([part.strip() for part in text.split(",") if part.strip()],
+                           "--context-kind")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -221,7 +232,10 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="box", help="box, point or a weights file")
     parser.add_argument("--prompt", choices=("box", "point"),
                         help="prompt kind (default: the model's)")
-    parser.add_argument("--mode", choices=("icl", "interactive"), default="icl")
+    parser.add_argument("--mode", choices=("icl", "interactive", "mask"), default="icl",
+                        help="icl: simulated prompts on other subjects; interactive: on the "
+                             "target itself; mask: other subjects' dense masks as context "
+                             "(the upper bound weak prompts are compared with)")
     parser.add_argument("--context-sizes", type=int_list, default=[1, 2, 4, 8])
     parser.add_argument("--prompts-per-image", type=int_list, default=[1, 2, 5])
     parser.add_argument("--draws", type=int, default=8)
@@ -242,6 +256,10 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                         help="work at the structure's scale: interactive on a crop around "
                              "the prompts, in context in two passes (default: what the "
                              "model was trained for; on for the bundled models)")
+    parser.add_argument("--context-kind", type=kinds_argument, metavar="KIND[,KIND]",
+                        help="prompt kinds the model was trained for (box, point, mask), when "
+                             "its file does not say or its name misleads (default: from the "
+                             "file; the authors' Neuroverse3D checkpoint reads masks)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -250,7 +268,8 @@ def make_predictor(args: argparse.Namespace):
     from .predictor import Predictor
     keep_freed_memory()
     return Predictor(args.model, device=args.device, mini_context=args.mini_context,
-                     precision=args.precision, refine=args.refine)
+                     precision=args.precision, refine=args.refine,
+                     prompt_kinds=args.context_kind)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -261,13 +280,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
                          "'wsicl evaluate' does not simulate yet; add --no-refine to score its "
                          "whole-view pass, or score the full path with "
                          "scripts/dev_benchmark.py")
-    kind = args.prompt or predictor.metadata.prompt
+    weak = [k for k in predictor.kinds if k != "mask"]
+    kind = "mask" if args.mode == "mask" else args.prompt or (weak[0] if weak else None)
     if kind is None:
         raise ValueError(f"{args.model}: the model does not say which prompts it reads; "
                          "give --prompt box or --prompt point")
+    predictor.require_kinds([kind], f"{args.mode} evaluation")
     subjects, names = load_subjects(args.dataset, predictor.size)
     result = evaluate(predictor, subjects, names, kind, args.mode, args.context_sizes,
-                      args.prompts_per_image, args.draws, args.seed,
+                      [1] if kind == "mask" else args.prompts_per_image, args.draws, args.seed,
                       None if args.quiet else lambda line: print(line, file=sys.stderr))
     if not result["records"]:
         raise ValueError(f"{args.dataset}: no structure to evaluate (icl needs a structure in "
@@ -294,11 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _note(message, category, *where) -> None:
+    """Warnings (e.g. a context mask resampled onto its image) as one line on stderr."""
+    print(f"wsicl: note: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            return args.handler(args)
     except KeyboardInterrupt:
         print("wsicl: interrupted", file=sys.stderr)
         return 130

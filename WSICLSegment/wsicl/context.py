@@ -2,16 +2,30 @@
 
 Box and point coordinates are in one of three spaces: ``voxel`` (integer indices
 ``(i, j, k)`` of the image as SimpleITK reads it, ``i`` fastest), ``LPS`` or ``RAS``
-(physical millimetres).
+(physical millimetres). A dense mask is a uint8 0/1 image on the context image's own grid
+(:mod:`wsicl.masks`).
 """
 import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import distance_transform_edt
 
 from .geometry import SPACES
+from .masks import Label, context_mask
 
-PROMPT_KINDS = ("box", "point")
+PROMPT_KINDS = ("box", "point", "mask")
+"""Context kinds: 2D/3D boxes, points, dense masks. Interactive mode takes boxes or points."""
+
+
+def check_kinds(kinds: Sequence[str], where: str) -> List[str]:
+    """``kinds`` as a list of known prompt kinds, or a ValueError naming ``where``."""
+    unknown = [k for k in kinds if k not in PROMPT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"{where}: unknown prompt kind(s) {unknown or list(kinds)}; use "
+                         f"{', '.join(PROMPT_KINDS)}")
+    return list(dict.fromkeys(kinds))
 
 
 class ContextError(ValueError):
@@ -63,23 +77,24 @@ class Point:
 
 @dataclasses.dataclass
 class ContextEntry:
-    """One context image with its prompts (boxes or points, not both); ``name`` for
-    messages, ``source`` the file it was read from, if any."""
+    """One context image with its prompts of one kind: boxes, points or a dense ``mask``
+    (uint8 0/1 on the image's grid); ``name`` for messages, ``source`` the file it was
+    read from, if any."""
 
     image: sitk.Image
     boxes: List[Box] = dataclasses.field(default_factory=list)
     points: List[Point] = dataclasses.field(default_factory=list)
     name: str = ""
     source: str = ""
+    mask: Optional[sitk.Image] = None
 
     @property
     def prompt_kind(self) -> Optional[str]:
-        """``"box"``, ``"point"``, or None if the entry has no prompt."""
-        if self.boxes and not self.points:
-            return "box"
-        if self.points and not self.boxes:
-            return "point"
-        return None
+        """``"box"``, ``"point"``, ``"mask"``, or None if the entry has no prompt or
+        several kinds."""
+        present = [kind for kind, given in zip(PROMPT_KINDS, (self.boxes, self.points,
+                                                              self.mask is not None)) if given]
+        return present[0] if len(present) == 1 else None
 
 
 @dataclasses.dataclass
@@ -90,29 +105,58 @@ class ContextSet:
     name: str = "structure"
 
     def add(self, image: sitk.Image, boxes: Sequence[Box] = (), points: Sequence[Point] = (),
-            name: str = "") -> "ContextSet":
-        self.entries.append(ContextEntry(image, list(boxes), list(points),
-                                         name or f"context {len(self.entries) + 1}"))
+            name: str = "", mask: Optional[sitk.Image] = None, label: Label = None
+            ) -> "ContextSet":
+        """Adds a context image with boxes, points or a dense ``mask`` (a label image on
+        the image's grid or covering its extent; ``label``: the value or ``.seg.nrrd``
+        segment name of the structure, any non-zero voxel when None)."""
+        name = name or f"context {len(self.entries) + 1}"
+        if mask is not None:
+            mask = context_mask(mask, image, label, f"context set '{self.name}', {name}")
+        self.entries.append(ContextEntry(image, list(boxes), list(points), name, mask=mask))
         return self
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def prompt_kind(self) -> str:
-        """The single prompt kind of all entries; :class:`ContextError` otherwise."""
+    def kinds(self) -> List[str]:
+        """The prompt kinds of the entries (in :data:`PROMPT_KINDS` order); each entry must
+        have prompts of exactly one kind, else :class:`ContextError`."""
         if not self.entries:
             raise ContextError(f"context set '{self.name}' is empty: add at least one image "
-                               "with a box or point on the structure")
-        kinds = set()
+                               "with a box, point or mask on the structure")
         for entry in self.entries:
-            if not entry.boxes and not entry.points:
+            if not entry.boxes and not entry.points and entry.mask is None:
                 raise ContextError(f"context set '{self.name}', {entry.name}: has no prompt; "
                                    "place a box or point on the structure or remove the image")
-            if entry.boxes and entry.points:
-                raise ContextError(f"context set '{self.name}', {entry.name}: mixes boxes and "
-                                   "points; a model reads one prompt kind, keep one")
-            kinds.add(entry.prompt_kind)
-        if len(kinds) > 1:
-            raise ContextError(f"context set '{self.name}': some images have boxes, others "
-                               "points; use one prompt kind for the whole set")
-        return kinds.pop()
+            if entry.prompt_kind is None:
+                raise ContextError(f"context set '{self.name}', {entry.name}: mixes prompt "
+                                   "kinds (boxes, points, a mask); give one kind per image")
+        present = {entry.prompt_kind for entry in self.entries}
+        return [kind for kind in PROMPT_KINDS if kind in present]
+
+
+def prompts_from_mask(mask: sitk.Image, kind: str, slices: int = 3
+                      ) -> Tuple[List[Box], List[Point]]:
+    """Boxes or points (``kind``) that mark a dense 0/1 ``mask`` as a user would, in voxel
+    indices of the mask's grid: on up to ``slices`` slices spread evenly over the
+    structure's extent along the image's third index axis ``k``, one 2D box around the
+    structure's pixels, or one point at its deepest pixel (farthest from its border)."""
+    if kind not in ("box", "point"):
+        raise ValueError(f"prompts can be derived as boxes or points, not {kind!r}")
+    array = sitk.GetArrayViewFromImage(mask) != 0                    # (k, j, i)
+    present = np.flatnonzero(array.any(axis=(1, 2)))
+    if present.size == 0:
+        raise ContextError("the mask is empty; nothing to mark")
+    picks = np.unique(present[np.round(np.linspace(0, present.size - 1, slices + 2)[1:-1])
+                              .astype(int)]) if present.size > 2 else present[:1]
+    boxes, points = [], []
+    for k in picks.tolist():
+        plane = array[k]
+        if kind == "box":
+            j, i = np.nonzero(plane)
+            boxes.append(Box((i.min(), j.min(), k), (i.max(), j.max(), k)))
+        else:
+            j, i = np.unravel_index(np.argmax(distance_transform_edt(plane)), plane.shape)
+            points.append(Point((i, j, k)))
+    return boxes, points

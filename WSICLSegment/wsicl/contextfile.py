@@ -8,12 +8,18 @@ Schema (paths relative to the JSON file's folder)::
         {"image": "case1.nii.gz",
          "boxes": [{"min": [x, y, z], "max": [x, y, z]}],
          "points": [[x, y, z]],
-         "markups": "case1.mrk.json"}]}        # boxes/points/markups: at least one
+         "markups": "case1.mrk.json"},          # boxes/points/markups: at least one
+        {"image": "case2.nii.gz",
+         "mask": "case2_seg.nii.gz",            # or a dense mask (instead of prompts)
+         "label": 3}]}                          # optional: value or .seg.nrrd segment name
 
 ``voxel`` coordinates are integer indices (i, j, k) of the image as SimpleITK reads it
 (i fastest), ``min``/``max`` inclusive; ``LPS``/``RAS`` are physical millimetres. A box
 whose min equals max along one axis is a 2D box on that slice. A markups file contributes
 its ROIs as boxes and its control points as points, in the file's own coordinate system.
+A ``mask`` is a label image on the image's grid (or covering the same extent, then
+resampled by nearest neighbour); ``label`` picks the structure (any non-zero voxel when
+absent), see :mod:`wsicl.masks`.
 """
 import json
 from pathlib import Path
@@ -24,9 +30,10 @@ import numpy as np
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
 from .geometry import SPACES
 from .imageio import read_image
+from .masks import context_mask
 
 TOP_KEYS = {"name", "coordinates", "context"}
-ENTRY_KEYS = {"image", "boxes", "points", "markups"}
+ENTRY_KEYS = {"image", "boxes", "points", "markups", "mask", "label"}
 BOX_KEYS = {"min", "max"}
 
 
@@ -110,14 +117,26 @@ def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
         markup_boxes, markup_points = read_markups(folder / str(raw["markups"]))
         boxes += markup_boxes
         points += markup_points
-    if not boxes and not points:
-        raise ContextFileError(f"{where} ({image_path.name}): no prompts; give boxes, points "
-                               "or a markups file")
+    label = raw.get("label")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, (int, str))):
+        raise ContextFileError(f"{where}.label: expected a label value (whole number) or a "
+                               f"segment name, got {label!r}")
+    if "label" in raw and "mask" not in raw:
+        raise ContextFileError(f"{where}: 'label' without 'mask'; name the mask file")
+    if "mask" in raw and (boxes or points):
+        raise ContextFileError(f"{where} ({image_path.name}): give a mask or boxes/points, "
+                               "not both")
+    if not boxes and not points and "mask" not in raw:
+        raise ContextFileError(f"{where} ({image_path.name}): no prompts; give boxes, points, "
+                               "a markups file or a mask")
+    name = f"{where} ({image_path.name})"
     try:
         image = read_image(image_path)
+        labels = read_image(folder / str(raw["mask"])) if "mask" in raw else None
     except (FileNotFoundError, ValueError) as error:
         raise ContextFileError(f"{where}: {error}") from None
-    return ContextEntry(image, boxes, points, f"{where} ({image_path.name})", str(image_path))
+    mask = context_mask(labels, image, label, name) if labels is not None else None
+    return ContextEntry(image, boxes, points, name, str(image_path), mask)
 
 
 def read_context_file(path: Union[str, Path]) -> ContextSet:
@@ -140,7 +159,7 @@ def read_context_file(path: Union[str, Path]) -> ContextSet:
     context = ContextSet(name=str(document.get("name", path.stem)))
     try:
         context.entries = [_entry(raw, i, space, path.parent) for i, raw in enumerate(entries)]
-        context.prompt_kind()
+        context.kinds()
     except (ContextFileError, ContextError, ValueError) as error:
         raise ContextFileError(f"{path}: {error}") from None
     return context

@@ -61,7 +61,7 @@ def run_demo(output: Path, predictor: "Predictor", say=print) -> Dict[str, float
         output / "context_liver.json", "liver", "voxel",
         [{"image": os.path.relpath(sample("example_ct_sm.nii.gz"), output),
           "boxes": context_boxes}])
-    say(f"model: {predictor.metadata.source} ({predictor.metadata.prompt} prompts, "
+    say(f"model: {predictor.metadata.source} ({', '.join(predictor.kinds)} prompts, "
         f"{predictor.size}^3 grid) on {predictor.device.type}")
     context_set = read_context_file(context_file)
     in_context = predictor.segment(mr, context_set)

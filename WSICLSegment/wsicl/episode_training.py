@@ -79,7 +79,7 @@ def _network(config: RunConfig):
     else:
         info = ModelInfo(channels=list(config.channels), input_size=config.size)
         network = build_model(info)
-    info = dataclasses.replace(info, input_size=config.size, prompt=config.prompt,
+    info = dataclasses.replace(info, input_size=config.size, prompt_kinds=[config.prompt],
                                normalisation="robust", input_policy="crop", output="logit")
     network.metadata = info
     return network.train(), info

@@ -2,9 +2,10 @@
 
 For every structure of an nnU-Net-layout dataset and every subject that contains it (the
 target), contexts are drawn at random from the *other* subjects (in ``icl`` mode) or the
-target is its own context (``interactive`` mode). Prompts are simulated on the context
-masks on the model grid (``prompts_per_image`` axial slices per image, one prompt per
-component); the prediction is mapped back to the target's original grid and scored there
+target is its own context (``interactive`` mode); in ``mask`` mode the other subjects'
+dense masks are the context (kind ``"mask"``, the upper bound for weak prompts). Prompts
+are simulated on the context masks on the model grid (``prompts_per_image`` axial slices
+per image, one prompt per component); the prediction is mapped back to the target's original grid and scored there
 against the original label. With box prompts in ``icl`` mode a baseline that ignores the
 target image is scored too: the average, over the context images, of the bounding box of
 each image's prompts in coordinates normalised to the image's extent, filled in the target.
@@ -24,7 +25,7 @@ from .simulate import simulated_channel
 from .imageio import case_name, image_files
 from .tasks import label_on_grid
 
-SECONDS_PER_PROMPT = {"point": 5.0, "box": 10.0}
+SECONDS_PER_PROMPT = {"point": 5.0, "box": 10.0, "mask": 1600.0}   # a mask: a whole 3D mask
 SECONDS_PER_MASK = {"2D mask": 80.0, "3D mask": 1600.0}
 
 
@@ -78,19 +79,20 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
              draws: int, seed: int, progress: Optional[Callable[[str], None]] = None) -> dict:
     """Runs every (structure, target, context size, prompts per image, draw); returns the
     per-run records and per-structure summaries."""
-    if mode not in ("icl", "interactive"):
-        raise ValueError(f"mode must be 'icl' or 'interactive', got {mode!r}")
+    if mode not in ("icl", "interactive", "mask"):
+        raise ValueError(f"mode must be 'icl', 'interactive' or 'mask', got {mode!r}")
     rng = np.random.default_rng(seed)
     sizes = [1] if mode == "interactive" else list(context_sizes)
     radius = int(predictor.metadata.point_radius)
     records = []
     for value, name in sorted(names.items()):
         holders = [s for s in subjects if (s.labels_on_grid == value).any()]
-        if mode == "icl" and len(holders) < 2:
+        if mode != "interactive" and len(holders) < 2:
             continue
         for target in holders:
             truth = sitk.GetArrayFromImage(target.labels) == value
-            others = [s for s in holders if s is not target] if mode == "icl" else [target]
+            others = [target] if mode == "interactive" else [
+                s for s in holders if s is not target]
             for size in sizes:
                 for slices in prompts_per_image:
                     for draw in range(draws):
@@ -99,7 +101,7 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                         channels, prompt_lists = zip(*[simulated_channel(
                             s.labels_on_grid == value, kind, slices, rng, radius) for s in picks])
                         context = PreparedContext.of([s.prepared.array for s in picks],
-                                                     list(channels), kind, name)
+                                                     list(channels), name)
                         mask = predictor.segment_prepared(target.image, target.prepared, context,
                                                           False, None, None)
                         record = {"structure": name, "target": target.name, "context_size": size,

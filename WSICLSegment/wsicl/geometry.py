@@ -65,6 +65,13 @@ class Grid:
         offsets = np.asarray(points, dtype=float) - np.array(self.origin)
         return np.linalg.solve(self.matrix, offsets.T).T
 
+    def matches(self, other: "Grid") -> bool:
+        """Equal sizes, and geometry equal up to the float32 rounding of NIfTI headers."""
+        return self.size == other.size and all(
+            np.allclose(x, y, rtol=1e-5, atol=1e-4) for x, y in (
+                (self.spacing, other.spacing), (self.origin, other.origin),
+                (self.direction, other.direction)))
+
     def empty_image(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
         image = sitk.Image([int(s) for s in self.size], pixel_type)
         image.SetSpacing(self.spacing)
@@ -290,6 +297,24 @@ def point_to_model(position: Sequence[float], space: str, prepared: PreparedImag
             f"{prepared.name}: point {position.tolist()} ({space}) lies outside the image; "
             "check the coordinate system and the image it belongs to")
     return tuple(int(c) for c in index)
+
+
+def mask_to_model(mask: sitk.Image, prepared: PreparedImage) -> np.ndarray:
+    """A 0/1 mask on its image's grid as a float32 0/1 prompt channel on the model grid.
+
+    The mask is resampled linearly, as the image is, and kept where it covers at least half
+    a model voxel; a structure thinner than that keeps every model voxel it touches.
+    """
+    coverage = sitk.GetArrayFromImage(sitk.Resample(
+        sitk.Cast(mask, sitk.sitkFloat32), prepared.grid.empty_image(), sitk.Transform(),
+        sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    channel = coverage >= 0.5
+    if not channel.any():
+        channel = coverage > 0
+    if not channel.any():
+        raise PromptOutsideError(f"{prepared.name}: the mask lies outside the model's view of "
+                                 "the image")
+    return channel.astype(np.float32)
 
 
 def to_source_grid(values: np.ndarray, grid: Grid, reference: sitk.Image) -> sitk.Image:

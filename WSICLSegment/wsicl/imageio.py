@@ -168,18 +168,12 @@ def write_atomic(image: sitk.Image, path: Path) -> None:
         except RuntimeError as error:
             raise WriteError(f"{path}: could not be written ({_last_line(error)}); check the "
                              "free disk space and the folder's permissions") from None
-        same = (_same_grid(Grid.of(written), Grid.of(image))
+        same = (Grid.of(written).matches(Grid.of(image))
                 and np.array_equal(sitk.GetArrayViewFromImage(written),
                                    sitk.GetArrayViewFromImage(image)))
         if not same:
             raise WriteError(f"{path}: the file did not read back as written (disk full?); "
                              "nothing was kept")
-
-
-def _same_grid(a: Grid, b: Grid) -> bool:
-    """Equal sizes, and geometry equal up to the float32 rounding of NIfTI headers."""
-    return a.size == b.size and all(np.allclose(x, y, rtol=1e-5, atol=1e-4) for x, y in (
-        (a.spacing, b.spacing), (a.origin, b.origin), (a.direction, b.direction)))
 
 
 def _last_line(error: Exception) -> str:

@@ -13,12 +13,13 @@ import SimpleITK as sitk
 import torch
 
 from .checkpoints import load_model
-from .context import Box, ContextEntry, ContextError, ContextSet, Point
+from .context import Box, ContextEntry, ContextError, ContextSet, Point, check_kinds
 from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region
 from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
-                       canonical_grid, point_to_model, prepare, threshold, to_lps,
-                       to_source_grid)
+                       canonical_grid, mask_to_model, point_to_model, prepare, threshold,
+                       to_lps, to_source_grid)
+from .masks import mask_corners
 from .network import WSICLNet
 from .prompts import render_boxes, render_points
 
@@ -38,17 +39,16 @@ class PreparedContext:
 
     images: torch.Tensor
     prompts: torch.Tensor
-    kind: str
     name: str
     crops: Optional["PreparedContext"] = None
 
     @classmethod
-    def of(cls, images: Sequence[np.ndarray], prompts: Sequence[np.ndarray], kind: str,
-           name: str) -> "PreparedContext":
+    def of(cls, images: Sequence[np.ndarray], prompts: Sequence[np.ndarray], name: str
+           ) -> "PreparedContext":
         """From per-image ``[S, S, S]`` arrays."""
         return cls(torch.from_numpy(np.stack(images))[None, :, None],
                    torch.from_numpy(np.stack(prompts).astype(np.float32))[None, :, None],
-                   kind, name)
+                   name)
 
 
 @dataclasses.dataclass
@@ -75,11 +75,15 @@ class Predictor:
             on a crop around the prompts, in-context mode in two passes (whole view, then
             a crop around the first answer with each context image cropped around its
             prompts). ``None`` follows the model (``metadata.input_policy == "crop"``).
+        prompt_kinds: the context kinds the model reads (``"box"``, ``"point"``,
+            ``"mask"``), when its file does not say or says it wrongly; ``None`` takes
+            ``metadata.prompt_kinds``.
     """
 
     def __init__(self, model: Union[str, os.PathLike, WSICLNet] = "box", device: str = "auto",
                  mini_context: int = 1, precision: str = "fp32",
-                 refine: Optional[bool] = None) -> None:
+                 refine: Optional[bool] = None,
+                 prompt_kinds: Optional[Sequence[str]] = None) -> None:
         if mini_context < 1:
             raise ValueError(f"mini_context must be at least 1, got {mini_context}")
         self.device = pick_device(device)
@@ -93,6 +97,8 @@ class Predictor:
         self.mini_context = int(mini_context)
         self.precision = precision
         self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
+        self.kinds = list(self.metadata.prompt_kinds) if prompt_kinds is None else \
+            check_kinds(prompt_kinds, "prompt_kinds")
 
     @property
     def size(self) -> int:
@@ -103,7 +109,7 @@ class Predictor:
                         ) -> PreparedContext:
         """Resamples every context image and renders its prompts on the model grid (and,
         when refining, once more on a crop around its prompts)."""
-        kind = self._check_kind(context_set)
+        self.require_kinds(context_set.kinds(), context_set.name)
         whole: List[Tuple[np.ndarray, np.ndarray]] = []   # (image, prompt channel) each
         cropped: List[Tuple[np.ndarray, np.ndarray]] = []
         for entry in context_set.entries:
@@ -114,8 +120,8 @@ class Predictor:
                 crop = self._prepare(entry.image, entry.name,
                                      self._prompt_region(entry, prepared.oriented))
                 cropped.append((crop.array, self._prompt_channel(entry, crop)))
-        result = PreparedContext.of(*zip(*whole), kind, context_set.name)
-        result.crops = PreparedContext.of(*zip(*cropped), kind, context_set.name) \
+        result = PreparedContext.of(*zip(*whole), context_set.name)
+        result.crops = PreparedContext.of(*zip(*cropped), context_set.name) \
             if self.refine else None
         return result
 
@@ -129,8 +135,9 @@ class Predictor:
         corners = [box_corners_lps(b.min, b.max, b.space, Grid.of(entry.image))
                    for b in entry.boxes]
         corners += [to_lps(p.position, p.space, Grid.of(entry.image)) for p in entry.points]
+        corners += [mask_corners(entry.mask)] if entry.mask is not None else []
         index = oriented.lps_to_index(np.concatenate(corners))
-        min_side = MIN_SIDE_MM if entry.boxes else POINT_SIDE_MM
+        min_side = POINT_SIDE_MM if entry.points else MIN_SIDE_MM
         return crop_region(index.min(0), index.max(0), oriented.spacing, oriented.size,
                            CROP_MARGIN, min_side)
 
@@ -146,18 +153,22 @@ class Predictor:
         return crop_region(index.min(0), index.max(0), prepared.oriented.spacing,
                            prepared.oriented.size, CROP_MARGIN, MIN_SIDE_MM)
 
-    def _check_kind(self, context_set: ContextSet) -> str:
-        """The set's prompt kind; an error if the model reads the other kind."""
-        kind = context_set.prompt_kind()
-        expected = self.metadata.prompt
-        if expected is not None and kind != expected:
-            raise ContextError(f"context set '{context_set.name}' has {kind} prompts but the "
-                               f"model {self.metadata.source} reads {expected} prompts; "
-                               f"use the {expected} model or {expected} prompts")
-        return kind
+    def require_kinds(self, kinds: Sequence[str], name: str) -> None:
+        """An error naming the model and the remedy if it was not trained for ``kinds``
+        (a model that does not say what it reads takes any kind)."""
+        foreign = [kind for kind in kinds if self.kinds and kind not in self.kinds]
+        if foreign:
+            reads = " or ".join(self.kinds)
+            raise ContextError(
+                f"context set '{name}' has {' and '.join(foreign)} prompts but the model "
+                f"{self.metadata.source} was trained for {reads} prompts; give {reads} "
+                f"prompts, use a model trained for {foreign[0]} prompts, or, if the model "
+                "file is misnamed, state its kind (--context-kind)")
 
     def _prompt_channel(self, entry: ContextEntry, prepared: PreparedImage) -> np.ndarray:
         shape = prepared.array.shape
+        if entry.mask is not None:
+            return mask_to_model(entry.mask, prepared)
         if entry.boxes:
             return render_boxes([box_to_model(b.min, b.max, b.space, prepared)
                                  for b in entry.boxes], shape)
@@ -229,15 +240,17 @@ class Predictor:
         answer touches) and the network runs again while the answer runs into a face of the
         crop that is not the image's, at most :data:`ZOOM_STEPS` times.
         """
-        context_set = ContextSet(name="interactive").add(image, boxes, points, "the image")
-        kind = self._check_kind(context_set)
-        entry = context_set.entries[0]
+        entry = ContextEntry(image, list(boxes), list(points), "the image")
+        if entry.prompt_kind not in ("box", "point"):
+            raise ContextError("interactive mode needs boxes or points on the image, of one "
+                               "kind")
+        self.require_kinds([entry.prompt_kind], "interactive")
         oriented = canonical_grid(image) if self.refine else None
         region = self._prompt_region(entry, oriented) if self.refine else None
         for step in range(ZOOM_STEPS + 1):
             prepared = self._prepare(image, "the image", region)
             channel = self._prompt_channel(entry, prepared)
-            context = PreparedContext.of([prepared.array], [channel], kind, context_set.name)
+            context = PreparedContext.of([prepared.array], [channel], "interactive")
             output = self._run(prepared.array, context, None, cancel)
             grown = _grown(region, output >= 0.5, oriented) if self.refine else None
             if grown is None or step == ZOOM_STEPS:

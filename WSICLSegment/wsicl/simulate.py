@@ -71,7 +71,10 @@ def simulate_prompts(mask: np.ndarray, kind: str, slices: int, rng: np.random.Ge
 
 def simulated_channel(mask: np.ndarray, kind: str, slices: int, rng: np.random.Generator,
                       radius: int = 6) -> Tuple[np.ndarray, List[Prompt]]:
-    """A float32 prompt channel of simulated prompts on ``mask``, and the prompts."""
+    """A float32 prompt channel of simulated prompts on ``mask``, and the prompts; for
+    ``kind == "mask"`` the dense mask itself (one prompt)."""
+    if kind == "mask":
+        return (np.asarray(mask) > 0).astype(np.float32), [mask]
     prompts = simulate_prompts(mask, kind, slices, rng)
     if kind == "box":
         return render_boxes(prompts, mask.shape).astype(np.float32), prompts

@@ -140,10 +140,11 @@ def validate(network: WSICLNet, sampler: TaskSampler, device: torch.device,
 def _initial_network(config: TrainConfig) -> (WSICLNet, ModelInfo):
     if config.init:
         network = load_model(config.init)
-        info = dataclasses.replace(network.metadata, input_size=config.size, prompt=config.prompt)
+        info = dataclasses.replace(network.metadata, input_size=config.size,
+                                   prompt_kinds=[config.prompt])
     else:
         info = ModelInfo(channels=list(config.channels), convs_per_stage=config.convs_per_stage,
-                         input_size=config.size, prompt=config.prompt)
+                         input_size=config.size, prompt_kinds=[config.prompt])
         network = build_model(info)
     info.provenance = (f"trained with wsicl train ({config.prompt} prompts, size {config.size}"
                        f", datasets {config.datasets or 'none'}, synthetic {config.synthetic}"
