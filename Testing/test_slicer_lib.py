@@ -394,3 +394,81 @@ def test_a_corrected_result_becomes_context(logics):
     with pytest.raises(ValueError, match="interactive mode needs box or point prompts"):
         SegmentationLogic(logics.scene, logics.segmentations).gather_interactive(set_node,
                                                                                  target)
+
+
+def test_deleting_a_set_removes_its_prompts_and_folder_and_keeps_volumes(logics):
+    volume = add_volume(logics, ball_image(AWKWARD[0]), "kept")
+    set_node = sets.create_context_set(logics.scene, "ball")
+    sets.new_box_at(logics.scene, set_node, volume, (10, 12, 7), (12.0, 10.0))
+    hierarchy = logics.scene.GetSubjectHierarchyNode()
+    folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(set_node))
+    assert hierarchy.GetItemName(folder) == "ball"
+    sets.delete_context_set(logics.scene, set_node)
+    assert sets.context_sets(logics.scene) == []
+    assert logics.scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 0
+    assert not hierarchy.GetItemName(folder)            # the folder item is gone
+    assert logics.scene.GetNodeByID(volume.GetID()) is volume
+
+
+def test_prompt_kind_changes_only_while_the_set_is_empty(logics):
+    volume = add_volume(logics, ball_image(AWKWARD[1]))
+    set_node = sets.create_context_set(logics.scene, "ball")
+    sets.set_prompt_kind(set_node, "point")
+    sets.set_prompt_kind(set_node, "box")
+    sets.new_box_at(logics.scene, set_node, volume, (10, 12, 7), (12.0, 10.0))
+    with pytest.raises(ValueError, match="already has box prompts"):
+        sets.set_prompt_kind(set_node, "mask")
+    with pytest.raises(ValueError, match="one of box, point, mask"):
+        sets.set_prompt_kind(set_node, "scribble")
+
+
+def test_remove_last_prompt_takes_the_newest_first(logics):
+    volume = add_volume(logics, ball_image(AWKWARD[0]))
+    box_set = sets.create_context_set(logics.scene, "boxes")
+    for k in (5, 7):
+        sets.new_box_at(logics.scene, box_set, volume, (10, 12, k), (12.0, 10.0))
+    assert sets.remove_last_prompt(logics.scene, box_set, volume)
+    [box] = sets.engine_prompts(sets.context_volumes(box_set)[0])[0]
+    assert box.min[2] == 5
+    point_set = sets.create_context_set(logics.scene, "points", "point")
+    points = sets.point_list(logics.scene, point_set, volume)
+    points.AddControlPointWorld([1.0, 2.0, 3.0])
+    assert sets.remove_last_prompt(logics.scene, point_set, volume)
+    assert not sets.remove_last_prompt(logics.scene, point_set, volume)
+
+
+def test_a_drawn_roi_is_flattened_along_its_thinnest_axis(logics):
+    from WSICLSegmentLib.prompts import flatten_roi
+    roi = logics.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetSize(30.0, 2.0, 20.0)
+    flatten_roi(roi)
+    assert list(roi.GetSize()) == [30.0, 0.0, 20.0]
+
+
+def test_worker_failures_keep_their_traceback_and_say_what_happened():
+    from WSICLSegmentLib.worker import describe_failure
+    worker = InferenceWorker()
+    errors = []
+
+    def broken_step(progress, cancelled):
+        return {}["missing"]
+
+    worker.submit(broken_step, lambda r: None, errors.append)
+    for _ in range(500):
+        if worker.deliver():
+            break
+        time.sleep(0.01)
+    worker.shutdown()
+    sentence, details = describe_failure(errors[0])
+    assert "unexpected KeyError" in sentence and "This is a bug" in sentence
+    assert "broken_step" in details and "Traceback" in details
+    sentence, _ = describe_failure(ValueError("no context set: create one"))
+    assert sentence == "no context set: create one"
+
+
+def test_weights_load_where_the_predictor_is_asked_for_with_progress(logics, tiny_network):
+    logic = SegmentationLogic(logics.scene, logics.segmentations)
+    heard = []
+    first = logic.predictor(tiny_network, "cpu", progress=lambda f, m: heard.append(m))
+    again = logic.predictor(tiny_network, "cpu", progress=lambda f, m: heard.append(m))
+    assert first is again and len(heard) == 1 and heard[0].startswith("loading weights")

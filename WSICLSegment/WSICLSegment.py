@@ -59,6 +59,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.worker = None
+        self.segmentRunning = False
         self.shortcuts = []
         self.observedPrompts = []
         self.deliveryTimer = qt.QTimer()
@@ -70,6 +71,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = WSICLSegmentLogic()
         for label, _ in MODELS:
             self.ui.modelSelector.addItem(label)
         self.ui.deviceSelector.addItems(DEVICES)
@@ -115,23 +117,31 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.interactiveTimer.setSingleShot(True)
         self.interactiveTimer.setInterval(INTERACTIVE_DELAY_MS)
         self.interactiveTimer.timeout.connect(self.runInteractive)
-        for key, callback in (("b", lambda: self.onPlace("box")),
-                              ("p", lambda: self.onPlace("point"))):
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.activated.connect(callback)
-            self.shortcuts.append(shortcut)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.refreshSets)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.refreshSets)
         self.updateDependencies()
         self.refreshSets()
 
+    def enter(self):
+        """Shortcuts live only while the panel is shown; Shift+B / Shift+P are free in
+        Slicer's slice views (b / f step through slices) and in the Segment Editor."""
+        self.exit()
+        for key, callback in (("Shift+B", lambda: self.onPlace("box")),
+                              ("Shift+P", lambda: self.onPlace("point"))):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.activated.connect(callback)
+            self.shortcuts.append(shortcut)
+
+    def exit(self):
+        for shortcut in self.shortcuts:
+            shortcut.setParent(None)
+        self.shortcuts = []
+
     def cleanup(self):
         self.removeObservers()
         self.deliveryTimer.stop()
         self.interactiveTimer.stop()
-        for shortcut in self.shortcuts:
-            shortcut.setParent(None)
-        self.shortcuts = []
+        self.exit()
         if self.worker is not None:
             self.worker.shutdown()
 
@@ -203,14 +213,13 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Context sets ---------------------------------------------------------------------
 
     def lib(self):
-        """The Slicer-side logic (imported on first use: it needs PyTorch)."""
-        if self.logic is None:
-            from WSICLSegmentLib.logic import SegmentationLogic
+        """The MRML-side logic of the module logic, with the inference worker started (both
+        need PyTorch, so they start on first use)."""
+        if self.worker is None:
             from WSICLSegmentLib.worker import InferenceWorker
-            self.logic = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
             self.worker = InferenceWorker()
             self.deliveryTimer.start()
-        return self.logic
+        return self.logic.lib
 
     def sets(self):
         from WSICLSegmentLib import context_sets
@@ -267,9 +276,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"Delete context set '{node.GetName()}' and its prompts? Volumes and "
                 "segmentations are kept."):
             return
-        for entry in self.sets().context_volumes(node):
-            self.sets().remove_context_volume(slicer.mrmlScene, node, entry.volume)
-        slicer.mrmlScene.RemoveNode(node)
+        self.sets().delete_context_set(slicer.mrmlScene, node)
         self.refreshSets()
 
     def onSetPropertiesChanged(self, *_):
@@ -281,8 +288,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.SetName(name)
         colour = self.ui.setColorPickerButton.color
         self.sets().set_colour(node, (colour.redF(), colour.greenF(), colour.blueF()))
-        if not any(e.prompt_count for e in self.sets().context_volumes(node)):
-            node.SetParameter("PromptKind", self.ui.promptKindSelector.currentText)
+        with slicer.util.tryWithErrorDisplay("Could not change the prompt kind."):
+            self.sets().set_prompt_kind(node, self.ui.promptKindSelector.currentText)
         row = self.ui.contextSetList.currentRow
         self.ui.contextSetList.item(row).setText(
             f"{node.GetName()} ({self.sets().prompt_kind(node)})")
@@ -348,20 +355,15 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Makes a freshly drawn ROI 2D: zero thickness along its thinnest axis, the normal
         of the slice it was drawn on."""
         self.removeObserver(roi, roi.PointPositionDefinedEvent, self.onBoxPlaced)
-        size = list(roi.GetSize())
-        size[min(range(3), key=lambda axis: size[axis])] = 0.0
-        roi.SetSize(*size)
+        from WSICLSegmentLib.prompts import flatten_roi
+        flatten_roi(roi)
         self.updateSetPanel()
 
     def onRemovePrompt(self):
         node, entry = self.currentSet(), self.selectedContextVolume()
-        if entry is None:
-            return
-        if entry.point_list is not None and entry.point_list.GetNumberOfControlPoints():
-            entry.point_list.RemoveNthControlPoint(entry.point_list.GetNumberOfControlPoints() - 1)
-        elif entry.rois:
-            self.sets().remove_prompt(slicer.mrmlScene, node, entry.rois[-1])
-        self.updateSetPanel()
+        if entry is not None:
+            self.sets().remove_last_prompt(slicer.mrmlScene, node, entry.volume)
+            self.updateSetPanel()
 
     def onRemoveVolume(self):
         node, entry = self.currentSet(), self.selectedContextVolume()
@@ -393,19 +395,28 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Segmentation -----------------------------------------------------------------------
 
     def runInWorker(self, job, interactive: bool = False):
-        logic = self.lib()
-        predictor = logic.predictor(self.modelSource(), self.ui.deviceSelector.currentText,
-                                    self.ui.miniContextSpinBox.value,
-                                    "bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
-                                    REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
-                                    CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
-        self.setBusy(not interactive)
-        self.worker.submit(lambda progress, cancelled: logic.compute(job, predictor, progress,
-                                                                    cancelled),
-                           self.onResults, self.onFailure, self.onProgress)
+        """Queues ``job``; the weights load in the worker too (seconds, on the first run or
+        after a settings change). An interactive run leaves Segment / Cancel alone, and a
+        Segment press while one is in flight queues behind it."""
+        lib = self.lib()
+        settings = dict(model=self.modelSource(), device=self.ui.deviceSelector.currentText,
+                        mini_context=self.ui.miniContextSpinBox.value,
+                        precision="bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
+                        refine=REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
+                        prompt_kinds=CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
+
+        def work(progress, cancelled):
+            predictor = lib.predictor(**settings, progress=progress)
+            return lib.compute(job, predictor, progress, cancelled)
+
+        if not interactive:
+            self.segmentRunning = True
+            self.setBusy(True)
+        self.worker.submit(work, lambda results: self.onResults(results, interactive),
+                           lambda error: self.onFailure(error, interactive), self.onProgress)
 
     def onSegment(self, all_volumes: bool):
-        if self.worker is not None and self.worker.busy:
+        if self.segmentRunning:
             self.worker.cancel()
             self.ui.statusLabel.setText("Cancelling...")
             return
@@ -428,24 +439,30 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(int(round(100 * fraction)))
         self.ui.statusLabel.setText(message)
 
-    def onResults(self, results):
+    def onResults(self, results, interactive: bool):
+        if not interactive:
+            self.segmentRunning = False
+            self.setBusy(False)
         with slicer.util.tryWithErrorDisplay("Could not write the results.", waitCursor=True):
             writes = self.lib().apply(results)
             self.ui.statusLabel.setText(f"Done: {len(writes)} segment(s) written.")
-        self.setBusy(False)
 
-    def onFailure(self, error: BaseException):
-        self.setBusy(False)
+    def onFailure(self, error: BaseException, interactive: bool):
+        if not interactive:
+            self.segmentRunning = False
+            self.setBusy(False)
         from wsicl import Cancelled
+        from WSICLSegmentLib.worker import describe_failure
         if isinstance(error, Cancelled):
             self.ui.statusLabel.setText("Cancelled; the scene is unchanged.")
             return
-        logging.error("WSICL failed: %s", error)
-        self.ui.statusLabel.setText(f"Failed: {error}")
-        slicer.util.errorDisplay(str(error), "WSICL")
+        sentence, details = describe_failure(error)
+        logging.error("WSICL failed:\n%s", details)
+        self.ui.statusLabel.setText(f"Failed: {sentence}")
+        slicer.util.errorDisplay(sentence, "WSICL", detailedText=details)
 
     def onUndo(self):
-        if self.logic is None or not self.logic.undo_last():
+        if missing_packages() or not self.logic.undoLast():
             self.ui.statusLabel.setText("Nothing to undo.")
         else:
             self.ui.statusLabel.setText("Last run undone.")
@@ -498,19 +515,35 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
     >>> logic.process([contextSetNode], [targetVolumeNode], model="box")
     """
 
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._lib = None
+
+    @property
+    def lib(self):
+        """The MRML-side logic this module logic and its panel share: loaded weights, undo
+        history (imported on first use: it needs PyTorch)."""
+        if self._lib is None:
+            from WSICLSegmentLib.logic import SegmentationLogic
+            self._lib = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
+        return self._lib
+
     def process(self, contextSetNodes: Sequence, targetVolumeNodes: Sequence, model: str = "box",
-                device: str = "auto", miniContext: int = 1, fastCpu: bool = False,
+                device: str = "auto", miniContext: int = 1, precision: str = "fp32",
                 progress: Optional[Callable[[float, str], None]] = None,
                 refine: Optional[bool] = None,
                 contextKinds: Optional[Sequence[str]] = None) -> dict:
         """Segments every target with every context set; returns ``{volume name:
-        segmentation node}``. Blocks until done. ``refine``: work at the structure's scale
-        (None: as the model was trained); ``contextKinds``: what the model reads (box,
-        point, mask) when its file does not say."""
-        from WSICLSegmentLib.logic import SegmentationLogic
-        logic = SegmentationLogic(slicer.mrmlScene, slicer.modules.segmentations.logic())
-        return logic.process(contextSetNodes, targetVolumeNodes, model, device, miniContext,
-                             "bf16" if fastCpu else "fp32", progress, refine, contextKinds)
+        segmentation node}``. Blocks until done; undone by :meth:`undoLast`. ``precision``:
+        ``"fp32"`` or ``"bf16"``; ``refine``: work at the structure's scale (None: as the
+        model was trained); ``contextKinds``: what the model reads (box, point, mask) when
+        its file does not say. Weights stay loaded between calls with the same settings."""
+        return self.lib.process(contextSetNodes, targetVolumeNodes, model, device, miniContext,
+                                precision, progress, refine, contextKinds)
+
+    def undoLast(self) -> bool:
+        """Reverts the last run (of the panel or of :meth:`process`); False if none."""
+        return self.lib.undo_last()
 
     def createContextSet(self, name: str, promptKind: str = "box"):
         """A new context set of ``promptKind`` ("box", "point" or "mask")."""

@@ -107,6 +107,28 @@ def prompt_kind(set_node) -> str:
     return set_node.GetParameter("PromptKind") or "box"
 
 
+def set_prompt_kind(set_node, kind: str) -> None:
+    """Changes the set's prompt kind; only while none of its volumes has prompts."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+    if kind != prompt_kind(set_node) and any(e.prompt_count for e in context_volumes(set_node)):
+        raise ValueError(f"context set '{set_node.GetName()}' already has "
+                         f"{prompt_kind(set_node)} prompts; remove them or make a new set")
+    set_node.SetParameter("PromptKind", kind)
+
+
+def delete_context_set(scene, set_node) -> None:
+    """Removes the set, its prompt nodes and its subject-hierarchy folder; its volumes and
+    the segmentations of its results stay."""
+    hierarchy = scene.GetSubjectHierarchyNode()
+    folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(set_node))
+    for entry in context_volumes(set_node):
+        remove_context_volume(scene, set_node, entry.volume)
+    scene.RemoveNode(set_node)
+    if folder and folder != hierarchy.GetSceneItemID():
+        hierarchy.RemoveItem(folder, False, True)   # the folder and what is left of its items
+
+
 def colour(set_node) -> Tuple[float, float, float]:
     return tuple(float(v) for v in set_node.GetParameter("Colour").split(","))
 
@@ -188,6 +210,21 @@ def point_list(scene, set_node, volume_node):
     node.CreateDefaultDisplayNodes()
     _adopt_prompt(scene, set_node, volume_node, node)
     return node
+
+
+def remove_last_prompt(scene, set_node, volume_node) -> bool:
+    """Deletes the newest prompt of ``volume_node`` in the set (the last point, else the
+    last box, else the mask); False when it had none."""
+    [entry] = [e for e in context_volumes(set_node) if e.volume is volume_node] or [None]
+    if entry is None:
+        return False
+    if entry.point_list is not None and entry.point_list.GetNumberOfControlPoints():
+        entry.point_list.RemoveNthControlPoint(entry.point_list.GetNumberOfControlPoints() - 1)
+    elif entry.rois or entry.mask is not None:
+        remove_prompt(scene, set_node, entry.rois[-1] if entry.rois else entry.mask)
+    else:
+        return False
+    return True
 
 
 def use_result_as_context(scene, set_node, volume_node) -> None:

@@ -64,13 +64,17 @@ class SegmentationLogic:
 
     def predictor(self, model: str = "box", device: str = "auto", mini_context: int = 1,
                   precision: str = "fp32", refine: Optional[bool] = None,
-                  prompt_kinds: Optional[Sequence[str]] = None) -> wsicl.Predictor:
-        """A predictor, reused while the settings stay the same (loading takes seconds).
-        ``refine``: work at the structure's scale (None: as the model was trained);
-        ``prompt_kinds``: what the model reads, when its file does not say."""
+                  prompt_kinds: Optional[Sequence[str]] = None,
+                  progress: Optional[Progress] = None) -> wsicl.Predictor:
+        """A predictor, reused while the settings stay the same (loading takes seconds: call
+        it in the worker). ``refine``: work at the structure's scale (None: as the model was
+        trained); ``prompt_kinds``: what the model reads, when its file does not say;
+        ``progress`` hears "loading weights" when they load."""
         kinds = tuple(prompt_kinds) if prompt_kinds is not None else None
         key = (str(model), device, int(mini_context), precision, refine, kinds)
         if self._predictor is None or key != self._predictor_key:
+            if progress is not None:
+                progress(0.0, f"loading weights ({model})...")
             self._predictor = wsicl.Predictor(model, device, mini_context, precision, refine,
                                               prompt_kinds)
             self._predictor_key = key

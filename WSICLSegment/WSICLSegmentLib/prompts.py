@@ -33,6 +33,14 @@ def roi_to_box(roi_node, volume_node) -> Box:
     return Box(low, high, "voxel")
 
 
+def flatten_roi(roi_node) -> None:
+    """Makes a freshly drawn ROI a 2D box: zero size along its thinnest axis (the normal of
+    the slice it was drawn on)."""
+    size = list(roi_node.GetSize())
+    size[min(range(3), key=lambda axis: size[axis])] = 0.0
+    roi_node.SetSize(*size)
+
+
 def roi_world_corners(roi_node) -> np.ndarray:
     """The 8 corners ``[8, 3]`` of an ROI node in world RAS."""
     object_to_world = np.array([[roi_node.GetObjectToWorldMatrix().GetElement(r, c)

@@ -8,7 +8,10 @@ thread, where MRML may be touched.
 import enum
 import queue
 import threading
-from typing import Any, Callable, Optional
+import traceback
+from typing import Any, Callable, Optional, Tuple
+
+from wsicl.device import OutOfMemory
 
 
 class State(enum.Enum):
@@ -17,6 +20,20 @@ class State(enum.Enum):
     IDLE = "idle"
     RUNNING = "running"
     CANCELLING = "cancelling"
+
+
+def describe_failure(error: BaseException) -> Tuple[str, str]:
+    """What to tell the user about a failed job, and the full traceback for the log.
+
+    Problems with the input, the files or the machine (the engine's errors derive from
+    ValueError, OSError or :class:`wsicl.device.OutOfMemory`) carry their own sentence
+    with the remedy; anything else is a bug, said as such.
+    """
+    details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if isinstance(error, (ValueError, OSError, OutOfMemory)):
+        return str(error), details
+    return (f"WSICL stopped on an unexpected {type(error).__name__}: {error}. This is a bug; "
+            "the traceback is in the Python console, please include it in a report."), details
 
 
 class InferenceWorker:
