@@ -10,13 +10,13 @@ from conftest import make_image, sphere_volume
 from wsicl import Box, ContextSet, Point, Predictor
 from wsicl.checkpoints import ModelInfo, build_model, read_training_state
 from wsicl.crops import crop_region, robust_unit_range, whole_region
-from wsicl.episode_training import RunConfig, train
-from wsicl.losses import segmentation_loss
+from wsicl.training.episode_training import RunConfig, train
+from wsicl.training.losses import segmentation_loss
 from wsicl.metrics import dice
-from wsicl.episodes import EngineConfig, EpisodeEngine, Source
+from wsicl.training.episodes import EngineConfig, EpisodeEngine, Source
 from wsicl.geometry import Grid, canonical_grid, model_grid, prepare
 from wsicl.network import WSICLNet
-from wsicl.sources import load_bundle, read_source, save_bundle
+from wsicl.training.sources import load_bundle, read_source, save_bundle
 
 
 # ---- the crop rule ------------------------------------------------------------------------

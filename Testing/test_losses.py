@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from wsicl.losses import weighted_smooth_l1
+from wsicl.training.losses import weighted_smooth_l1
 
 
 def test_hand_computed_example():

@@ -1,11 +1,9 @@
 """Dense masks as context: the Neuroverse3D checkpoint, mask geometry, bad masks, files."""
 import json
-import warnings
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from conftest import DATA, make_image, rotation_direction, sphere_volume
 from wsicl import ContextSet, Predictor, load_model, save_model

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wsicl.simulate import choose_slices, jittered_box, simulate_prompts
+from wsicl.training.simulate import choose_slices, jittered_box, simulate_prompts
 
 
 def hand_made_mask():

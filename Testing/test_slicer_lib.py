@@ -13,7 +13,7 @@ vtk = pytest.importorskip("vtk")
 from conftest import make_image, rotation_direction, sphere_volume  # noqa: E402
 from WSICLSegmentLib import context_sets as sets  # noqa: E402
 from WSICLSegmentLib.logic import SegmentationLogic, non_context_volumes  # noqa: E402
-from WSICLSegmentLib.scene import new_scene  # noqa: E402
+from slicer_scene import new_scene  # noqa: E402
 from WSICLSegmentLib.segments import SEGMENT_ID_PREFIX, segment_array, write_structure  # noqa: E402,E501
 from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E402
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402

@@ -10,9 +10,9 @@ from conftest import make_image, sphere_volume
 from wsicl import load_model
 from wsicl.checkpoints import read_training_state
 from wsicl.cli import main
-from wsicl.losses import weighted_smooth_l1
-from wsicl.tasks import load_nnunet_dataset, sample_episode, synthetic_task
-from wsicl.train import TaskSampler, TrainConfig, prompt_channels, train
+from wsicl.training.losses import weighted_smooth_l1
+from wsicl.training.tasks import load_nnunet_dataset, sample_episode, synthetic_task
+from wsicl.training.train import TaskSampler, TrainConfig, prompt_channels, train
 
 TINY = dict(channels=[4, 8, 16], size=32, max_context=2, val_every=3, val_episodes=2,
             checkpoint_every=2, device="cpu")

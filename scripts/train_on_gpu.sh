@@ -6,12 +6,12 @@
 # SOURCES.pt is the bundle of scripts/make_sources_bundle.py: the script needs nothing
 # beyond torch, numpy and scipy (no SimpleITK, no data files). Each model resumes from
 # the bundled weights (or from OUT_DIR/<kind>-run/last.pt when OUT_DIR holds one), trains
-# with the crop recipe of wsicl.episode_training under bfloat16 autocast, and writes
+# with the crop recipe of wsicl.training.episode_training under bfloat16 autocast, and writes
 # float16 weights to OUT_DIR/<kind>.pt every 2 minutes and at the end, with its log in
 # OUT_DIR/<kind>.log. Score the results with scripts/dev_benchmark.py (needs SimpleITK).
 # Environment: BATCH (episodes per step, default 24), RUN_DIR (full checkpoints with
 # optimiser state, default /tmp/wsicl-train), DEVICE (default auto), INIT_DIR (a folder
-# with box.pt and point.pt to start from; default: the bundled models), EXTRA (more options of wsicl.episode_training).
+# with box.pt and point.pt to start from; default: the bundled models), EXTRA (more options of wsicl.training.episode_training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sources=$1
@@ -23,7 +23,7 @@ pids=()
 for kind in box point; do
   init=$kind
   if [ -n "${INIT_DIR:-}" ]; then init="$INIT_DIR/$kind.pt"; fi
-  python3 -m wsicl.episode_training --sources "$sources" --prompt "$kind" \
+  python3 -m wsicl.training.episode_training --sources "$sources" --prompt "$kind" \
     --init "$init" --output "${RUN_DIR:-/tmp/wsicl-train}/$kind" \
     --export "$out/$kind.pt" --batch "${BATCH:-24}" --minutes "$minutes" \
     --device "${DEVICE:-auto}" --checkpoint-seconds 120 ${EXTRA:-} >"$out/$kind.log" 2>&1 &

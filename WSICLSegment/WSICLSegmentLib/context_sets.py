@@ -20,7 +20,7 @@ import slicer
 import wsicl
 from wsicl.context import PROMPT_KINDS, prompts_from_mask
 from wsicl.contextfile import read_context_file, write_context_file
-from wsicl.geometry import Grid, to_lps
+from wsicl.geometry import LPS_RAS_FLIP, Grid, to_lps, voxel_box_faces
 from wsicl.imageio import write_atomic
 
 from .prompts import points_to_prompts, roi_to_box
@@ -406,7 +406,7 @@ def import_json(scene, path: Path, colour_rgb: Sequence[float] = DEFAULT_COLOUR)
 
 def _add_points(node, points: Sequence[wsicl.Point], grid: Grid) -> None:
     for point in points:
-        ras = to_lps(np.array(point.position), point.space, grid)[0] * [-1, -1, 1]
+        ras = to_lps(np.array(point.position), point.space, grid)[0] * LPS_RAS_FLIP
         node.AddControlPointWorld(ras.tolist())
 
 
@@ -414,14 +414,13 @@ def _box_to_roi(roi, box: wsicl.Box, grid: Grid, image: sitk.Image) -> None:
     """Sets an ROI to a box: voxel boxes follow the volume's axes, physical boxes RAS."""
     low, high = np.array(box.min), np.array(box.max)
     if box.space == "voxel":
-        margin = np.where(high == low, 0.0, 0.5)
-        corners = np.array([low - margin, high + margin])
+        corners = np.array(voxel_box_faces(low, high))
         axes = image_ijk_to_ras(image)[:3, :3]
         size = (corners[1] - corners[0]) * np.array(grid.spacing)
         centre = image_ijk_to_ras(image) @ np.r_[corners.mean(axis=0), 1.0]
         rotation = axes / np.linalg.norm(axes, axis=0)
     else:
-        corners = to_lps(np.array([low, high]), box.space, grid) * [-1, -1, 1]
+        corners = to_lps(np.array([low, high]), box.space, grid) * LPS_RAS_FLIP
         size = np.abs(corners[1] - corners[0])
         centre = np.r_[corners.mean(axis=0), 1.0]
         rotation = np.eye(3)

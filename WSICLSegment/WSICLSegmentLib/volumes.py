@@ -8,8 +8,9 @@ import SimpleITK as sitk
 import vtk
 
 import slicer
+from wsicl.geometry import LPS_RAS_FLIP
 
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+LPS_FROM_RAS = np.diag(LPS_RAS_FLIP)
 
 
 def ijk_to_world_ras(volume_node) -> np.ndarray:

@@ -102,9 +102,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .device import keep_freed_memory
-    from .train import TrainConfig, train
-    keep_freed_memory()
+    from .training.train import TrainConfig, train
     config = TrainConfig(
         output=args.output, steps=args.steps, channels=args.channels,
         convs_per_stage=args.convs_per_stage, size=args.size, prompt=args.prompt,
@@ -264,16 +262,14 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_predictor(args: argparse.Namespace):
-    from .device import keep_freed_memory
     from .predictor import Predictor
-    keep_freed_memory()
     return Predictor(args.model, device=args.device, mini_context=args.mini_context,
                      precision=args.precision, refine=args.refine,
                      prompt_kinds=args.context_kind)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table, load_subjects, plot
+    from .training.evaluate import evaluate, format_table, load_subjects, plot
     predictor = make_predictor(args)
     if predictor.refine:
         raise ValueError(f"{args.model}: works at the structure's scale (crops), which "
@@ -323,6 +319,8 @@ def _note(message, category, *where) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .device import keep_freed_memory
+    keep_freed_memory()        # every command runs the network: roughly halves CPU time
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _note

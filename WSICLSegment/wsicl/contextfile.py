@@ -29,6 +29,7 @@ import numpy as np
 
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
 from .geometry import SPACES
+from .files import WriteError, atomic_write
 from .imageio import read_image
 from .masks import context_mask
 
@@ -173,6 +174,11 @@ def write_context_file(path: Union[str, Path], name: str, coordinates: str,
         raise ValueError(f"coordinates {coordinates!r} is not one of {list(SPACES)}")
     path = Path(path)
     document = {"name": name, "coordinates": coordinates, "context": list(entries)}
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    text = json.dumps(document, indent=1)
+    with atomic_write(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+        if temporary.read_text(encoding="utf-8") != text:
+            raise WriteError(f"{path}: the file did not read back as written (disk full?); "
+                             "nothing was kept")
     return path
 

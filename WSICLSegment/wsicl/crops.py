@@ -3,7 +3,7 @@
 Models trained with crops (``ModelInfo.input_policy == "crop"``) see a roughly cubic box
 around the prompts (interactive mode, context images) or around a first-pass mask (the
 target in in-context mode), not the whole field of view, so that a small structure fills
-a useful part of the model grid. Training (``wsicl.episodes``) and inference
+a useful part of the model grid. Training (``wsicl.training.episodes``) and inference
 (``wsicl.predictor``) call the same function, so both see structures at the same scale.
 
 Regions are axis-aligned boxes in *continuous voxel coordinates* of one image (voxel ``n``

@@ -13,11 +13,12 @@ from typing import Dict, List, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .contextfile import write_context_file
+from .contextfile import read_context_file, write_context_file
 from .context import Box
 from .geometry import canonical
 from .imageio import write_atomic
 from .metrics import dice
+from .predictor import Predictor
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 LIVER = 5
@@ -47,9 +48,8 @@ def to_boxes(entries: Sequence[Dict[str, List[int]]]) -> List[Box]:
     return [Box(tuple(b["min"]), tuple(b["max"])) for b in entries]
 
 
-def run_demo(output: Path, predictor: "Predictor", say=print) -> Dict[str, float]:
+def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
     """Runs the demo into ``output`` with a box-prompt predictor; returns the Dice scores."""
-    from .contextfile import read_context_file
     output.mkdir(parents=True, exist_ok=True)
     ct, mr = sitk.ReadImage(str(sample("example_ct_sm.nii.gz"))), sitk.ReadImage(
         str(sample("example_mr_sm.nii.gz")))

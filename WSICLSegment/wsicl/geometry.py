@@ -29,6 +29,8 @@ from .prompts import IndexBox, IndexPoint, PromptOutsideError
 
 CANONICAL_ORIENTATION = "LPS"
 SPACES = ("voxel", "LPS", "RAS")
+LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
+"""Multiplying LPS coordinates by this gives RAS, and RAS by it gives LPS."""
 
 
 class ImageError(ValueError):
@@ -225,8 +227,18 @@ def box_corners_lps(low: Sequence[float], high: Sequence[float], space: str, sou
     if low.shape != (3,) or high.shape != (3,) or np.any(high < low):
         raise ValueError(f"box min {low.tolist()} / max {high.tolist()} must be 3 coordinates "
                          "with min <= max")
-    margin = np.where(high == low, 0.0, 0.5) if space == "voxel" else np.zeros(3)
-    return to_lps(box_corners(low - margin, high + margin), space, source)
+    if space == "voxel":
+        low, high = voxel_box_faces(low, high)
+    return to_lps(box_corners(low, high), space, source)
+
+
+def voxel_box_faces(low: Sequence[float], high: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """The continuous-index extent of an inclusive voxel box: each voxel with its full extent
+    (half a voxel beyond the centres), except along an axis where ``low == high`` (a 2D box
+    on that slice, kept at zero thickness)."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    margin = np.where(high == low, 0.0, 0.5)
+    return low - margin, high + margin
 
 
 def to_lps(points: np.ndarray, space: str, source: Grid) -> np.ndarray:
@@ -238,7 +250,7 @@ def to_lps(points: np.ndarray, space: str, source: Grid) -> np.ndarray:
     if space == "LPS":
         return points
     if space == "RAS":
-        return points * np.array([-1.0, -1.0, 1.0])
+        return points * LPS_RAS_FLIP
     raise ValueError(f"unknown coordinate space {space!r}; use one of {', '.join(SPACES)}")
 
 

@@ -1,7 +1,6 @@
-"""A scene with the module logics WSICLSegment uses, for running without the Slicer GUI.
-
-Inside Slicer use ``slicer.mrmlScene`` and the application's logics instead; this wiring is
-what ``slicer-core`` needs (tests, trame-slicer apps, scripts).
+"""Test support: a scene with the module logics WSICLSegment uses, on ``slicer-core``
+(no Slicer GUI). Inside Slicer, ``slicer.mrmlScene`` and the application's logics play
+this part.
 """
 import dataclasses
 

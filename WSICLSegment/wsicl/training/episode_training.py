@@ -23,8 +23,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
-from .device import autocast, pick_device
+from ..checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
+from ..device import autocast, pick_device
 from .episodes import Batch, EngineConfig, EpisodeEngine
 from .losses import descend, segmentation_loss
 from .sources import load_bundle

@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
-from .device import autocast, pick_device
+from ..checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
+from ..device import autocast, pick_device
+from ..metrics import dice
+from ..network import WSICLNet
 from .losses import descend, weighted_smooth_l1
-from .metrics import dice
-from .network import WSICLNet
 from .simulate import simulated_channel
 from .tasks import Episode, Task, load_nnunet_dataset, sample_episode, synthetic_task
 

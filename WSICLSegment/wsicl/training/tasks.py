@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .geometry import PreparedImage, canonical, prepare
-from .imageio import case_name, image_files
+from ..geometry import PreparedImage, canonical, prepare
+from ..imageio import case_name, image_files
 
 
 @dataclasses.dataclass
@@ -64,13 +64,9 @@ def label_on_grid(label: sitk.Image, prepared: PreparedImage) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled)
 
 
-def load_nnunet_dataset(folder: Path, size: int, min_voxels: int = 20,
-                        exclude: Sequence[str] = ()) -> List[Task]:
-    """Every labelled structure of an nnU-Net-layout dataset as a :class:`Task`.
-
-    ``exclude`` lists structure names (from ``dataset.json``'s ``labels``) to leave out.
-    Structures with fewer than ``min_voxels`` voxels on the model grid are skipped.
-    """
+def nnunet_cases(folder: Path) -> (Dict[int, str], List[Tuple[str, Path, Path]]):
+    """An nnU-Net-layout dataset's structure names by label value (``dataset.json``'s
+    ``labels``, background left out) and its ``(case, image file, label file)`` triples."""
     folder = Path(folder)
     meta_path = folder / "dataset.json"
     if not meta_path.is_file():
@@ -79,14 +75,29 @@ def load_nnunet_dataset(folder: Path, size: int, min_voxels: int = 20,
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     names = {int(v): k for k, v in meta.get("labels", {}).items() if int(v) != 0}
     label_files = {case_name(p): p for p in image_files(folder / "labelsTr")}
-    subjects: Dict[str, List[Subject]] = {}
+    cases = []
     for image_path in image_files(folder / "imagesTr"):
         case = case_name(image_path)
         if case not in label_files:
             raise FileNotFoundError(f"{image_path}: no label file for case '{case}' in "
                                     f"{folder / 'labelsTr'}")
+        cases.append((case, image_path, label_files[case]))
+    return names, cases
+
+
+def load_nnunet_dataset(folder: Path, size: int, min_voxels: int = 20,
+                        exclude: Sequence[str] = ()) -> List[Task]:
+    """Every labelled structure of an nnU-Net-layout dataset as a :class:`Task`.
+
+    ``exclude`` lists structure names (from ``dataset.json``'s ``labels``) to leave out.
+    Structures with fewer than ``min_voxels`` voxels on the model grid are skipped.
+    """
+    folder = Path(folder)
+    names, cases = nnunet_cases(folder)
+    subjects: Dict[str, List[Subject]] = {}
+    for case, image_path, label_path in cases:
         prepared = prepare(sitk.ReadImage(str(image_path)), size, case)
-        labels = label_on_grid(sitk.ReadImage(str(label_files[case])), prepared)
+        labels = label_on_grid(sitk.ReadImage(str(label_path)), prepared)
         for value, name in names.items():
             mask = labels == value
             if name in exclude or mask.sum() < min_voxels:

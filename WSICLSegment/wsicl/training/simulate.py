@@ -16,7 +16,7 @@ from typing import List, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
-from .prompts import IndexBox, IndexPoint, render_boxes, render_points
+from ..prompts import IndexBox, IndexPoint, render_boxes, render_points
 
 Prompt = Union[IndexBox, IndexPoint]
 

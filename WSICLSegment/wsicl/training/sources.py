@@ -28,7 +28,7 @@ def read_source(image_path: Union[str, Path], label_path: Union[str, Path], name
     """
     import SimpleITK as sitk
 
-    from .geometry import canonical
+    from ..geometry import canonical
 
     image = canonical(sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkFloat32))
     labels = canonical(sitk.ReadImage(str(label_path)))
@@ -108,7 +108,7 @@ def development_sources(data: Union[str, Path], mni_folder: Optional[Union[str, 
 def _mni_source(folder: Path) -> Source:
     import SimpleITK as sitk
 
-    from .geometry import canonical
+    from ..geometry import canonical
 
     def read(kind: str):
         return canonical(sitk.ReadImage(

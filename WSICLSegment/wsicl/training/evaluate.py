@@ -11,19 +11,17 @@ target image is scored too: the average, over the context images, of the boundin
 each image's prompts in coordinates normalised to the image's extent, filled in the target.
 """
 import dataclasses
-import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import PreparedImage, prepare, threshold, to_source_grid
-from .metrics import dice
-from .predictor import PreparedContext, Predictor
+from ..geometry import PreparedImage, prepare, threshold, to_source_grid
+from ..metrics import dice
+from ..predictor import PreparedContext, Predictor
 from .simulate import simulated_channel
-from .imageio import case_name, image_files
-from .tasks import label_on_grid
+from .tasks import label_on_grid, nnunet_cases
 
 SECONDS_PER_PROMPT = {"point": 5.0, "box": 10.0, "mask": 1600.0}   # a mask: a whole 3D mask
 SECONDS_PER_MASK = {"2D mask": 80.0, "3D mask": 1600.0}
@@ -40,21 +38,12 @@ class EvalSubject:
 
 def load_subjects(folder: Path, size: int) -> (List[EvalSubject], Dict[int, str]):
     """The subjects of an nnU-Net-layout dataset and its label names."""
-    folder = Path(folder)
-    meta_path = folder / "dataset.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder}: no dataset.json; expected the nnU-Net layout")
-    labels_field = json.loads(meta_path.read_text(encoding="utf-8"))["labels"]
-    names = {int(v): k for k, v in labels_field.items() if int(v) != 0}
-    labels = {case_name(p): p for p in image_files(folder / "labelsTr")}
+    names, cases = nnunet_cases(folder)
     subjects = []
-    for path in image_files(folder / "imagesTr"):
-        case = case_name(path)
-        if case not in labels:
-            raise FileNotFoundError(f"{path}: no label file for case '{case}'")
-        image = sitk.ReadImage(str(path))
+    for case, image_path, label_path in cases:
+        image = sitk.ReadImage(str(image_path))
         prepared = prepare(image, size, case)
-        label = sitk.ReadImage(str(labels[case]))
+        label = sitk.ReadImage(str(label_path))
         subjects.append(EvalSubject(case, image, prepared, label, label_on_grid(label, prepared)))
     return subjects, names
 
@@ -102,8 +91,9 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                             s.labels_on_grid == value, kind, slices, rng, radius) for s in picks])
                         context = PreparedContext.of([s.prepared.array for s in picks],
                                                      list(channels), name)
-                        mask = predictor.segment_prepared(target.image, target.prepared, context,
-                                                          False, None, None)
+                        mask = predictor.segment_prepared(target.image, target.prepared,
+                                                          context, return_probability=False,
+                                                          progress=None, cancel=None)
                         record = {"structure": name, "target": target.name, "context_size": size,
                                   "prompts_per_image": slices, "draw": draw,
                                   "prompts": int(sum(len(p) for p in prompt_lists)),

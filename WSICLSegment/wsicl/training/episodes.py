@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .crops import MIN_SIDE_MM, POINT_SIDE_MM, crop_region, robust_unit_range, whole_region
-from .prompts import ball_slices, ball_template
+from ..crops import MIN_SIDE_MM, POINT_SIDE_MM, crop_region, robust_unit_range, whole_region
+from ..prompts import ball_slices, ball_template
 
 
 @dataclasses.dataclass
