@@ -172,7 +172,7 @@ def test_interactive_crop_is_zero_outside_the_crop_and_sees_finer_voxels(crop_ne
                                                                           wide_image):
     predictor = Predictor(crop_network, device="cpu")
     box = Box((55, 45, 15), (65, 55, 15))
-    result = predictor.segment_interactive(wide_image, boxes=[box], return_probability=True)
+    result = predictor.segment_interactive(wide_image, boxes=[box])
     probability = sitk.GetArrayFromImage(result.probability)
     assert Grid.of(result.mask) == Grid.of(wide_image)
     assert probability.min() >= 0 and probability.max() <= 1  # a sigmoid, not a logit
@@ -180,7 +180,7 @@ def test_interactive_crop_is_zero_outside_the_crop_and_sees_finer_voxels(crop_ne
     extent_mm = (inside.max(0) - inside.min(0) + 1) * np.array([3.0, 1.0, 1.0])
     assert np.all(extent_mm <= 40 + 2 * 3.0) and np.all(extent_mm >= 30)  # the 40 mm cube
     whole = Predictor(crop_network, device="cpu", refine=False).segment_interactive(
-        wide_image, boxes=[box], return_probability=True)
+        wide_image, boxes=[box])
     assert np.count_nonzero(sitk.GetArrayFromImage(whole.probability)) > len(inside)
 
 
@@ -254,7 +254,8 @@ def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
     ball = sphere_volume((40, 256, 256), (20, 120, 140), 6.0, spacing)  # 12 mm in 180 mm
     image = make_image(ball.astype(np.float32) * 100, spacing)
     box = Box((133, 113, 20), (147, 127, 20))
-    crop = Predictor(oracle, device="cpu").segment_interactive(image, boxes=[box])
-    whole = Predictor(oracle, device="cpu", refine=False).segment_interactive(image, boxes=[box])
+    crop = Predictor(oracle, device="cpu").segment_interactive(image, boxes=[box]).mask
+    whole = Predictor(oracle, device="cpu", refine=False).segment_interactive(image,
+                                                                             boxes=[box]).mask
     assert dice(sitk.GetArrayFromImage(crop), ball) > 0.97
     assert dice(sitk.GetArrayFromImage(whole), ball) < dice(sitk.GetArrayFromImage(crop), ball)

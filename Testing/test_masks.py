@@ -45,8 +45,7 @@ def test_neuroverse3d_parity_through_the_api(reference, mini_context):
         context.add(image, mask=make_image(
             reference["context_masks"][0, index, 0].astype(np.uint8)))
     target = make_image(reference["target_normalized"][0, 0])
-    result = neuroverse_predictor(mini_context).segment(target, context,
-                                                        return_probability=True)
+    result = neuroverse_predictor(mini_context).segment(target, context)
     output = sitk.GetArrayFromImage(result.probability)
     expected = reference[f"out_mask_l{mini_context}"][0, 0]
     assert np.abs(output - expected).max() < 1e-4
@@ -126,7 +125,7 @@ def test_model_kinds_decide_which_context_sets_run(tiny_network, blob_image):
     mixed = ContextSet(name="ball").add(blob_image, mask=mask).add(
         blob_image, [Box((10, 10, 12), (30, 26, 12))])
     stated = Predictor(tiny_network, device="cpu", prompt_kinds=["box", "mask"])
-    assert stated.segment(blob_image, mixed).GetSize() == blob_image.GetSize()
+    assert stated.segment(blob_image, mixed).mask.GetSize() == blob_image.GetSize()
     with pytest.raises(ContextError, match="interactive mode needs boxes or points"):
         stated.segment_interactive(blob_image)
 

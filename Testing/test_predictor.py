@@ -19,8 +19,7 @@ BOX = Box((12, 10, 8), (28, 26, 8))
 def test_mask_is_uint8_on_the_target_grid(tiny_network, blob_image):
     target = make_image(sitk.GetArrayFromImage(blob_image), (1.2, 0.7, 2.0), (3, 4, 5),
                         rotation_direction(25.0))
-    result = Predictor(tiny_network, device="cpu").segment(target, context_of(blob_image, [BOX]),
-                                                           return_probability=True)
+    result = Predictor(tiny_network, device="cpu").segment(target, context_of(blob_image, [BOX]))
     assert result.mask.GetPixelID() == sitk.sitkUInt8
     assert Grid.of(result.mask) == Grid.of(target)
     assert Grid.of(result.probability) == Grid.of(target)
@@ -33,17 +32,16 @@ def test_segment_equals_the_network_on_prepared_arrays(tiny_network, blob_image)
     context = predictor.prepare_context(context_of(blob_image, [BOX]))
     assert context.images.shape == (1, 1, 1, 32, 32, 32)
     assert context.prompts.sum() > 0
-    result = predictor.segment(blob_image, context, return_probability=True)
-    again = predictor.segment(blob_image, context_of(blob_image, [BOX]), return_probability=True)
+    result = predictor.segment(blob_image, context)
+    again = predictor.segment(blob_image, context_of(blob_image, [BOX]))
     assert np.array_equal(sitk.GetArrayFromImage(result.probability),
                           sitk.GetArrayFromImage(again.probability))
 
 
 def test_interactive_equals_own_context(tiny_network, blob_image):
     predictor = Predictor(tiny_network, device="cpu")
-    interactive = predictor.segment_interactive(blob_image, boxes=[BOX], return_probability=True)
-    explicit = predictor.segment(blob_image, context_of(blob_image, [BOX]),
-                                 return_probability=True)
+    interactive = predictor.segment_interactive(blob_image, boxes=[BOX])
+    explicit = predictor.segment(blob_image, context_of(blob_image, [BOX]))
     assert np.allclose(sitk.GetArrayFromImage(interactive.probability),
                        sitk.GetArrayFromImage(explicit.probability), atol=1e-6)
 

@@ -226,13 +226,13 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
     segmentation = nodes["target"]
     result = segment_array(segmentation, "WSICL_ball", target)
     expected = Predictor(tiny_network, device="cpu").segment(volume_to_image(target),
-                                                             sets.to_engine(set_node))
+                                                             sets.to_engine(set_node)).mask
     assert np.array_equal(result, sitk.GetArrayFromImage(expected))
     assert reports[-1] == pytest.approx(1.0)
     refined = logic.process([set_node], [target], model=tiny_network, device="cpu", refine=True)
     assert logic.predictor(tiny_network, "cpu", refine=True).refine
     expected = Predictor(tiny_network, device="cpu", refine=True).segment(
-        volume_to_image(target), sets.to_engine(set_node))
+        volume_to_image(target), sets.to_engine(set_node)).mask
     assert np.array_equal(segment_array(refined["target"], "WSICL_ball",
                                         target), sitk.GetArrayFromImage(expected))
 

@@ -186,7 +186,7 @@ def main() -> None:
                 slices = draw_slices(mask, axis, 1, rng)
                 prompts = prompts_on(mask, axis, slices, args.prompt)
                 kwargs = {"boxes": prompts} if args.prompt == "box" else {"points": prompts}
-                predicted = sitk.GetArrayFromImage(predictor.segment_interactive(image, **kwargs))
+                predicted = sitk.GetArrayFromImage(predictor.segment_interactive(image, **kwargs).mask)
                 score(name, f"interactive: {task}", dice(predicted, mask))
                 if name == next(iter(models)):
                     score("floor", f"interactive: {task}",
@@ -205,7 +205,7 @@ def main() -> None:
                 context = ContextSet(name=context_task)
                 context.add(context_image, **({"boxes": prompts} if args.prompt == "box"
                                               else {"points": prompts}))
-                predicted = sitk.GetArrayFromImage(predictor.segment(target_image, context))
+                predicted = sitk.GetArrayFromImage(predictor.segment(target_image, context).mask)
                 task = f"in context: {context_task} -> {target_task}"
                 score(name, task, dice(predicted, target_mask))
                 if name == next(iter(models)):

@@ -30,13 +30,30 @@ class Structure:
 
 
 @dataclasses.dataclass
+class Target:
+    """One target volume, copied out of the scene: its node ID (to write the result back),
+    its name (for progress) and its voxels."""
+
+    node_id: str
+    name: str
+    image: sitk.Image
+
+    @classmethod
+    def of(cls, volume_node) -> "Target":
+        image = volume_to_image(volume_node)
+        if min(image.GetSize()) < 2:
+            raise ValueError(f"'{volume_node.GetName()}' has a single slice (size "
+                             f"{list(image.GetSize())}); WSICL segments 3D volumes")
+        return cls(volume_node.GetID(), volume_node.GetName(), image)
+
+
+@dataclasses.dataclass
 class Job:
-    """Everything the engine needs, with no reference into MRML data."""
+    """Everything the engine needs, with no reference into MRML data. In an interactive
+    job the one target is the one context image, segmented from its own prompts."""
 
     structures: List[Structure]
-    target_ids: List[str]
-    target_names: List[str]
-    targets: List[sitk.Image]
+    targets: List[Target]
     interactive: bool = False
 
 
@@ -92,11 +109,9 @@ class SegmentationLogic:
         structures = []
         for node in set_nodes:
             context = sets.to_engine(node)
-            context.kinds()
+            context.kinds()                  # an incomplete set fails here, before any work
             structures.append(Structure(node.GetName(), sets.colour(node), context))
-        targets = [_target_image(v) for v in target_volumes]
-        return Job(structures, [v.GetID() for v in target_volumes],
-                   [v.GetName() for v in target_volumes], targets)
+        return Job(structures, [Target.of(v) for v in target_volumes])
 
     def gather_interactive(self, set_node, volume_node) -> Job:
         """A job that segments ``volume_node`` from its own prompts in ``set_node``."""
@@ -109,11 +124,11 @@ class SegmentationLogic:
             raise ValueError(f"'{volume_node.GetName()}' has no prompt in context set "
                              f"'{set_node.GetName()}'; place a box or point on it")
         boxes, points = sets.engine_prompts(entry)
-        image = _target_image(volume_node)
-        context = wsicl.ContextSet(name=set_node.GetName()).add(image, boxes, points,
-                                                               volume_node.GetName())
-        return Job([Structure(set_node.GetName(), sets.colour(set_node), context)],
-                   [volume_node.GetID()], [volume_node.GetName()], [image], interactive=True)
+        target = Target.of(volume_node)
+        context = wsicl.ContextSet(name=set_node.GetName()).add(target.image, boxes, points,
+                                                               target.name)
+        return Job([Structure(set_node.GetName(), sets.colour(set_node), context)], [target],
+                   interactive=True)
 
     @staticmethod
     def compute(job: Job, predictor: wsicl.Predictor, progress: Optional[Progress] = None,
@@ -124,23 +139,23 @@ class SegmentationLogic:
         for s_index, structure in enumerate(job.structures):
             context = None if job.interactive else predictor.prepare_context(
                 structure.context, cancel)
-            for t_index, (target_id, name, image) in enumerate(
-                    zip(job.target_ids, job.target_names, job.targets)):
+            for t_index, target in enumerate(job.targets):
                 done = s_index * len(job.targets) + t_index
 
                 def report(fraction: float, message: str, done: int = done,
-                           name: str = name) -> None:
+                           name: str = target.name) -> None:
                     if progress is not None:
                         progress((done + fraction) / steps,
                                  f"{structure.name} in {name}: {message}")
 
                 if job.interactive:
-                    entry = structure.context.entries[0]
-                    mask = predictor.segment_interactive(image, entry.boxes, entry.points,
-                                                         cancel=cancel)
+                    [prompts] = structure.context.entries
+                    result = predictor.segment_interactive(target.image, prompts.boxes,
+                                                           prompts.points, cancel=cancel)
                 else:
-                    mask = predictor.segment(image, context, progress=report, cancel=cancel)
-                results.append(Result(target_id, structure, mask))
+                    result = predictor.segment(target.image, context, progress=report,
+                                               cancel=cancel)
+                results.append(Result(target.node_id, structure, result.mask))
                 report(1.0, "done")
         return results
 
@@ -186,14 +201,6 @@ class SegmentationLogic:
         writes = self.apply(results)
         return {self.scene.GetNodeByID(r.target_id).GetName(): w.segmentation_node
                 for r, w in zip(results, writes)}
-
-
-def _target_image(volume_node) -> sitk.Image:
-    image = volume_to_image(volume_node)
-    if min(image.GetSize()) < 2:
-        raise ValueError(f"'{volume_node.GetName()}' has a single slice (size "
-                         f"{list(image.GetSize())}); WSICL segments 3D volumes")
-    return image
 
 
 def non_context_volumes(scene) -> List[object]:

@@ -173,9 +173,9 @@ def run_segment(args: argparse.Namespace) -> int:
         try:
             with _progress_bar(label, args.quiet) as report:
                 if args.interactive:
-                    mask = predictor.segment_interactive(job.image, job.boxes, job.points)
+                    mask = predictor.segment_interactive(job.image, job.boxes, job.points).mask
                 else:
-                    mask = predictor.segment(read_image(job), context, progress=report)
+                    mask = predictor.segment(read_image(job), context, progress=report).mask
             _write_mask(mask, path, args.format, context_set.name)
             voxels = int(sitk.GetArrayViewFromImage(mask).sum())
             _say(args, f"{label}: {voxels} voxels -> {path}")

@@ -64,9 +64,9 @@ def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
     say(f"model: {predictor.metadata.source} ({', '.join(predictor.kinds)} prompts, "
         f"{predictor.size}^3 grid) on {predictor.device.type}")
     context_set = read_context_file(context_file)
-    in_context = predictor.segment(mr, context_set)
+    in_context = predictor.segment(mr, context_set).mask
     interactive_boxes = boxes_on_slices(mr_liver, 3)
-    interactive = predictor.segment_interactive(mr, boxes=to_boxes(interactive_boxes))
+    interactive = predictor.segment_interactive(mr, boxes=to_boxes(interactive_boxes)).mask
     results = {}
     for name, mask in (("in_context", in_context), ("interactive", interactive)):
         write_atomic(mask, output / f"mr_liver_{name}.nii.gz")

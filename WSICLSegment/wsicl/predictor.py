@@ -2,7 +2,8 @@
 
 >>> predictor = Predictor("box")
 >>> context = ContextSet().add(image_a, boxes=[Box((10, 20, 5), (60, 70, 5))])
->>> mask = predictor.segment(image_b, context)        # uint8 SimpleITK image on image_b's grid
+>>> result = predictor.segment(image_b, context)      # on image_b's grid
+>>> result.mask                                       # uint8 0/1 SimpleITK image
 """
 import dataclasses
 import os
@@ -53,11 +54,12 @@ class PreparedContext:
 
 @dataclasses.dataclass
 class Segmentation:
-    """A result on the target's own grid: ``mask`` (uint8 0/1) and, on request, the
-    ``probability`` (float32 raw network output, linearly resampled)."""
+    """A result on the target's own grid: ``mask`` (uint8 0/1) and ``probability``
+    (float32, the network output on the scale where 0.5 is the threshold, linearly
+    resampled; outside a crop 0)."""
 
     mask: sitk.Image
-    probability: Optional[sitk.Image] = None
+    probability: sitk.Image
 
 
 class Predictor:
@@ -177,11 +179,11 @@ class Predictor:
                               for p in entry.points], shape, radius)
 
     def segment(self, target: sitk.Image, context: Union[ContextSet, PreparedContext],
-                return_probability: bool = False, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelCheck] = None) -> Union[sitk.Image, Segmentation]:
-        """Segments ``target`` with ``context``; a uint8 mask on the target's exact grid.
+                progress: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelCheck] = None) -> Segmentation:
+        """Segments ``target`` with ``context``; the mask and probability on the target's
+        exact grid.
 
-        With ``return_probability`` a :class:`Segmentation` with the probability map too.
         ``progress(fraction, message)`` is called as mini-contexts complete; ``cancel()``
         returning True stops the work between mini-contexts with :class:`Cancelled`.
         """
@@ -189,8 +191,7 @@ class Predictor:
             context = self.prepare_context(context, cancel)
         prepared = self._prepare(target, "target")
         if not (self.refine and context.crops is not None):
-            return self.segment_prepared(target, prepared, context, return_probability,
-                                          progress, cancel)
+            return self.segment_prepared(target, prepared, context, progress, cancel)
 
         def half(offset: float):
             def report(fraction: float, message: str) -> None:
@@ -200,24 +201,24 @@ class Predictor:
 
         first = self._run(prepared.array, context, half(0.0), cancel)
         if not (first >= 0.5).any():
-            return _on_target(first, prepared, target, return_probability)
+            return _on_target(first, prepared, target)
         cropped = self._prepare(target, "target", self._mask_region(first >= 0.5, prepared))
-        return self.segment_prepared(target, cropped, context.crops, return_probability,
-                                      half(0.5), cancel)
+        return self.segment_prepared(target, cropped, context.crops, half(0.5), cancel)
 
     def segment_prepared(self, target: sitk.Image, prepared: PreparedImage,
-                          context: PreparedContext, return_probability: bool,
-                          progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]
-                          ) -> Union[sitk.Image, Segmentation]:
+                          context: PreparedContext, progress: Optional[ProgressCallback] = None,
+                          cancel: Optional[CancelCheck] = None) -> Segmentation:
         """Segments an already prepared target (``prepare(target, size)``) with a prepared
         context; the result is on ``target``'s grid."""
         output = self._run(prepared.array, context, progress, cancel)
-        return _on_target(output, prepared, target, return_probability)
+        return _on_target(output, prepared, target)
 
     def segment_many(self, targets: Sequence[sitk.Image], context_set: ContextSet,
                      progress: Optional[ProgressCallback] = None,
-                     cancel: Optional[CancelCheck] = None) -> Iterator[Tuple[int, sitk.Image]]:
-        """Yields ``(index, mask)`` for each target; the context set is prepared once.
+                     cancel: Optional[CancelCheck] = None
+                     ) -> Iterator[Tuple[int, Segmentation]]:
+        """Yields ``(index, segmentation)`` for each target; the context set is prepared
+        once.
 
         ``progress(fraction, message)`` covers the whole batch; ``cancel`` is checked
         between and inside targets.
@@ -231,9 +232,8 @@ class Predictor:
             yield index, self.segment(target, context, progress=report, cancel=cancel)
 
     def segment_interactive(self, image: sitk.Image, boxes: Sequence[Box] = (),
-                            points: Sequence[Point] = (), return_probability: bool = False,
-                            cancel: Optional[CancelCheck] = None
-                            ) -> Union[sitk.Image, Segmentation]:
+                            points: Sequence[Point] = (), cancel: Optional[CancelCheck] = None
+                            ) -> Segmentation:
         """Segments ``image`` from prompts on itself (the image is its own context).
 
         When refining, the crop around the prompts grows (x1.5, moved towards the faces the
@@ -256,7 +256,7 @@ class Predictor:
             if grown is None or step == ZOOM_STEPS:
                 break
             region = grown
-        return _on_target(output, prepared, image, return_probability)
+        return _on_target(output, prepared, image)
 
     def _run(self, target: np.ndarray, context: PreparedContext,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> np.ndarray:
@@ -287,13 +287,12 @@ class Predictor:
         return output.cpu().numpy()
 
 
-def _on_target(output: np.ndarray, prepared: PreparedImage, target: sitk.Image,
-               return_probability: bool) -> Union[sitk.Image, Segmentation]:
-    """A model-grid output (0.5 = threshold) as the mask, and on request the probability,
-    on ``target``'s grid."""
+def _on_target(output: np.ndarray, prepared: PreparedImage, target: sitk.Image
+               ) -> Segmentation:
+    """A model-grid output (0.5 = threshold) as the probability and the mask on
+    ``target``'s grid."""
     probability = to_source_grid(output, prepared.grid, target)
-    mask = threshold(probability)
-    return Segmentation(mask, probability) if return_probability else mask
+    return Segmentation(threshold(probability), probability)
 
 
 ZOOM_STEPS = 2

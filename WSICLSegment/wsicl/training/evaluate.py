@@ -92,8 +92,7 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                         context = PreparedContext.of([s.prepared.array for s in picks],
                                                      list(channels), name)
                         mask = predictor.segment_prepared(target.image, target.prepared,
-                                                          context, return_probability=False,
-                                                          progress=None, cancel=None)
+                                                          context).mask
                         record = {"structure": name, "target": target.name, "context_size": size,
                                   "prompts_per_image": slices, "draw": draw,
                                   "prompts": int(sum(len(p) for p in prompt_lists)),
