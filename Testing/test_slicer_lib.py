@@ -14,6 +14,7 @@ from conftest import make_image, rotation_direction, sphere_volume  # noqa: E402
 from WSICLSegmentLib import context_sets as sets  # noqa: E402
 from WSICLSegmentLib.logic import SegmentationLogic, non_context_volumes  # noqa: E402
 from slicer_scene import new_scene  # noqa: E402
+from WSICLSegmentLib.settings import RunSettings, load_settings, save_settings  # noqa: E402
 from WSICLSegmentLib.segments import SEGMENT_ID_PREFIX, segment_array, write_structure  # noqa: E402,E501
 from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E402
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
@@ -221,7 +222,7 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
     assert non_context_volumes(logics.scene) == [target]
     logic = SegmentationLogic(logics.scene, logics.segmentations)
     reports = []
-    nodes = logic.process([set_node], [target], model=tiny_network, device="cpu",
+    nodes = logic.process([set_node], [target], RunSettings(tiny_network, "cpu"),
                           progress=lambda f, m: reports.append(f))
     segmentation = nodes["target"]
     result = segment_array(segmentation, "WSICL_ball", target)
@@ -229,8 +230,8 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
                                                              sets.to_engine(set_node)).mask
     assert np.array_equal(result, sitk.GetArrayFromImage(expected))
     assert reports[-1] == pytest.approx(1.0)
-    refined = logic.process([set_node], [target], model=tiny_network, device="cpu", refine=True)
-    assert logic.predictor(tiny_network, "cpu", refine=True).refine
+    refined = logic.process([set_node], [target], RunSettings(tiny_network, "cpu", refine=True))
+    assert logic.predictor(RunSettings(tiny_network, "cpu", refine=True)).refine
     expected = Predictor(tiny_network, device="cpu", refine=True).segment(
         volume_to_image(target), sets.to_engine(set_node)).mask
     assert np.array_equal(segment_array(refined["target"], "WSICL_ball",
@@ -469,6 +470,23 @@ def test_worker_failures_keep_their_traceback_and_say_what_happened():
 def test_weights_load_where_the_predictor_is_asked_for_with_progress(logics, tiny_network):
     logic = SegmentationLogic(logics.scene, logics.segmentations)
     heard = []
-    first = logic.predictor(tiny_network, "cpu", progress=lambda f, m: heard.append(m))
-    again = logic.predictor(tiny_network, "cpu", progress=lambda f, m: heard.append(m))
+    first = logic.predictor(RunSettings(tiny_network, "cpu"), lambda f, m: heard.append(m))
+    again = logic.predictor(RunSettings(tiny_network, "cpu"), lambda f, m: heard.append(m))
     assert first is again and len(heard) == 1 and heard[0].startswith("loading weights")
+
+
+def test_run_settings_are_saved_with_the_scene(logics, tmp_path):
+    assert load_settings(logics.scene) is None
+    chosen = RunSettings("/models/neuroverse3D.ckpt", "cpu", 2, "bf16", False, ["mask"])
+    save_settings(logics.scene, chosen)
+    save_settings(logics.scene, chosen)                 # one settings node per scene
+    assert logics.scene.GetNodesByClass("vtkMRMLScriptedModuleNode").GetNumberOfItems() == 1
+    save_scene(logics.scene, tmp_path / "scene.mrml")
+    reloaded = new_scene()
+    reloaded.scene.SetURL(str(tmp_path / "scene.mrml"))
+    reloaded.scene.Import()
+    assert load_settings(reloaded.scene) == chosen
+    with pytest.raises(ValueError, match="mini-context must be at least 1"):
+        RunSettings(mini_context=0)
+    with pytest.raises(ValueError, match="device must be one of"):
+        RunSettings(device="tpu")

@@ -117,7 +117,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.interactiveTimer.setSingleShot(True)
         self.interactiveTimer.setInterval(INTERACTIVE_DELAY_MS)
         self.interactiveTimer.timeout.connect(self.runInteractive)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.refreshSets)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.refreshSets)
         self.updateDependencies()
         self.refreshSets()
@@ -172,6 +172,41 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(SETTINGS_PREFIX + "contextKind", self.ui.contextKindSelector.currentIndex)
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
         self.updateDependencies()
+        if not missing_packages():
+            from WSICLSegmentLib.settings import save_settings
+            with slicer.util.tryWithErrorDisplay("Invalid settings."):
+                save_settings(slicer.mrmlScene, self.runSettings())
+
+    def runSettings(self):
+        """The panel's settings as the logic's settings object."""
+        from WSICLSegmentLib.settings import RunSettings
+        return RunSettings(
+            model=self.modelSource(), device=self.ui.deviceSelector.currentText,
+            mini_context=self.ui.miniContextSpinBox.value,
+            precision="bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
+            refine=REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
+            prompt_kinds=CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
+
+    def showSceneSettings(self):
+        """Shows the settings a loaded scene was segmented with, if it saved any."""
+        if missing_packages():
+            return
+        from WSICLSegmentLib.settings import load_settings
+        settings = load_settings(slicer.mrmlScene)
+        if settings is None:
+            return
+        keys = [key for _, key in MODELS]
+        self.ui.modelSelector.setCurrentIndex(
+            keys.index(settings.model) if settings.model in keys else keys.index("file"))
+        if settings.model not in keys:
+            self.ui.weightsPathLineEdit.currentPath = settings.model
+        self.ui.deviceSelector.setCurrentText(settings.device)
+        self.ui.miniContextSpinBox.value = settings.mini_context
+        self.ui.fastCpuCheckBox.checked = settings.precision == "bf16"
+        self.ui.refineSelector.setCurrentIndex(
+            [value for _, value in REFINE_CHOICES].index(settings.refine))
+        self.ui.contextKindSelector.setCurrentIndex(
+            [value for _, value in CONTEXT_KINDS].index(settings.prompt_kinds))
 
     def modelSource(self) -> str:
         key = MODELS[self.ui.modelSelector.currentIndex][1]
@@ -231,6 +266,10 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = self.sets().context_sets(slicer.mrmlScene)
         row = self.ui.contextSetList.currentRow
         return nodes[row] if 0 <= row < len(nodes) else None
+
+    def onSceneImported(self, *_):
+        self.showSceneSettings()
+        self.refreshSets()
 
     def refreshSets(self, *_):
         self.ui.contextSetList.clear()
@@ -399,14 +438,10 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         after a settings change). An interactive run leaves Segment / Cancel alone, and a
         Segment press while one is in flight queues behind it."""
         lib = self.lib()
-        settings = dict(model=self.modelSource(), device=self.ui.deviceSelector.currentText,
-                        mini_context=self.ui.miniContextSpinBox.value,
-                        precision="bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
-                        refine=REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
-                        prompt_kinds=CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
+        settings = self.runSettings()
 
         def work(progress, cancelled):
-            predictor = lib.predictor(**settings, progress=progress)
+            predictor = lib.predictor(settings, progress)
             return lib.compute(job, predictor, progress, cancelled)
 
         if not interactive:
@@ -538,8 +573,9 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
         ``"fp32"`` or ``"bf16"``; ``refine``: work at the structure's scale (None: as the
         model was trained); ``contextKinds``: what the model reads (box, point, mask) when
         its file does not say. Weights stay loaded between calls with the same settings."""
-        return self.lib.process(contextSetNodes, targetVolumeNodes, model, device, miniContext,
-                                precision, progress, refine, contextKinds)
+        from WSICLSegmentLib.settings import RunSettings
+        settings = RunSettings(model, device, miniContext, precision, refine, contextKinds)
+        return self.lib.process(contextSetNodes, targetVolumeNodes, settings, progress)
 
     def undoLast(self) -> bool:
         """Reverts the last run (of the panel or of :meth:`process`); False if none."""
@@ -573,27 +609,26 @@ class WSICLSegmentTest(ScriptedLoadableModuleTest):
         if missing_packages():
             self.skipTest(f"missing {missing_packages()}")
         import SampleData
-        from WSICLSegmentLib.logic import SegmentationLogic
+        from WSICLSegmentLib.context_sets import new_box_at
         from WSICLSegmentLib.segments import segment_array
+        from WSICLSegmentLib.settings import RunSettings
         context = [SampleData.downloadSample(name) for name in ("MRBrainTumor1", "MRBrainTumor2")]
         target = SampleData.downloadSample("MRHead")
-        from WSICLSegmentLib.context_sets import new_box_at
         logic = WSICLSegmentLogic()
         setNode = logic.createContextSet("brain")
         for volume in context:
             dims = volume.GetImageData().GetDimensions()
             new_box_at(slicer.mrmlScene, setNode, volume, [d // 2 for d in dims], (100.0, 100.0))
         nodes = logic.process([setNode], [target], model="box")
-        segments = slicer.modules.segmentations.logic()
         mask = segment_array(nodes[target.GetName()], "WSICL_brain", target)
         self.assertGreater(int(mask.sum()), 0)
         interactiveSet = logic.createContextSet("interactive brain")
         dims = target.GetImageData().GetDimensions()
         new_box_at(slicer.mrmlScene, interactiveSet, target, [d // 2 for d in dims],
                    (120.0, 120.0))
-        lib = SegmentationLogic(slicer.mrmlScene, segments)
+        lib = logic.lib                  # the same weights, already loaded by process()
         job = lib.gather_interactive(interactiveSet, target)
-        lib.apply(lib.compute(job, lib.predictor("box")))
+        lib.apply(lib.compute(job, lib.predictor(RunSettings())))
         mask = segment_array(nodes[target.GetName()], "WSICL_interactive_brain", target)
         self.assertGreater(int(mask.sum()), 0)
         self.delayDisplay("WSICLSegment self-test passed")

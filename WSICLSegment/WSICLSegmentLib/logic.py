@@ -15,6 +15,7 @@ import wsicl
 
 from . import context_sets as sets
 from .segments import SegmentWrite, undo, write_structure
+from .settings import RunSettings
 from .volumes import volume_to_image
 
 Progress = Callable[[float, str], None]
@@ -79,21 +80,18 @@ class SegmentationLogic:
         self._predictor: Optional[wsicl.Predictor] = None
         self._predictor_key: Optional[tuple] = None
 
-    def predictor(self, model: str = "box", device: str = "auto", mini_context: int = 1,
-                  precision: str = "fp32", refine: Optional[bool] = None,
-                  prompt_kinds: Optional[Sequence[str]] = None,
-                  progress: Optional[Progress] = None) -> wsicl.Predictor:
-        """A predictor, reused while the settings stay the same (loading takes seconds: call
-        it in the worker). ``refine``: work at the structure's scale (None: as the model was
-        trained); ``prompt_kinds``: what the model reads, when its file does not say;
-        ``progress`` hears "loading weights" when they load."""
-        kinds = tuple(prompt_kinds) if prompt_kinds is not None else None
-        key = (str(model), device, int(mini_context), precision, refine, kinds)
+    def predictor(self, settings: RunSettings, progress: Optional[Progress] = None
+                  ) -> wsicl.Predictor:
+        """A predictor for ``settings``, reused while they stay the same (loading takes
+        seconds: call it in the worker); ``progress`` hears "loading weights" when they
+        load."""
+        key = settings.key()
         if self._predictor is None or key != self._predictor_key:
             if progress is not None:
-                progress(0.0, f"loading weights ({model})...")
-            self._predictor = wsicl.Predictor(model, device, mini_context, precision, refine,
-                                              prompt_kinds)
+                progress(0.0, f"loading weights ({settings.model})...")
+            self._predictor = wsicl.Predictor(
+                settings.model, settings.device, settings.mini_context, settings.precision,
+                settings.refine, settings.prompt_kinds)
             if self._predictor.device.type == "cpu":
                 wsicl.keep_freed_memory()   # Slicer keeps the peak reserved; CPU runs ~2x faster
             self._predictor_key = key
@@ -186,17 +184,14 @@ class SegmentationLogic:
             undo(self.scene, self.segmentations_logic, write)
         return True
 
-    def process(self, set_nodes: Sequence, target_volumes: Sequence, model: str = "box",
-                device: str = "auto", mini_context: int = 1, precision: str = "fp32",
-                progress: Optional[Progress] = None, refine: Optional[bool] = None,
-                prompt_kinds: Optional[Sequence[str]] = None) -> Dict[str, object]:
-        """Segments every target with every context set, synchronously.
-
-        Returns ``{target volume name: segmentation node}``.
+    def process(self, set_nodes: Sequence, target_volumes: Sequence,
+                settings: Optional[RunSettings] = None, progress: Optional[Progress] = None
+                ) -> Dict[str, object]:
+        """Segments every target with every context set, synchronously (``settings``:
+        the defaults when None). Returns ``{target volume name: segmentation node}``.
         """
         job = self.gather(set_nodes, target_volumes)
-        predictor = self.predictor(model, device, mini_context, precision, refine,
-                                   prompt_kinds)
+        predictor = self.predictor(settings or RunSettings(), progress)
         results = self.compute(job, predictor, progress)
         writes = self.apply(results)
         return {self.scene.GetNodeByID(r.target_id).GetName(): w.segmentation_node
