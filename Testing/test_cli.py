@@ -167,6 +167,11 @@ def test_existing_output_is_kept_without_overwrite(workspace, capsys):
      "boxes: expected a list, got str"),
     ({"context": [{"image": "context.nii.gz", "boxes": [VOXEL_BOX]}]}, ["missing.nrrd"],
      "missing.nrrd"),
+    ({"context": [{"image": "context.nii.gz", "boxes": [{"min": [20, 20, 1],
+                                                         "max": [10, 10, 1]}]}]},
+     ["target.nrrd"], "context[0].boxes[0]: box min [20.0, 20.0, 1.0] exceeds max"),
+    ({"context": [{"image": "context.nii.gz", "mask": "absent_seg.nii.gz"}]},
+     ["target.nrrd"], "absent_seg.nii.gz: no such file"),
 ])
 def test_bad_input_fails_with_one_line_and_no_output(workspace, capsys, document, targets,
                                                      culprit):

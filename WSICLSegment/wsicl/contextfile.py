@@ -109,9 +109,10 @@ def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
                                    f"[x, y, z]}}, got {box!r}")
         low, high = _coordinates(box["min"], f"{box_where}.min"), _coordinates(
             box["max"], f"{box_where}.max")
-        if any(h < l for l, h in zip(low, high)):
-            raise ContextFileError(f"{box_where}: min {list(low)} exceeds max {list(high)}")
-        boxes.append(Box(low, high, space))
+        try:
+            boxes.append(Box(low, high, space))
+        except ValueError as error:
+            raise ContextFileError(f"{box_where}: {error}") from None
     for point_index, point in enumerate(raw.get("points", [])):
         points.append(Point(_coordinates(point, f"{where}.points[{point_index}]"), space))
     if "markups" in raw:
