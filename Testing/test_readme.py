@@ -1,6 +1,7 @@
 """The README's examples run as written (on copies of the bundled sample CT), so they
 cannot rot."""
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -49,3 +50,77 @@ def test_the_context_set_example_is_a_valid_file(scans):
         "size": [60.0, 45.0, 0.0]}]}), encoding="utf-8")
     context = read_context_file(scans / "liver.json")
     assert context.name == "liver" and len(context) == 3 and context.kinds() == ["box"]
+
+
+def commands(block: str) -> list:
+    """The command lines of a bash block: continuations joined, comments dropped."""
+    joined = block.replace("\\\n", " ")
+    lines = [line.split("  #")[0].split(" # ")[0].strip() for line in joined.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def every_command() -> list:
+    return [line for block in blocks("bash") for line in commands(block)]
+
+
+def test_every_wsicl_command_of_the_readme_parses():
+    """Each ``wsicl`` example uses flags and values the command line accepts."""
+    import shlex
+    from wsicl.cli import build_parser
+    wsicl_lines = [line for line in every_command() if line.startswith("wsicl ")]
+    assert len(wsicl_lines) >= 7
+    for line in wsicl_lines:
+        for part in line.split(" && "):
+            build_parser().parse_args(shlex.split(part)[1:])
+
+
+def test_every_script_the_readme_names_exists_and_starts(tmp_path):
+    import subprocess
+    import sys
+    root = README.parent
+    tried = set()
+    for line in every_command():
+        if line.startswith("python scripts/"):
+            script = line.split()[1]
+            if script not in tried:
+                tried.add(script)
+                subprocess.run([sys.executable, str(root / script), "--help"], check=True,
+                               capture_output=True, timeout=120)
+        elif line.startswith("scripts/"):
+            assert os.access(root / line.split()[0], os.X_OK), line
+        elif line.startswith("python -m wsicl"):
+            module = line.split()[2]
+            subprocess.run([sys.executable, "-m", module, "--help"], check=True,
+                           capture_output=True, timeout=120)
+        elif "pip install" in line:
+            for extra in re.findall(r'"\.\[(\w+)\]"', line):
+                assert f"\n{extra} = " in (root / "pyproject.toml").read_text(encoding="utf-8")
+    assert len(tried) >= 4
+
+
+def test_the_segment_examples_run_on_the_sample_data(scans, capsys):
+    """The command-line block's two ``segment`` lines, run as written on copies of the
+    sample CT (``scans/``, a folder of images for ``dicom_folder/``)."""
+    import glob
+    import shlex
+    from wsicl.cli import main
+    (example,) = [block for block in blocks("json") if '"context"' in block]
+    (scans / "liver.json").write_text(example, encoding="utf-8")
+    image = sitk.ReadImage(str(scans / "case3.nii.gz"))
+    centre = image.TransformContinuousIndexToPhysicalPoint([60.0, 70.0, 15.0])
+    (scans / "case3.mrk.json").write_text(json.dumps({"markups": [{
+        "type": "ROI", "coordinateSystem": "LPS", "center": list(centre),
+        "size": [60.0, 45.0, 0.0]}]}), encoding="utf-8")
+    for folder, name in (("scans", "ct7.nii.gz"), ("dicom_folder", "ct8.nrrd")):
+        (scans / folder).mkdir()
+        sitk.WriteImage(image, str(scans / folder / name))
+    (block,) = [b for b in blocks("bash") if "wsicl segment --context-set liver.json" in b]
+    lines = [line for line in commands(block) if line.startswith("wsicl segment")]
+    assert len(lines) == 2
+    for line in lines:
+        argv = [match for part in shlex.split(line)[1:]
+                for match in (sorted(glob.glob(part)) if "*" in part else [part])]
+        assert main(argv + ["--quiet", "--device", "cpu"]) == 0, capsys.readouterr().err
+    written = sorted(p.name for p in (scans / "results").iterdir())
+    assert written == ["case1.nii.gz", "case2.nii.gz", "case3.nii.gz", "ct7.nii.gz",
+                       "ct8.nii.gz"]

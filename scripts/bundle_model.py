@@ -5,32 +5,33 @@ Usage: ``python scripts/bundle_model.py RUN/last.pt box|point ["how it was train
 Keeps the weights (stored as float16 to halve the file; loaded back as float32) and the
 metadata, drops the optimiser state, and records the training step in the provenance.
 """
-import sys
+import argparse
 from pathlib import Path
 
 import torch
 
-from wsicl.checkpoints import BUNDLED_DIR, FORMAT_NAME, FORMAT_VERSION, read_training_state
+from wsicl.checkpoints import BUNDLED_DIR, ModelInfo, build_model, read_training_state, save_model
 
 
 def bundle(checkpoint: Path, name: str, history: str = "") -> Path:
+    """Writes ``checkpoint``'s weights as bundled model ``name`` (float16, atomically,
+    read back before the rename), keeping its training history and configuration."""
     state = read_training_state(checkpoint)
-    metadata = dict(state["metadata"])
-    metadata["prompt"] = name
-    metadata["provenance"] = (history or f"{metadata.get('provenance', '')}; "
-                              f"{state.get('step')} steps") + "; weights stored as float16"
-    content = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": metadata,
-               "state_dict": {k: v.detach().to(torch.float16).contiguous()
-                              for k, v in state["state_dict"].items()},
-               "history": state.get("history", []), "config": state.get("config", {})}
-    BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
-    path = BUNDLED_DIR / f"{name}.pt"
-    torch.save(content, path)
-    return path
+    info = ModelInfo.from_dict(state["metadata"])
+    info.prompt_kinds = [name]
+    info.provenance = (history or f"{info.provenance}; {state.get('step')} steps") + \
+        "; weights stored as float16"
+    network = build_model(info, state["state_dict"], str(checkpoint))
+    return save_model(network, BUNDLED_DIR / f"{name}.pt", info,
+                      extra={"history": state.get("history", []),
+                             "config": state.get("config", {})}, dtype=torch.float16)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4) or sys.argv[2] not in ("box", "point"):
-        sys.exit(__doc__)
-    written = bundle(Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) == 4 else "")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a training checkpoint (last.pt, export)")
+    parser.add_argument("name", choices=("box", "point"), help="the bundled model to replace")
+    parser.add_argument("history", nargs="?", default="", help="how it was trained (provenance)")
+    args = parser.parse_args()
+    written = bundle(args.checkpoint, args.name, args.history)
     print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")

@@ -186,7 +186,8 @@ def main() -> None:
                 slices = draw_slices(mask, axis, 1, rng)
                 prompts = prompts_on(mask, axis, slices, args.prompt)
                 kwargs = {"boxes": prompts} if args.prompt == "box" else {"points": prompts}
-                predicted = sitk.GetArrayFromImage(predictor.segment_interactive(image, **kwargs).mask)
+                predicted = sitk.GetArrayFromImage(
+                    predictor.segment_interactive(image, **kwargs).mask)
                 score(name, f"interactive: {task}", dice(predicted, mask))
                 if name == next(iter(models)):
                     score("floor", f"interactive: {task}",

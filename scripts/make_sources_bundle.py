@@ -8,15 +8,18 @@ The bundle is what ``python -m wsicl.training.episode_training --sources`` reads
 machine without SimpleITK (the GPU script carries it). It is never committed: the data
 keep their own licences (listed in the bundle and in Resources/MODEL_CARD.md).
 """
-import sys
+import argparse
 
 from wsicl.training.sources import development_sources, save_bundle
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    sources, provenance = development_sources(sys.argv[1], sys.argv[2])
-    save_bundle(sources, sys.argv[3], provenance)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("shared_data", help="the development data folder (../shared/data)")
+    parser.add_argument("mni_folder", help="nilearn's datasets/data folder (ICBM 2009a)")
+    parser.add_argument("output", help="the bundle to write (.pt)")
+    args = parser.parse_args()
+    sources, provenance = development_sources(args.shared_data, args.mni_folder)
+    save_bundle(sources, args.output, provenance)
     for source in sources:
         print(f"{source.name}: {list(source.image.shape)} voxels at {source.spacing} mm, "
               f"{len(source.structures)} structures")

@@ -8,8 +8,8 @@ Creates ``OUTPUT_DIR/{ts_ct, ts_mr, brain, lung, breast}/`` each with ``imagesTr
 (from ``class_map_total_and_total_mr.json``); the pyradiomics cases have label 1
 ``tumour``. Nothing is written into the project; the data keep their own licences.
 """
+import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -51,9 +51,10 @@ def main(shared: Path, output: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    target = Path(sys.argv[2])
-    if target.exists() and any(target.iterdir()):
-        shutil.rmtree(target)
-    main(Path(sys.argv[1]), target)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("shared_data", type=Path, help="the development data (../shared/data)")
+    parser.add_argument("output", type=Path, help="an empty or new folder for the datasets")
+    args = parser.parse_args()
+    if args.output.exists() and any(args.output.iterdir()):
+        sys.exit(f"{args.output}: not empty; give a new or empty folder (nothing is deleted)")
+    main(args.shared_data, args.output)

@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Box", "Cancelled", "CheckpointError", "ContextEntry", "ContextError", "ContextSet",
-    "ImageError", "MaskError", "ModelInfo", "OutOfMemory", "Point", "Predictor", "PromptOutsideError",
-    "Segmentation", "WSICLNet", "keep_freed_memory", "load_model", "render_boxes",
-    "render_points", "save_model",
+    "ImageError", "MaskError", "ModelInfo", "OutOfMemory", "Point", "Predictor",
+    "PromptOutsideError", "Segmentation", "WSICLNet", "keep_freed_memory", "load_model",
+    "render_boxes", "render_points", "save_model",
 ]

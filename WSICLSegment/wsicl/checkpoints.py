@@ -12,6 +12,7 @@ import dataclasses
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -71,7 +72,7 @@ class ModelInfo:
     def from_dict(cls, values: Mapping[str, Any]) -> "ModelInfo":
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in values.items() if k in known}
-        if "prompt_kinds" not in fields and values.get("prompt"):   # files written before prompt_kinds
+        if "prompt_kinds" not in fields and values.get("prompt"):   # older files: one kind
             fields["prompt_kinds"] = [values["prompt"]]
         return cls(**fields)
 
@@ -86,7 +87,9 @@ def _read(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: is empty (0 bytes); download or copy it again")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # torch's notes on pickle protocols: noise here
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "unsupported global" in str(error).lower():  # names an importable Python object
             raise CheckpointError(

@@ -173,9 +173,11 @@ def run_segment(args: argparse.Namespace) -> int:
         try:
             with _progress_bar(label, args.quiet) as report:
                 if args.interactive:
-                    mask = predictor.segment_interactive(job.image, job.boxes, job.points).mask
+                    mask = predictor.segment_interactive(job.image, job.boxes, job.points,
+                                                         name=job.source).mask
                 else:
-                    mask = predictor.segment(read_image(job), context, progress=report).mask
+                    mask = predictor.segment(read_image(job), context, progress=report,
+                                             name=str(job)).mask
             _write_mask(mask, path, args.format, context_set.name)
             voxels = int(sitk.GetArrayViewFromImage(mask).sum())
             _say(args, f"{label}: {voxels} voxels -> {path}")
@@ -269,6 +271,7 @@ def make_predictor(args: argparse.Namespace):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from .files import write_text
     from .training.evaluate import evaluate, format_table, load_subjects, plot
     predictor = make_predictor(args)
     if predictor.refine:
@@ -292,7 +295,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result.update(dataset=str(args.dataset), model=str(args.model), seed=args.seed,
                   draws=args.draws)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_text(args.output / "evaluation.json", json.dumps(result, indent=1))
     plots = plot(result, args.output)
     print(format_table(result))
     print(f"wrote {args.output / 'evaluation.json'}, " + ", ".join(str(p) for p in plots))

@@ -29,7 +29,7 @@ import numpy as np
 
 from .context import Box, ContextEntry, ContextError, ContextSet, Point
 from .geometry import SPACES
-from .files import WriteError, atomic_write
+from .files import write_text
 from .imageio import read_image
 from .masks import context_mask
 
@@ -50,16 +50,42 @@ def _coordinates(value: Any, where: str) -> Tuple[float, float, float]:
     return tuple(float(v) for v in value)
 
 
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""Largest context-set or markups file read (hand-written ones are a few kB)."""
+
+
+def read_json_object(path: Path, what: str) -> Dict[str, Any]:
+    """A JSON file holding one object (UTF-8, with or without a byte-order mark), or
+    :class:`ContextFileError` naming the file, the problem and the fix."""
+    if path.is_dir():
+        raise ContextFileError(f"{path}: is a folder; give the {what} (.json) inside it")
+    if not path.is_file():
+        raise ContextFileError(f"{path}: no such {what}")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ContextFileError(f"{path}: {size:,} bytes, more than a {what} can hold "
+                               f"({MAX_JSON_BYTES:,}); is it the right file?")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))  # BOM: Windows editors
+    except (OSError, ValueError) as error:
+        raise ContextFileError(f"{path}: not a valid {what} (JSON): {error}") from None
+    if not isinstance(document, dict):
+        raise ContextFileError(f"{path}: expected a JSON object, got "
+                               f"{type(document).__name__}; see the {what} format in the "
+                               "README")
+    return document
+
+
 def read_markups(path: Path) -> (List[Box], List[Point]):
     """ROIs (as boxes) and control points of a Slicer ``.mrk.json`` file.
 
     An ROI becomes the axis-aligned box around its (possibly rotated) extent; an ROI of
     zero size along one axis is a 2D box.
     """
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM: Windows
-    except (OSError, ValueError) as error:
-        raise ContextFileError(f"{path}: cannot read markups file: {error}") from None
+    document = read_json_object(Path(path), "markups file")
+    if not isinstance(document.get("markups", []), list):
+        raise ContextFileError(f"{path}: 'markups' must be a list; is this a Slicer "
+                               ".mrk.json file?")
     boxes, points = [], []
     for index, markup in enumerate(document.get("markups", [])):
         where = f"{path}: markups[{index}]"
@@ -144,12 +170,7 @@ def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
 def read_context_file(path: Union[str, Path]) -> ContextSet:
     """Parses and validates a context-set JSON file; images are read, prompts checked."""
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))  # BOM: Windows
-    except FileNotFoundError:
-        raise ContextFileError(f"{path}: no such context-set file") from None
-    except (OSError, ValueError) as error:
-        raise ContextFileError(f"{path}: not valid JSON: {error}") from None
+    document = read_json_object(path, "context-set file")
     _check_object(document, TOP_KEYS, str(path))
     space = document.get("coordinates", "voxel")
     if space not in SPACES:
@@ -175,11 +196,5 @@ def write_context_file(path: Union[str, Path], name: str, coordinates: str,
         raise ValueError(f"coordinates {coordinates!r} is not one of {list(SPACES)}")
     path = Path(path)
     document = {"name": name, "coordinates": coordinates, "context": list(entries)}
-    text = json.dumps(document, indent=1)
-    with atomic_write(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-        if temporary.read_text(encoding="utf-8") != text:
-            raise WriteError(f"{path}: the file did not read back as written (disk full?); "
-                             "nothing was kept")
-    return path
+    return write_text(path, json.dumps(document, indent=1))
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from .contextfile import read_context_file, write_context_file
 from .context import Box
 from .geometry import canonical
+from .files import write_png, write_text
 from .imageio import write_atomic
 from .metrics import dice
 from .predictor import Predictor
@@ -77,7 +78,7 @@ def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
                        {"in-context": in_context, "interactive": interactive},
                        results, output / "overview.png")
     say(f"wrote {output} (masks, context_liver.json" + (", overview.png)" if picture else ")"))
-    (output / "dice.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    write_text(output / "dice.json", json.dumps(results, indent=1))
     return results
 
 
@@ -154,6 +155,6 @@ def overview(context: sitk.Image, context_boxes, target: sitk.Image, truth: np.n
             panel.axis("off")
     figure.suptitle("WSICL demo: liver (red = prediction, cyan dashed = sample label)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_png(figure, path, dpi=110)
     plt.close(figure)
     return True

@@ -62,7 +62,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 def out_of_memory_error(device: torch.device, mini_context: int) -> OutOfMemory:
     advice = [f"use a smaller mini-context (now {mini_context})"] if mini_context > 1 else []
     if device.type != "cpu":
-        advice.append("run on the CPU (--device cpu)")
+        advice.append("run on the CPU (device 'cpu')")
     advice.append("close other programs using the memory")
     return OutOfMemory(f"ran out of memory on {device.type}: " + ", or ".join(advice))
 

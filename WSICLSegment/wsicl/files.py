@@ -71,3 +71,31 @@ def atomic_write(path: Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Writes UTF-8 ``text`` atomically, read back and compared before the rename."""
+    path = Path(path)
+    with atomic_write(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+        if temporary.read_text(encoding="utf-8") != text:
+            raise WriteError(f"{path}: the file did not read back as written (disk full?); "
+                             "nothing was kept")
+    return path
+
+
+PNG_END = b"IEND\xaeB`\x82"
+
+
+def write_png(figure, path: Path, dpi: int) -> Path:
+    """Saves a matplotlib ``figure`` as a PNG atomically; the file must end with the PNG
+    end chunk before the rename (a full disk leaves no half picture)."""
+    path = Path(path)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, format="png")
+        with open(temporary, "rb") as stream:
+            stream.seek(max(0, temporary.stat().st_size - len(PNG_END)))
+            if stream.read() != PNG_END:
+                raise WriteError(f"{path}: the picture was cut short (disk full?); nothing "
+                                 "was kept")
+    return path

@@ -1,8 +1,9 @@
 """Reading images (files and DICOM series) and writing masks atomically."""
 import gzip
+import re
 import zlib
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,7 +60,7 @@ def read_image(path: Union[str, Path]) -> sitk.Image:
         check_complete(path)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
+        raise _unreadable(path, error) from None
 
 
 MAX_VOXELS = 1_000_000_000
@@ -70,8 +71,9 @@ def check_complete(path: Path) -> None:
     """:class:`ValueError` for an image file whose header claims more than
     :data:`MAX_VOXELS` voxels (a corrupt or hostile header, refused before allocating), or
     that is shorter than its header promises (SimpleITK reads such files without complaint,
-    the missing part as zeros): a gzip stream must reach its end marker; an uncompressed
-    NIfTI, NRRD or MHA must hold every voxel."""
+    the missing part as zeros, or fails with a misleading message): a ``.gz`` file must
+    reach its gzip end marker; an uncompressed NIfTI, NRRD or MHA must hold every voxel; a
+    gzip-encoded NRRD or compressed MHA stream must end and inflate to every voxel."""
     name = path.name.lower()
     remedy = "copy or download it again"
     reader = sitk.ImageFileReader()
@@ -79,7 +81,7 @@ def check_complete(path: Path) -> None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise ValueError(f"{path}: cannot read image: {_last_line(error)}") from None
+        raise _unreadable(path, error) from None
     voxels = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
     if voxels > MAX_VOXELS:
         raise ValueError(f"{path}: its header claims {voxels:,} voxels (size "
@@ -94,19 +96,77 @@ def check_complete(path: Path) -> None:
             raise ValueError(f"{path}: truncated or corrupt compressed file ({error}); "
                              f"{remedy}") from None
         return
-    compressed = (name.endswith(".nrrd") and b"encoding: raw" not in _header(path)) or (
-        name.endswith(".mha") and b"CompressedData = True" in _header(path))
-    if compressed or not name.endswith((".nii", ".nrrd", ".mha")):
-        return  # compressed payloads are checked by their reader
+    if not name.endswith((".nii", ".nrrd", ".mha")):
+        return
     needed = voxels * sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
-    if path.stat().st_size < needed:
-        raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes for {voxels} voxels "
-                         f"that need {needed}; {remedy}")
+    header = _header(path)
+    offset, wbits = _inline_payload(name, header)
+    if offset is None:
+        return   # data in a separate file, or an encoding its reader checks
+    if wbits is None:
+        if path.stat().st_size < needed:
+            raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes for {voxels} "
+                             f"voxels that need {needed}; {remedy}")
+        return
+    inflated = _inflated_size(path, offset, wbits)
+    if inflated is None or inflated < needed:
+        found = "the stream ends early" if inflated is None else f"{inflated} of {needed} bytes"
+        raise ValueError(f"{path}: truncated or corrupt compressed data ({found}); {remedy}")
+
+
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    """The error for an image file SimpleITK cannot read, with what to do about it."""
+    if path.is_file() and path.stat().st_size == 0:
+        return ValueError(f"{path}: is empty (0 bytes); copy or export it again")
+    reason = _last_line(error)
+    if "Unable to determine ImageIO reader" in reason:
+        return ValueError(f"{path}: not a readable image (expected NIfTI, NRRD, MHA/MHD or a "
+                          "DICOM series): the file is corrupt or of another kind; copy or "
+                          "export it again")
+    return ValueError(f"{path}: cannot read image: {reason}")
 
 
 def _header(path: Path, limit: int = 65536) -> bytes:
     with open(path, "rb") as stream:
         return stream.read(limit)
+
+
+def _inline_payload(name: str, header: bytes) -> Tuple[Optional[int], Optional[int]]:
+    """Where a NIfTI, NRRD or MHA file's voxels start and their zlib ``wbits`` (None: raw);
+    ``(None, None)`` for data kept in another file or an encoding not checked here."""
+    if name.endswith(".nii"):
+        return 0, None         # the size check covers header + voxels
+    if name.endswith(".nrrd"):
+        end = header.find(b"\n\n")
+        if end < 0 or re.search(rb"^data ?file:", header[:end], re.M | re.I):
+            return None, None
+        encoding = re.search(rb"^encoding:\s*(\w+)", header[:end], re.M)
+        kind = encoding.group(1).lower() if encoding else b"raw"
+        return {b"raw": (end + 2, None), b"gzip": (end + 2, 31), b"gz": (end + 2, 31)}.get(
+            kind, (None, None))
+    found = re.search(rb"^ElementDataFile\s*=\s*(\S+)[^\n]*\n", header, re.M)
+    if not found or found.group(1) != b"LOCAL":
+        return None, None
+    compressed = re.search(rb"^CompressedData\s*=\s*True", header, re.M)
+    return found.end(), 15 if compressed else None
+
+
+def _inflated_size(path: Path, offset: int, wbits: int) -> Optional[int]:
+    """Bytes a zlib / gzip stream starting at ``offset`` inflates to; None if it is cut
+    short or corrupt."""
+    inflater = zlib.decompressobj(wbits)
+    size = 0
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            while not inflater.eof:
+                chunk = stream.read(1 << 22)
+                if not chunk:
+                    return None
+                size += len(inflater.decompress(chunk))
+    except zlib.error:
+        return None
+    return size
 
 
 def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:

@@ -165,7 +165,8 @@ class Predictor:
                 f"context set '{name}' has {' and '.join(foreign)} prompts but the model "
                 f"{self.metadata.source} was trained for {reads} prompts; give {reads} "
                 f"prompts, use a model trained for {foreign[0]} prompts, or, if the model "
-                "file is misnamed, state its kind (--context-kind)")
+                "file is misnamed, state its kind (--context-kind on the command line, "
+                "'Model reads' in the Slicer panel)")
 
     def _prompt_channel(self, entry: ContextEntry, prepared: PreparedImage) -> np.ndarray:
         shape = prepared.array.shape
@@ -180,16 +181,17 @@ class Predictor:
 
     def segment(self, target: sitk.Image, context: Union[ContextSet, PreparedContext],
                 progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelCheck] = None) -> Segmentation:
+                cancel: Optional[CancelCheck] = None, name: str = "target") -> Segmentation:
         """Segments ``target`` with ``context``; the mask and probability on the target's
         exact grid.
 
         ``progress(fraction, message)`` is called as mini-contexts complete; ``cancel()``
-        returning True stops the work between mini-contexts with :class:`Cancelled`.
+        returning True stops the work between mini-contexts with :class:`Cancelled`;
+        ``name`` (e.g. the file) names the target in error messages.
         """
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
-        prepared = self._prepare(target, "target")
+        prepared = self._prepare(target, name)
         if not (self.refine and context.crops is not None):
             return self.segment_prepared(target, prepared, context, progress, cancel)
 
@@ -202,7 +204,7 @@ class Predictor:
         first = self._run(prepared.array, context, half(0.0), cancel)
         if not (first >= 0.5).any():
             return _on_target(first, prepared, target)
-        cropped = self._prepare(target, "target", self._mask_region(first >= 0.5, prepared))
+        cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared))
         return self.segment_prepared(target, cropped, context.crops, half(0.5), cancel)
 
     def segment_prepared(self, target: sitk.Image, prepared: PreparedImage,
@@ -232,15 +234,15 @@ class Predictor:
             yield index, self.segment(target, context, progress=report, cancel=cancel)
 
     def segment_interactive(self, image: sitk.Image, boxes: Sequence[Box] = (),
-                            points: Sequence[Point] = (), cancel: Optional[CancelCheck] = None
-                            ) -> Segmentation:
+                            points: Sequence[Point] = (), cancel: Optional[CancelCheck] = None,
+                            name: str = "the image") -> Segmentation:
         """Segments ``image`` from prompts on itself (the image is its own context).
 
         When refining, the crop around the prompts grows (x1.5, moved towards the faces the
         answer touches) and the network runs again while the answer runs into a face of the
         crop that is not the image's, at most :data:`ZOOM_STEPS` times.
         """
-        entry = ContextEntry(image, list(boxes), list(points), "the image")
+        entry = ContextEntry(image, list(boxes), list(points), name)
         if entry.prompt_kind not in ("box", "point"):
             raise ContextError("interactive mode needs boxes or points on the image, of one "
                                "kind")
@@ -248,7 +250,7 @@ class Predictor:
         oriented = canonical_grid(image) if self.refine else None
         region = self._prompt_region(entry, oriented) if self.refine else None
         for step in range(ZOOM_STEPS + 1):
-            prepared = self._prepare(image, "the image", region)
+            prepared = self._prepare(image, name, region)
             channel = self._prompt_channel(entry, prepared)
             context = PreparedContext.of([prepared.array], [channel], "interactive")
             output = self._run(prepared.array, context, None, cancel)

@@ -5,8 +5,8 @@ target), contexts are drawn at random from the *other* subjects (in ``icl`` mode
 target is its own context (``interactive`` mode); in ``mask`` mode the other subjects'
 dense masks are the context (kind ``"mask"``, the upper bound for weak prompts). Prompts
 are simulated on the context masks on the model grid (``prompts_per_image`` axial slices
-per image, one prompt per component); the prediction is mapped back to the target's original grid and scored there
-against the original label. With box prompts in ``icl`` mode a baseline that ignores the
+per image, one prompt per component); the prediction is mapped back to the target's
+original grid and scored there against the original label. With box prompts in ``icl`` mode a baseline that ignores the
 target image is scored too: the average, over the context images, of the bounding box of
 each image's prompts in coordinates normalised to the image's extent, filled in the target.
 """
@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..files import write_png
 from ..geometry import PreparedImage, prepare, threshold, to_source_grid
 from ..metrics import dice
 from ..predictor import PreparedContext, Predictor
@@ -171,7 +172,7 @@ def plot(result: dict, output: Path) -> List[Path]:
     axis.legend(fontsize=8)
     figure.tight_layout()
     paths.append(output / "dice_vs_context_size.png")
-    figure.savefig(paths[-1], dpi=120)
+    write_png(figure, paths[-1], dpi=120)
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(5, 3.6))
@@ -185,6 +186,6 @@ def plot(result: dict, output: Path) -> List[Path]:
     axis.legend(fontsize=8)
     figure.tight_layout()
     paths.append(output / "dice_vs_annotation_time.png")
-    figure.savefig(paths[-1], dpi=120)
+    write_png(figure, paths[-1], dpi=120)
     plt.close(figure)
     return paths
