@@ -161,3 +161,46 @@ def test_evaluate_with_dense_mask_context(tmp_path, dataset, tiny_network, capsy
     assert {r["prompts_per_image"] for r in result["records"]} == {1}
     assert all(r["prompts"] == r["context_size"] and "baseline_dice" not in r
                for r in result["records"])
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (0, 0, 1, -1, 0, 0, 0, -1, 0),
+                                       (0.866, -0.5, 0, 0.5, 0.866, 0, 0, 0, 1)])
+def test_simulated_prompts_land_on_the_same_model_voxels_through_the_full_path(direction):
+    """Model-grid prompts given back as voxel prompts on the subject's own image render to
+    the same model-grid prompts, up to the one model voxel that snapping to the image's
+    coarser voxels can move them (a user can only prompt on the image's own voxels)."""
+    from wsicl.geometry import box_to_model, point_to_model, prepare
+    from wsicl.training.evaluate import EvalSubject, on_subject_image
+    from wsicl.training.simulate import simulate_prompts
+    from wsicl.training.tasks import label_on_grid
+    labels = np.zeros((18, 30, 26), dtype=np.uint8)
+    labels[sphere_volume(labels.shape, (9, 15, 12), 7.0, (0.8, 1.1, 2.0))] = 1
+    image = make_image((labels * 50.0).astype(np.float32), (0.8, 1.1, 2.0), (3.0, -4.0, 9.0),
+                       direction)
+    label = make_image(labels, (0.8, 1.1, 2.0), (3.0, -4.0, 9.0), direction)
+    prepared = prepare(image, 32)
+    subject = EvalSubject("s", image, prepared, label, label_on_grid(label, prepared))
+    rng = np.random.default_rng(0)
+    simulated = simulate_prompts(subject.labels_on_grid == 1, "box", 3, rng)
+    boxes, _ = on_subject_image(simulated, "box", subject)
+    rendered = np.array([box_to_model(b.min, b.max, "voxel", prepared) for b in boxes])
+    assert np.abs(rendered - np.array(simulated)).max() <= 1
+    assert all(r[0][1] - r[0][0] == 1 for r in rendered)      # still 2D boxes on a slice
+    simulated = simulate_prompts(subject.labels_on_grid == 1, "point", 3, rng)
+    _, points = on_subject_image(simulated, "point", subject)
+    rendered = np.array([point_to_model(p.position, "voxel", prepared) for p in points])
+    assert np.abs(rendered - np.array(simulated)).max() <= 1
+
+
+def test_evaluate_runs_the_full_path_with_refine(tmp_path, dataset, tiny_network, capsys):
+    from wsicl import save_model
+    save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)
+    for mode, extra in (("icl", []), ("interactive", []), ("mask", ["--context-kind",
+                                                                    "box,mask"])):
+        output = tmp_path / mode
+        assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
+                     "--refine", "--mode", mode, "--context-sizes", "1", "--prompts-per-image",
+                     "1", "--draws", "1", "--output", str(output), "--device", "cpu",
+                     "--quiet", *extra]) == 0, capsys.readouterr().err
+        records = json.loads((output / "evaluation.json").read_text(encoding="utf-8"))["records"]
+        assert len(records) == 2 * 3 and all(0 <= r["dice"] <= 1 for r in records)

@@ -274,11 +274,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .files import write_text
     from .training.evaluate import evaluate, format_table, load_subjects, plot
     predictor = make_predictor(args)
-    if predictor.refine:
-        raise ValueError(f"{args.model}: works at the structure's scale (crops), which "
-                         "'wsicl evaluate' does not simulate yet; add --no-refine to score its "
-                         "whole-view pass, or score the full path with "
-                         "scripts/dev_benchmark.py")
     weak = [k for k in predictor.kinds if k != "mask"]
     kind = "mask" if args.mode == "mask" else args.prompt or (weak[0] if weak else None)
     if kind is None:

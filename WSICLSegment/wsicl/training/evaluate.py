@@ -18,7 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..files import write_png
-from ..geometry import PreparedImage, prepare, threshold, to_source_grid
+from ..context import Box, ContextSet, Point
+from ..geometry import PreparedImage, box_corners, prepare, threshold, to_source_grid
 from ..metrics import dice
 from ..predictor import PreparedContext, Predictor
 from .simulate import simulated_channel
@@ -90,10 +91,14 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                             len(others), size, replace=size > len(others))]
                         channels, prompt_lists = zip(*[simulated_channel(
                             s.labels_on_grid == value, kind, slices, rng, radius) for s in picks])
-                        context = PreparedContext.of([s.prepared.array for s in picks],
-                                                     list(channels), name)
-                        mask = predictor.segment_prepared(target.image, target.prepared,
-                                                          context).mask
+                        if predictor.refine:
+                            mask = full_path(predictor, target, picks, prompt_lists, kind,
+                                             mode, value, name)
+                        else:
+                            context = PreparedContext.of([s.prepared.array for s in picks],
+                                                         list(channels), name)
+                            mask = predictor.segment_prepared(target.image, target.prepared,
+                                                              context).mask
                         record = {"structure": name, "target": target.name, "context_size": size,
                                   "prompts_per_image": slices, "draw": draw,
                                   "prompts": int(sum(len(p) for p in prompt_lists)),
@@ -109,6 +114,44 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                             progress(f"{name} {target.name} L={size} k={slices} draw {draw}: "
                                      f"Dice {record['dice']:.3f}")
     return {"kind": kind, "mode": mode, "records": records, "summary": summarise(records)}
+
+
+def full_path(predictor: Predictor, target: EvalSubject, picks: Sequence[EvalSubject],
+              prompt_lists: Sequence[list], kind: str, mode: str, value: int, name: str
+              ) -> sitk.Image:
+    """The mask through the predictor's whole path (crops, two passes) from the simulated
+    prompts, given as prompts on each subject's own image, as a user would place them."""
+    if mode == "interactive":
+        boxes, points = on_subject_image(prompt_lists[0], kind, target)
+        return predictor.segment_interactive(target.image, boxes, points).mask
+    context = ContextSet(name=name)
+    for subject, prompts in zip(picks, prompt_lists):
+        if kind == "mask":
+            context.add(subject.image, mask=subject.labels, label=value, name=subject.name)
+        else:
+            context.add(subject.image, *on_subject_image(prompts, kind, subject),
+                        name=subject.name)
+    return predictor.segment(target.image, context).mask
+
+
+def on_subject_image(prompts: list, kind: str, subject: EvalSubject
+                     ) -> (List[Box], List[Point]):
+    """Model-grid prompts (array-order index ranges / indices, :mod:`wsicl.training.simulate`)
+    as boxes or points in voxel indices of the subject's own image. The model grid's axes
+    are the image's axes permuted and flipped, so a 2D box stays 2D (on the nearest slice)."""
+    grid, source = subject.prepared.grid, subject.prepared.source
+
+    def to_voxel(array_points) -> np.ndarray:
+        lps = grid.index_to_lps(np.asarray(array_points, dtype=float)[:, ::-1])
+        return source.lps_to_index(lps)
+
+    if kind == "box":
+        boxes = []
+        for ranges in prompts:
+            corners = to_voxel(box_corners([r[0] for r in ranges], [r[1] - 1 for r in ranges]))
+            boxes.append(Box(tuple(np.rint(corners.min(0))), tuple(np.rint(corners.max(0)))))
+        return boxes, []
+    return [], [Point(tuple(np.rint(to_voxel([p])[0]))) for p in prompts]
 
 
 def summarise(records: List[dict]) -> List[dict]:
