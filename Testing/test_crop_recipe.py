@@ -259,3 +259,24 @@ def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
                                                                              boxes=[box]).mask
     assert dice(sitk.GetArrayFromImage(crop), ball) > 0.97
     assert dice(sitk.GetArrayFromImage(whole), ball) < dice(sitk.GetArrayFromImage(crop), ball)
+
+
+class Blind(WSICLNet):
+    """Sees nothing anywhere (a logit of -20)."""
+
+    def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None):
+        return torch.full_like(target, -20.0)
+
+
+def test_when_refining_cannot_help_the_predictor_says_why(wide_image):
+    from wsicl.predictor import RefineNote
+    blind = Blind([2, 4])
+    blind.metadata = ModelInfo(channels=[2, 4], input_size=16, prompt_kinds=["box"],
+                               normalisation="robust", input_policy="crop", output="logit")
+    context = ContextSet(name="ball").add(wide_image, [Box((55, 45, 15), (65, 55, 15))])
+    with pytest.warns(RefineNote, match="scan.nii: the whole-view pass found nothing"):
+        result = Predictor(blind, device="cpu").segment(wide_image, context, name="scan.nii")
+    assert not sitk.GetArrayFromImage(result.mask).any()
+    everything = Box((0, 0, 15), (119, 99, 15))
+    with pytest.warns(RefineNote, match="the prompts span the whole image"):
+        Predictor(blind, device="cpu").segment_interactive(wide_image, boxes=[everything])

@@ -7,6 +7,7 @@
 """
 import dataclasses
 import os
+import warnings
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from .checkpoints import load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point, check_kinds
-from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region
+from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region, whole_region
 from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
                        canonical_grid, mask_to_model, point_to_model, prepare, threshold,
@@ -30,6 +31,10 @@ CancelCheck = Callable[[], bool]
 
 class Cancelled(Exception):
     """Raised when the caller's cancel check returned True."""
+
+
+class RefineNote(UserWarning):
+    """Refining at the structure's scale could not help this time (said, not raised)."""
 
 
 @dataclasses.dataclass
@@ -203,6 +208,9 @@ class Predictor:
 
         first = self._run(prepared.array, context, half(0.0), cancel)
         if not (first >= 0.5).any():
+            warnings.warn(f"{name}: the whole-view pass found nothing, so there is no region "
+                          "to refine and the result is empty; check that the context marks "
+                          "this structure, or add context images", RefineNote, stacklevel=2)
             return _on_target(first, prepared, target)
         cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared))
         return self.segment_prepared(target, cropped, context.crops, half(0.5), cancel)
@@ -249,6 +257,11 @@ class Predictor:
         self.require_kinds([entry.prompt_kind], "interactive")
         oriented = canonical_grid(image) if self.refine else None
         region = self._prompt_region(entry, oriented) if self.refine else None
+        if region is not None and np.allclose(np.concatenate(region), np.concatenate(
+                whole_region(oriented.size))):
+            warnings.warn(f"{name}: the prompts span the whole image, so refining at the "
+                          "structure's scale changes nothing; the whole view is segmented",
+                          RefineNote, stacklevel=2)
         for step in range(ZOOM_STEPS + 1):
             prepared = self._prepare(image, name, region)
             channel = self._prompt_channel(entry, prepared)
