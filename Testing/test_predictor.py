@@ -126,3 +126,37 @@ def test_auto_device_prefers_accelerators(monkeypatch):
     assert device.pick_device("auto").type == device.available_devices()[0]
     with pytest.raises(ValueError, match="unknown device"):
         device.pick_device("tpu")
+
+
+def test_automatic_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch, tmp_path):
+    from wsicl import device
+    cpu, cuda, mps = (torch.device(kind) for kind in ("cpu", "cuda", "mps"))
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: False)
+    assert [device.resolve_precision(d, "auto") for d in (cpu, cuda, mps)] == [
+        "fp32", "bf16", "fp32"]
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: True)
+    assert device.resolve_precision(cpu, "auto") == "bf16"
+    assert device.resolve_precision(cuda, "fp32") == "fp32"    # a stated precision wins
+    assert isinstance(device.autocast(cuda, "fp32"), type(device.contextlib.nullcontext()))
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        device.resolve_precision(cpu, "fp16")
+    flags = tmp_path / "cpuinfo"
+    monkeypatch.undo()
+    monkeypatch.setattr(device, "open", lambda *a, **k: open(flags, encoding="utf-8"),
+                        raising=False)
+    flags.write_text("processor : 0\nflags : fpu sse avx2 amx_bf16 amx_tile\n", encoding="utf-8")
+    assert device.native_bf16_cpu()
+    flags.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n", encoding="utf-8")
+    assert not device.native_bf16_cpu()
+
+
+def test_bfloat16_path_stays_close_to_fp32(tiny_network, blob_image):
+    """The bf16 path through the predictor (autocast, channels-last) on a small network:
+    outputs within 1e-2 of fp32 (a check of the path; mask agreement of trained models is
+    measured by benchmarks/precision_agreement.py on hardware with bfloat16)."""
+    context = context_of(blob_image, [BOX])
+    full, reduced = (sitk.GetArrayFromImage(Predictor(tiny_network, device="cpu",
+                                                      precision=p).segment(blob_image, context)
+                                            .probability) for p in ("fp32", "bf16"))
+    assert Predictor(tiny_network, device="cpu", precision="bf16").precision == "bf16"
+    assert 0 < np.abs(full - reduced).max() < 1e-2

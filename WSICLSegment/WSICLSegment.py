@@ -20,6 +20,8 @@ MODELS = [("Bundled box model (CPU friendly)", "box"),
           ("Bundled point model (CPU friendly)", "point"),
           ("Weights file (.ckpt / .pt)...", "file")]
 DEVICES = ["auto", "cuda", "cpu", "mps"]
+PRECISION_CHOICES = [("Automatic (bfloat16 where the hardware has it)", "auto"),
+                     ("Full precision (fp32)", "fp32"), ("bfloat16", "bf16")]
 REFINE_CHOICES = [("As the model was trained", None),
                   ("Refine at the structure's scale", True),
                   ("Whole view", False)]
@@ -75,6 +77,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, _ in MODELS:
             self.ui.modelSelector.addItem(label)
         self.ui.deviceSelector.addItems(DEVICES)
+        for label, _ in PRECISION_CHOICES:
+            self.ui.precisionSelector.addItem(label)
         for label, _ in REFINE_CHOICES:
             self.ui.refineSelector.addItem(label)
         for label, _ in CONTEXT_KINDS:
@@ -87,7 +91,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onSettingsChanged)
         self.ui.deviceSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.miniContextSpinBox.valueChanged.connect(self.onSettingsChanged)
-        self.ui.fastCpuCheckBox.toggled.connect(self.onSettingsChanged)
+        self.ui.precisionSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.refineSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.contextKindSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.installButton.clicked.connect(self.onInstall)
@@ -153,8 +157,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.weightsPathLineEdit.currentPath = settings.value(SETTINGS_PREFIX + "weights", "")
         self.ui.deviceSelector.setCurrentText(settings.value(SETTINGS_PREFIX + "device", "auto"))
         self.ui.miniContextSpinBox.value = int(settings.value(SETTINGS_PREFIX + "miniContext", 1))
-        self.ui.fastCpuCheckBox.checked = settings.value(SETTINGS_PREFIX + "fastCpu",
-                                                         "false") == "true"
+        self.ui.precisionSelector.setCurrentIndex(
+            int(settings.value(SETTINGS_PREFIX + "precision", 0)))
         self.ui.refineSelector.setCurrentIndex(int(settings.value(SETTINGS_PREFIX + "refine", 0)))
         self.ui.contextKindSelector.setCurrentIndex(
             int(settings.value(SETTINGS_PREFIX + "contextKind", 0)))
@@ -166,8 +170,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(SETTINGS_PREFIX + "weights", self.ui.weightsPathLineEdit.currentPath)
         settings.setValue(SETTINGS_PREFIX + "device", self.ui.deviceSelector.currentText)
         settings.setValue(SETTINGS_PREFIX + "miniContext", self.ui.miniContextSpinBox.value)
-        settings.setValue(SETTINGS_PREFIX + "fastCpu",
-                          "true" if self.ui.fastCpuCheckBox.checked else "false")
+        settings.setValue(SETTINGS_PREFIX + "precision", self.ui.precisionSelector.currentIndex)
         settings.setValue(SETTINGS_PREFIX + "refine", self.ui.refineSelector.currentIndex)
         settings.setValue(SETTINGS_PREFIX + "contextKind", self.ui.contextKindSelector.currentIndex)
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
@@ -183,7 +186,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return RunSettings(
             model=self.modelSource(), device=self.ui.deviceSelector.currentText,
             mini_context=self.ui.miniContextSpinBox.value,
-            precision="bf16" if self.ui.fastCpuCheckBox.checked else "fp32",
+            precision=PRECISION_CHOICES[self.ui.precisionSelector.currentIndex][1],
             refine=REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
             prompt_kinds=CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
 
@@ -202,7 +205,8 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.weightsPathLineEdit.currentPath = settings.model
         self.ui.deviceSelector.setCurrentText(settings.device)
         self.ui.miniContextSpinBox.value = settings.mini_context
-        self.ui.fastCpuCheckBox.checked = settings.precision == "bf16"
+        self.ui.precisionSelector.setCurrentIndex(
+            [value for _, value in PRECISION_CHOICES].index(settings.precision))
         self.ui.refineSelector.setCurrentIndex(
             [value for _, value in REFINE_CHOICES].index(settings.refine))
         self.ui.contextKindSelector.setCurrentIndex(
@@ -222,9 +226,11 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if missing:
             self.ui.deviceWarningLabel.setVisible(False)
             return
-        from wsicl.device import available_devices
+        from wsicl.device import available_devices, native_bf16_cpu
         detected = available_devices()[0]
-        self.ui.detectedDeviceLabel.setText(f"detected: {', '.join(available_devices())}")
+        bf16 = "native" if native_bf16_cpu() else "emulated (fp32 is faster)"
+        self.ui.detectedDeviceLabel.setText(
+            f"detected: {', '.join(available_devices())}; CPU bfloat16: {bf16}")
         chosen = self.ui.deviceSelector.currentText
         self.ui.deviceWarningLabel.setVisible((detected if chosen == "auto" else chosen) == "cpu")
 
@@ -564,13 +570,13 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
         return self._lib
 
     def process(self, contextSetNodes: Sequence, targetVolumeNodes: Sequence, model: str = "box",
-                device: str = "auto", miniContext: int = 1, precision: str = "fp32",
+                device: str = "auto", miniContext: int = 1, precision: str = "auto",
                 progress: Optional[Callable[[float, str], None]] = None,
                 refine: Optional[bool] = None,
                 contextKinds: Optional[Sequence[str]] = None) -> dict:
         """Segments every target with every context set; returns ``{volume name:
         segmentation node}``. Blocks until done; undone by :meth:`undoLast`. ``precision``:
-        ``"fp32"`` or ``"bf16"``; ``refine``: work at the structure's scale (None: as the
+        ``"auto"`` (bfloat16 where native), ``"fp32"`` or ``"bf16"``; ``refine``: work at the structure's scale (None: as the
         model was trained); ``contextKinds``: what the model reads (box, point, mask) when
         its file does not say. Weights stay loaded between calls with the same settings."""
         from WSICLSegmentLib.settings import RunSettings

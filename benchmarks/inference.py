@@ -15,8 +15,8 @@ Each configuration runs in its own process (so peak RSS is its own) and prints o
   context images (in context) and L = 1 (interactive, the image as its own context),
   with crops (the model's own way: two passes in context) and on whole views.
 
-With ``--cuda`` only the released size runs, on the GPU (CUDA always autocasts to
-bfloat16), for L = 1, 8 and 32 (PYTHONPATH=WSICLSegment is enough: no SimpleITK needed).
+With ``--cuda`` only the released size runs, on the GPU (precision ``auto``: bfloat16
+autocast), for L = 1, 8 and 32 (PYTHONPATH=WSICLSegment is enough: no SimpleITK needed).
 
 Wall time is the median over ``--repeats`` runs after one warm-up run (L = 8 rows of the
 released size: one run, no warm-up).
@@ -67,7 +67,8 @@ def run_released(mode: str, context_size: int, repeats: int, device_name: str = 
     prompts = (torch.rand(1, context_size, 1, size, size, size, device=device) > 0.9).float()
 
     def once():
-        with torch.inference_mode(), autocast(device, "bf16" if mode == "bf16" else "fp32"):
+        precision = "auto" if device.type == "cuda" else ("bf16" if mode == "bf16" else "fp32")
+        with torch.inference_mode(), autocast(device, precision):
             network(target, images, prompts, 1)
         if device.type == "cuda":
             torch.cuda.synchronize()

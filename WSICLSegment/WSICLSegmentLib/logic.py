@@ -149,10 +149,11 @@ class SegmentationLogic:
                 if job.interactive:
                     [prompts] = structure.context.entries
                     result = predictor.segment_interactive(target.image, prompts.boxes,
-                                                           prompts.points, cancel=cancel)
+                                                           prompts.points, cancel=cancel,
+                                                           name=target.name)
                 else:
                     result = predictor.segment(target.image, context, progress=report,
-                                               cancel=cancel)
+                                               cancel=cancel, name=target.name)
                 results.append(Result(target.node_id, structure, result.mask))
                 report(1.0, "done")
         return results

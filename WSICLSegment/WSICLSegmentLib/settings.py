@@ -9,7 +9,7 @@ import dataclasses
 from typing import List, Optional, Union
 
 from wsicl.context import check_kinds
-from wsicl.device import DEVICE_CHOICES, PRECISIONS
+from wsicl.options import DEVICE_CHOICES, PRECISIONS
 
 SINGLETON_TAG = "WSICLSegment"
 
@@ -21,7 +21,7 @@ class RunSettings:
             and scripts; not saved).
         device: one of ``auto``, ``cpu``, ``cuda``, ``mps``.
         mini_context: context images processed at once (>= 1).
-        precision: ``fp32`` or ``bf16``.
+        precision: ``auto`` (bfloat16 where native), ``fp32`` or ``bf16``.
         refine: work at the structure's scale; None follows the model.
         prompt_kinds: what the model reads, when its file does not say; None: the file's.
     """
@@ -29,7 +29,7 @@ class RunSettings:
     model: Union[str, object] = "box"
     device: str = "auto"
     mini_context: int = 1
-    precision: str = "fp32"
+    precision: str = "auto"
     refine: Optional[bool] = None
     prompt_kinds: Optional[List[str]] = None
 
@@ -87,6 +87,6 @@ def load_settings(scene) -> Optional[RunSettings]:
     return RunSettings(
         model=node.GetParameter("Model"), device=node.GetParameter("Device") or "auto",
         mini_context=int(node.GetParameter("MiniContext") or 1),
-        precision=node.GetParameter("Precision") or "fp32",
+        precision=node.GetParameter("Precision") or "auto",
         refine={"on": True, "off": False}.get(node.GetParameter("Refine")),
         prompt_kinds=kinds.split(",") if kinds else None)

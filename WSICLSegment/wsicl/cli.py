@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .options import DEVICE_CHOICES, PRECISIONS
 
 
 def int_list(text: str) -> List[int]:
@@ -94,9 +95,10 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="bf16 autocast on the CPU (CUDA always uses it)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bfloat16 where the hardware has it (CUDA, AMX or "
+                             "AVX512-BF16 CPUs), else fp32")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=run_train)
 
@@ -246,12 +248,13 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--mini-context", type=positive_int, default=1,
                         help="context images processed at once (lower it if memory runs out)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="bf16: faster on CPUs with bfloat16 instructions, raw outputs "
-                             "differ by a few hundredths")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto (default): bfloat16 where the hardware has it (CUDA, AMX or "
+                             "AVX512-BF16 CPUs; masks agree with fp32, see the README), fp32 "
+                             "elsewhere")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="work at the structure's scale: interactive on a crop around "
                              "the prompts, in context in two passes (default: what the "

@@ -7,8 +7,7 @@ from typing import ContextManager, Union
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16")
+from .options import DEVICE_CHOICES, PRECISIONS
 
 
 class OutOfMemory(RuntimeError):
@@ -40,11 +39,32 @@ def pick_device(choice: Union[str, torch.device] = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager:
-    """bfloat16 autocast on CUDA always, on the CPU when ``precision == "bf16"``."""
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16 in the Linux
+    kernel's CPU flags). Elsewhere False: bfloat16 is then emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            flags = next((line for line in stream if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision that runs (``"fp32"`` or ``"bf16"``) for ``precision`` on ``device``:
+    ``auto`` is bf16 on CUDA and on CPUs with native bfloat16, fp32 elsewhere (MPS too)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if device.type == "cuda" or (device.type == "cpu" and precision == "bf16"):
+    if precision != "auto":
+        return precision
+    native = device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
+    return "bf16" if native else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """bfloat16 autocast on CUDA or the CPU for ``precision`` (resolved as by
+    :func:`resolve_precision`); a no-op for fp32 and on MPS."""
+    if resolve_precision(device, precision) == "bf16" and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

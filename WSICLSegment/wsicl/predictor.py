@@ -17,7 +17,8 @@ import torch
 from .checkpoints import load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point, check_kinds
 from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region, whole_region
-from .device import PRECISIONS, autocast, is_out_of_memory, out_of_memory_error, pick_device
+from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
+                     resolve_precision)
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
                        canonical_grid, mask_to_model, point_to_model, prepare, threshold,
                        to_lps, to_source_grid)
@@ -75,9 +76,10 @@ class Predictor:
             weights file.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cuda"``, ``"mps"`` or ``"cpu"``.
         mini_context: context images processed at once; lower it if memory runs out.
-        precision: ``"fp32"`` or ``"bf16"``. CUDA always uses bfloat16 autocast; on the
-            CPU ``"bf16"`` is an opt-in that is several times faster on processors with
-            bfloat16 instructions (raw outputs within 1e-2 of fp32).
+        precision: ``"auto"`` (bfloat16 autocast on CUDA and on CPUs with bfloat16
+            instructions, several times faster there; fp32 elsewhere, where bfloat16 is
+            emulated and slower), ``"fp32"`` or ``"bf16"``. ``self.precision`` says which
+            runs.
         refine: work at the structure's own scale (:mod:`wsicl.crops`): interactive mode
             on a crop around the prompts, in-context mode in two passes (whole view, then
             a crop around the first answer with each context image cropped around its
@@ -88,7 +90,7 @@ class Predictor:
     """
 
     def __init__(self, model: Union[str, os.PathLike, WSICLNet] = "box", device: str = "auto",
-                 mini_context: int = 1, precision: str = "fp32",
+                 mini_context: int = 1, precision: str = "auto",
                  refine: Optional[bool] = None,
                  prompt_kinds: Optional[Sequence[str]] = None) -> None:
         if mini_context < 1:
@@ -99,10 +101,8 @@ class Predictor:
         if self.device.type == "cpu":
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.metadata = self.network.metadata
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.mini_context = int(mini_context)
-        self.precision = precision
+        self.precision = resolve_precision(self.device, precision)
         self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
         self.kinds = list(self.metadata.prompt_kinds) if prompt_kinds is None else \
             check_kinds(prompt_kinds, "prompt_kinds")

@@ -39,8 +39,8 @@ class TrainConfig:
     ``interactive_fraction`` the share of steps where the target is its own first context;
     ``synthetic_fraction`` the share of steps on synthetic tasks when datasets are given;
     ``val_datasets`` hold the structures kept out of training for validation (synthetic
-    tasks of a separate seed without them); ``precision`` ``"bf16"`` trains under
-    bfloat16 autocast (CUDA always does).
+    tasks of a separate seed without them); ``precision`` as for inference
+    (:data:`wsicl.options.PRECISIONS`; ``auto``: bfloat16 autocast where native).
     """
 
     output: str
@@ -64,7 +64,7 @@ class TrainConfig:
     val_every: int = 100
     val_episodes: int = 8
     checkpoint_every: int = 50
-    precision: str = "fp32"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.prompt not in ("box", "point"):
