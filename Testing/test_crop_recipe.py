@@ -244,7 +244,8 @@ def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
     class Oracle(WSICLNet):
         """Answers 'bright' as a logit: what a perfect network would say here."""
 
-        def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None):
+        def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None,
+                    encoded=None):
             return (target - 0.5) * 40
 
     oracle = Oracle([2, 4])
@@ -264,7 +265,8 @@ def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
 class Blind(WSICLNet):
     """Sees nothing anywhere (a logit of -20)."""
 
-    def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None):
+    def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None,
+                encoded=None):
         return torch.full_like(target, -20.0)
 
 

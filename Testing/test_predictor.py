@@ -160,3 +160,27 @@ def test_bfloat16_path_stays_close_to_fp32(tiny_network, blob_image):
                                             .probability) for p in ("fp32", "bf16"))
     assert Predictor(tiny_network, device="cpu", precision="bf16").precision == "bf16"
     assert 0 < np.abs(full - reduced).max() < 1e-2
+
+
+def test_target_features_are_computed_once_per_target(tiny_network, blob_image, monkeypatch):
+    """Several context sets on one target, and prompt updates on an unchanged view, reuse
+    the target encoder's features; results equal a fresh predictor's, and the cached
+    features are not modified by use."""
+    predictor = Predictor(tiny_network, device="cpu")
+    calls = []
+    encode = tiny_network.encode_target
+    monkeypatch.setattr(tiny_network, "encode_target",
+                        lambda target: calls.append(1) or encode(target))
+    first = context_of(blob_image, [BOX])
+    second = context_of(blob_image, [Box((5, 5, 10), (30, 30, 10))])
+    results = [predictor.segment(blob_image, c).probability for c in (first, second, first)]
+    assert len(calls) == 1
+    predictor.segment_interactive(blob_image, boxes=[BOX])
+    predictor.segment_interactive(blob_image, boxes=[Box((8, 8, 12), (30, 30, 12))])
+    assert len(calls) == 1                        # the same whole view: still no new encoding
+    other = make_image(np.flip(sitk.GetArrayFromImage(blob_image), 0).copy(), (0.9, 0.9, 1.5))
+    predictor.segment(other, first)
+    assert len(calls) == 2
+    fresh = Predictor(tiny_network, device="cpu").segment(blob_image, second).probability
+    assert np.array_equal(sitk.GetArrayFromImage(results[1]), sitk.GetArrayFromImage(fresh))
+    assert np.array_equal(sitk.GetArrayFromImage(results[0]), sitk.GetArrayFromImage(results[2]))

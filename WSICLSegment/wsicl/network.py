@@ -251,6 +251,10 @@ class TargetDecoder(nn.Module):
         return self.output_block.block(x)
 
 
+EncodedTarget = Tuple[FeatureList, torch.Tensor]
+"""The target encoder's per-stage features (full resolution first) and bottleneck input."""
+
+
 class WSICLNet(nn.Module):
     """The WS-ICL / Neuroverse3D network.
 
@@ -279,9 +283,15 @@ class WSICLNet(nn.Module):
         """Each spatial input size must be a multiple of this."""
         return 2 ** (len(self.channels) - 1)
 
+    def encode_target(self, target: torch.Tensor) -> "EncodedTarget":
+        """The target encoder's features, which depend on the target alone: computed once,
+        they serve every context set and prompt update on the same target (``encoded``)."""
+        return self.target_encoder(target)
+
     def forward(self, target: torch.Tensor, context_in: torch.Tensor, context_out: torch.Tensor,
                 mini_context: int = 1,
-                after_chunk: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                after_chunk: Optional[Callable[[int], None]] = None,
+                encoded: Optional["EncodedTarget"] = None) -> torch.Tensor:
         """Segments ``target`` given the context images and their prompt channels.
 
         Args:
@@ -294,13 +304,15 @@ class WSICLNet(nn.Module):
                 Gradients flow only through the last mini-context, as in the reference.
             after_chunk: called with the number of context images done after each
                 mini-context (progress reports; an exception raised there cancels).
+            encoded: ``encode_target(target)`` computed earlier (not modified here).
 
         Returns:
             ``[B, 1, D, H, W]`` raw output; threshold at 0.5 for the mask.
         """
         self._check_inputs(target, context_in, context_out, mini_context)
         device = target.device
-        target_features, bottleneck = self.target_encoder(target)
+        target_features, bottleneck = encoded if encoded is not None else \
+            self.target_encoder(target)
         total = context_in.shape[1]
         starts = list(range(0, total, mini_context))
         means: FeatureList = []

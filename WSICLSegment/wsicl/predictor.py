@@ -6,6 +6,7 @@
 >>> result.mask                                       # uint8 0/1 SimpleITK image
 """
 import dataclasses
+import hashlib
 import os
 import warnings
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -23,7 +24,7 @@ from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to
                        canonical_grid, mask_to_model, point_to_model, prepare, threshold,
                        to_lps, to_source_grid)
 from .masks import mask_corners
-from .network import WSICLNet
+from .network import EncodedTarget, WSICLNet
 from .prompts import render_boxes, render_points
 
 ProgressCallback = Callable[[float, str], None]
@@ -104,6 +105,7 @@ class Predictor:
         self.mini_context = int(mini_context)
         self.precision = resolve_precision(self.device, precision)
         self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
+        self._encoded: Tuple[bytes, Optional[EncodedTarget]] = (b"", None)
         self.kinds = list(self.metadata.prompt_kinds) if prompt_kinds is None else \
             check_kinds(prompt_kinds, "prompt_kinds")
 
@@ -273,6 +275,16 @@ class Predictor:
             region = grown
         return _on_target(output, prepared, image)
 
+    def _encode(self, target: np.ndarray, target_tensor: torch.Tensor) -> EncodedTarget:
+        """The target's encoder features, reused while the model-grid target is the same
+        (further context sets on one volume, prompt updates at an unchanged crop); the last
+        target's features stay in memory (on the device) until another target comes."""
+        key = hashlib.blake2b(target.tobytes(), digest_size=16).digest()
+        if self._encoded[0] != key:
+            self._encoded = (b"", None)        # free the old features before computing
+            self._encoded = (key, self.network.encode_target(target_tensor))
+        return self._encoded[1]
+
     def _run(self, target: np.ndarray, context: PreparedContext,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> np.ndarray:
         """Network output ``[S, S, S]`` for a prepared target array, on the scale where
@@ -289,7 +301,8 @@ class Predictor:
         try:
             with torch.inference_mode(), autocast(self.device, self.precision):
                 raw = self.network(target_tensor, context.images, context.prompts,
-                                   self.mini_context, after_chunk=after_chunk)
+                                   self.mini_context, after_chunk=after_chunk,
+                                   encoded=self._encode(target, target_tensor))
         except Exception as error:
             if is_out_of_memory(error):
                 if self.device.type == "cuda":
