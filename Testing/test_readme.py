@@ -40,7 +40,9 @@ def test_the_python_api_example_runs(scans):
     assert namespace["own"].GetSize() == (122, 101, 30)
 
 
-def test_the_context_set_example_is_a_valid_file(scans):
+def write_context_example(scans: Path) -> Path:
+    """The README's context-set example as ``liver.json`` beside the scans, with the
+    markups file it names (an ROI on the sample CT)."""
     (example,) = [block for block in blocks("json") if '"context"' in block]
     (scans / "liver.json").write_text(example, encoding="utf-8")
     image = sitk.ReadImage(str(scans / "case3.nii.gz"))
@@ -48,7 +50,11 @@ def test_the_context_set_example_is_a_valid_file(scans):
     (scans / "case3.mrk.json").write_text(json.dumps({"markups": [{
         "type": "ROI", "coordinateSystem": "LPS", "center": list(centre),
         "size": [60.0, 45.0, 0.0]}]}), encoding="utf-8")
-    context = read_context_file(scans / "liver.json")
+    return scans / "liver.json"
+
+
+def test_the_context_set_example_is_a_valid_file(scans):
+    context = read_context_file(write_context_example(scans))
     assert context.name == "liver" and len(context) == 3 and context.kinds() == ["box"]
 
 
@@ -104,13 +110,8 @@ def test_the_segment_examples_run_on_the_sample_data(scans, capsys):
     import glob
     import shlex
     from wsicl.cli import main
-    (example,) = [block for block in blocks("json") if '"context"' in block]
-    (scans / "liver.json").write_text(example, encoding="utf-8")
+    write_context_example(scans)
     image = sitk.ReadImage(str(scans / "case3.nii.gz"))
-    centre = image.TransformContinuousIndexToPhysicalPoint([60.0, 70.0, 15.0])
-    (scans / "case3.mrk.json").write_text(json.dumps({"markups": [{
-        "type": "ROI", "coordinateSystem": "LPS", "center": list(centre),
-        "size": [60.0, 45.0, 0.0]}]}), encoding="utf-8")
     for folder, name in (("scans", "ct7.nii.gz"), ("dicom_folder", "ct8.nrrd")):
         (scans / folder).mkdir()
         sitk.WriteImage(image, str(scans / folder / name))
