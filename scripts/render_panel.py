@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QApplication, QWidget, QComboBox, QLineEdit, QList
 UI = Path(__file__).resolve().parent.parent / "WSICLSegment" / "Resources" / "UI" / "WSICLSegment.ui"
 STAND_INS = {"ctkCollapsibleButton": "QGroupBox", "ctkColorPickerButton": "QPushButton",
              "ctkPathLineEdit": "QLineEdit", "qMRMLNodeComboBox": "QComboBox",
-             "qMRMLWidget": "QWidget"}
+             "qMRMLWidget": "QWidget", "qMRMLSegmentSelectorWidget": "QComboBox"}
 
 
 def stand_in_ui() -> bytes:
@@ -49,6 +49,9 @@ def main(output: Path) -> None:
     find(QComboBox, "modelSelector").addItems(["Bundled box model (CPU friendly)"])
     find(QComboBox, "deviceSelector").addItems(["auto"])
     find(QComboBox, "refineSelector").addItems(["As the model was trained"])
+    find(QComboBox, "precisionSelector").addItems(["Automatic (bfloat16 where the hardware has it)"])
+    find(QComboBox, "contextKindSelector").addItems(["As the file says"])
+    find(QComboBox, "contextSegmentSelector").addItems(["CT case 2 segmentation: liver"])
     find(QComboBox, "promptKindSelector").addItems(["box"])
     find(QComboBox, "volumeSelector").addItems(["CT case 2"])
     find(QComboBox, "targetSelector").addItems(["MR case 7"])
@@ -59,12 +62,13 @@ def main(output: Path) -> None:
     for row, (name, count) in enumerate([("CT case 1", "5"), ("CT case 2", "3")]):
         table.setItem(row, 0, QTableWidgetItem(name))
         table.setItem(row, 1, QTableWidgetItem(count))
-    panel.findChild(QWidget, "detectedDeviceLabel").setText("detected: cpu")
+    panel.findChild(QWidget, "detectedDeviceLabel").setText(
+        "detected: cpu; CPU bfloat16: native")
     panel.findChild(QWidget, "installButton").setVisible(False)
     panel.findChild(QWidget, "progressBar").setValue(40)
     panel.findChild(QWidget, "statusLabel").setText("liver in MR case 7: 3/5 context images")
     panel.findChild(QWidget, "segmentButton").setText("Cancel")
-    panel.resize(460, 760)
+    panel.resize(460, 840)
     panel.show()
     app.processEvents()
     panel.grab().save(str(output))
