@@ -21,7 +21,7 @@ def test_demo_writes_masks_context_picture_and_dice(tmp_path, capsys):
     scores = json.loads((output / "dice.json").read_text(encoding="utf-8"))
     assert set(scores) == {"in_context", "interactive"}
     assert all(0.0 <= value <= 1.0 for value in scores.values())
-    # The bundled box model follows the liver from three boxes (v2.1 measured 0.69, v2 0.63, v1 0.43).
+    # The bundled box model follows the liver from three boxes (v2.1: 0.69, v2 0.63, v1 0.43).
     assert scores["interactive"] > 0.55
     target = sitk.ReadImage(str(output.parent / "demo" / "mr_liver_in_context.nii.gz"))
     assert target.GetSize() == (117, 91, 20)

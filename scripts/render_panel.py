@@ -49,7 +49,8 @@ def main(output: Path) -> None:
     find(QComboBox, "modelSelector").addItems(["Bundled box model (CPU friendly)"])
     find(QComboBox, "deviceSelector").addItems(["auto"])
     find(QComboBox, "refineSelector").addItems(["As the model was trained"])
-    find(QComboBox, "precisionSelector").addItems(["Automatic (bfloat16 where the hardware has it)"])
+    find(QComboBox, "precisionSelector").addItems(
+        ["Automatic (bfloat16 where the hardware has it)"])
     find(QComboBox, "contextKindSelector").addItems(["As the file says"])
     find(QComboBox, "contextSegmentSelector").addItems(["CT case 2 segmentation: liver"])
     find(QComboBox, "promptKindSelector").addItems(["box"])
