@@ -205,12 +205,12 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.weightsPathLineEdit.currentPath = settings.model
         self.ui.deviceSelector.setCurrentText(settings.device)
         self.ui.miniContextSpinBox.value = settings.mini_context
-        self.ui.precisionSelector.setCurrentIndex(
-            [value for _, value in PRECISION_CHOICES].index(settings.precision))
-        self.ui.refineSelector.setCurrentIndex(
-            [value for _, value in REFINE_CHOICES].index(settings.refine))
-        self.ui.contextKindSelector.setCurrentIndex(
-            [value for _, value in CONTEXT_KINDS].index(settings.prompt_kinds))
+        for selector, choices, value in (
+                (self.ui.precisionSelector, PRECISION_CHOICES, settings.precision),
+                (self.ui.refineSelector, REFINE_CHOICES, settings.refine),
+                (self.ui.contextKindSelector, CONTEXT_KINDS, settings.prompt_kinds)):
+            values = [choice for _, choice in choices]   # a script may have saved others
+            selector.setCurrentIndex(values.index(value) if value in values else 0)
 
     def modelSource(self) -> str:
         key = MODELS[self.ui.modelSelector.currentIndex][1]
