@@ -184,3 +184,23 @@ def test_target_features_are_computed_once_per_target(tiny_network, blob_image, 
     fresh = Predictor(tiny_network, device="cpu").segment(blob_image, second).probability
     assert np.array_equal(sitk.GetArrayFromImage(results[1]), sitk.GetArrayFromImage(fresh))
     assert np.array_equal(sitk.GetArrayFromImage(results[0]), sitk.GetArrayFromImage(results[2]))
+
+
+def test_a_context_set_used_again_is_not_resampled_again(tiny_network, blob_image,
+                                                         monkeypatch):
+    import wsicl.predictor as module
+    prepared = []
+    real = module.prepare
+    monkeypatch.setattr(module, "prepare", lambda *a, **k: prepared.append(1) or real(*a, **k))
+    predictor = Predictor(tiny_network, device="cpu")
+    first = predictor.prepare_context(context_of(blob_image, [BOX]))
+    count = len(prepared)
+    again = predictor.prepare_context(context_of(blob_image, [BOX]))     # a new, equal set
+    assert len(prepared) == count
+    assert torch.equal(first.images, again.images) and torch.equal(first.prompts, again.prompts)
+    moved = predictor.prepare_context(context_of(blob_image, [Box((12, 10, 9), (28, 26, 9))]))
+    assert len(prepared) == count + 1 and not torch.equal(moved.prompts, first.prompts)
+    edited = sitk.Image(blob_image)
+    edited[5, 5, 5] = 1000.0                                             # one voxel changed
+    predictor.prepare_context(context_of(edited, [BOX]))
+    assert len(prepared) == count + 2

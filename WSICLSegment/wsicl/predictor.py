@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import os
 import warnings
+from collections import OrderedDict
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -28,6 +29,11 @@ from .network import EncodedTarget, WSICLNet
 from .prompts import render_boxes, render_points
 
 ProgressCallback = Callable[[float, str], None]
+ModelInputs = Tuple[np.ndarray, np.ndarray]
+"""A context image and its prompt channel on the model grid, ``[S, S, S]`` each."""
+CONTEXT_CACHE_BYTES = 256 * 1024 * 1024
+"""Model inputs of recent context entries a predictor remembers, in bytes (an entry holds
+about 3 MB at 64^3 and 24 MB at 128^3, whole view and crop)."""
 CancelCheck = Callable[[], bool]
 
 
@@ -106,6 +112,8 @@ class Predictor:
         self.precision = resolve_precision(self.device, precision)
         self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
         self._encoded: Tuple[bytes, Optional[EncodedTarget]] = (b"", None)
+        self._context_cache: "OrderedDict[bytes, Tuple[ModelInputs, Optional[ModelInputs]]]" = \
+            OrderedDict()
         self.kinds = list(self.metadata.prompt_kinds) if prompt_kinds is None else \
             check_kinds(prompt_kinds, "prompt_kinds")
 
@@ -119,20 +127,42 @@ class Predictor:
         """Resamples every context image and renders its prompts on the model grid (and,
         when refining, once more on a crop around its prompts)."""
         self.require_kinds(context_set.kinds(), context_set.name)
-        whole: List[Tuple[np.ndarray, np.ndarray]] = []   # (image, prompt channel) each
-        cropped: List[Tuple[np.ndarray, np.ndarray]] = []
+        whole: List[ModelInputs] = []
+        cropped: List[ModelInputs] = []
         for entry in context_set.entries:
             _check_cancel(cancel)
-            prepared = self._prepare(entry.image, entry.name)
-            whole.append((prepared.array, self._prompt_channel(entry, prepared)))
+            entry_whole, entry_crop = self._prepared_entry(entry)
+            whole.append(entry_whole)
             if self.refine:
-                crop = self._prepare(entry.image, entry.name,
-                                     self._prompt_region(entry, prepared.oriented))
-                cropped.append((crop.array, self._prompt_channel(entry, crop)))
+                cropped.append(entry_crop)
         result = PreparedContext.of(*zip(*whole), context_set.name)
         result.crops = PreparedContext.of(*zip(*cropped), context_set.name) \
             if self.refine else None
         return result
+
+    def _prepared_entry(self, entry: ContextEntry
+                        ) -> Tuple[ModelInputs, Optional[ModelInputs]]:
+        """One context image and its prompt channel on the model grid, whole view and (when
+        refining) crop; recent entries are remembered (:data:`CONTEXT_CACHE_BYTES`), keyed
+        by the image's voxels and geometry, the prompts and the mask, so a context set
+        used again (another run, another target list) is not resampled again."""
+        key = _entry_key(entry)
+        if key in self._context_cache:
+            self._context_cache.move_to_end(key)
+            return self._context_cache[key]
+        prepared = self._prepare(entry.image, entry.name)
+        whole = (prepared.array, self._prompt_channel(entry, prepared))
+        crop = None
+        if self.refine:
+            cropped = self._prepare(entry.image, entry.name,
+                                    self._prompt_region(entry, prepared.oriented))
+            crop = (cropped.array, self._prompt_channel(entry, cropped))
+        self._context_cache[key] = (whole, crop)
+        while len(self._context_cache) > 1 and sum(
+                array.nbytes for inputs in self._context_cache.values()
+                for pair in inputs if pair is not None for array in pair) > CONTEXT_CACHE_BYTES:
+            self._context_cache.popitem(last=False)
+        return whole, crop
 
     def _prepare(self, image: sitk.Image, name: str, region: Optional[Region] = None
                  ) -> PreparedImage:
@@ -313,6 +343,21 @@ class Predictor:
         if self.metadata.output == "logit":
             output = torch.sigmoid(output)
         return output.cpu().numpy()
+
+
+def _entry_key(entry: ContextEntry) -> bytes:
+    """A digest of everything that decides an entry's model inputs: the image's (and the
+    mask's) voxels, type and geometry, and the prompts (its name only labels messages)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for image in (entry.image, entry.mask):
+        if image is None:
+            digest.update(b"none")
+            continue
+        digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(),
+                            image.GetDirection(), image.GetPixelIDValue())).encode())
+        digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
+    digest.update(repr((entry.boxes, entry.points)).encode())
+    return digest.digest()
 
 
 def _on_target(output: np.ndarray, prepared: PreparedImage, target: sitk.Image
