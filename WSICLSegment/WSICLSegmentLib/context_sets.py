@@ -25,7 +25,8 @@ from wsicl.imageio import write_atomic
 
 from .prompts import points_to_prompts, roi_to_box
 from .segments import oriented_labelmap, result_node, segment_array, structure_segment_id
-from .volumes import ijk_to_world_ras, image_ijk_to_ras, image_to_volume, volume_to_image
+from .volumes import (ijk_to_world_ras, image_ijk_to_ras, image_to_volume, on_volume_grid,
+                      volume_to_image)
 
 SET_ATTRIBUTE = "WSICL.ContextSet"
 VOLUME_ROLE = "wsiclContextVolume"
@@ -215,7 +216,7 @@ def point_list(scene, set_node, volume_node):
 def remove_last_prompt(scene, set_node, volume_node) -> bool:
     """Deletes the newest prompt of ``volume_node`` in the set (the last point, else the
     last box, else the mask); False when it had none."""
-    [entry] = [e for e in context_volumes(set_node) if e.volume is volume_node] or [None]
+    entry = next((e for e in context_volumes(set_node) if e.volume is volume_node), None)
     if entry is None:
         return False
     if entry.point_list is not None and entry.point_list.GetNumberOfControlPoints():
@@ -275,10 +276,8 @@ def engine_mask(entry: ContextVolume) -> Optional[sitk.Image]:
     segmentation = entry.mask.GetSegmentation()
     if segmentation.GetNumberOfSegments() == 0:
         return None
-    array = segment_array(entry.mask, segmentation.GetNthSegmentID(0), entry.volume)
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(volume_to_image(entry.volume))
-    return image
+    return on_volume_grid(segment_array(entry.mask, segmentation.GetNthSegmentID(0),
+                                        entry.volume), entry.volume)
 
 
 def to_engine(set_node) -> wsicl.ContextSet:
@@ -319,8 +318,8 @@ def add_segment(scene, set_node, volume_node, segmentation_node, segment_id: str
         raise ValueError("no segment selected; pick a segmentation and one of its segments")
     if volume_node is None:
         raise ValueError("no volume selected; pick the volume the segment was drawn on")
-    mask = sitk.GetImageFromArray(segment_array(segmentation_node, segment_id, volume_node))
-    mask.CopyInformation(volume_to_image(volume_node))
+    mask = on_volume_grid(segment_array(segmentation_node, segment_id, volume_node),
+                          volume_node)
     kind = prompt_kind(set_node)
     if kind == "mask":
         add_context_volume(set_node, volume_node)

@@ -39,10 +39,17 @@ def volume_to_image(volume_node) -> sitk.Image:
     if volume_node.GetImageData().GetNumberOfScalarComponents() != 1:
         raise ValueError(f"volume '{volume_node.GetName()}' has several components per voxel "
                          "(colour or vector); convert it to a scalar volume first")
+    return on_volume_grid(slicer.util.arrayFromVolume(volume_node).astype(np.float32),
+                          volume_node)
+
+
+def on_volume_grid(array, volume_node) -> sitk.Image:
+    """A SimpleITK image holding ``array`` ((k, j, i) order, the volume's shape) on the
+    volume node's grid in world LPS geometry (no voxels of the volume are copied)."""
     ijk_to_ras = ijk_to_world_ras(volume_node)
     axes = LPS_FROM_RAS @ ijk_to_ras[:3, :3]
     spacing = np.linalg.norm(axes, axis=0)
-    image = sitk.GetImageFromArray(slicer.util.arrayFromVolume(volume_node).astype(np.float32))
+    image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing.tolist())
     image.SetDirection((axes / spacing).ravel().tolist())
     image.SetOrigin((LPS_FROM_RAS @ ijk_to_ras[:3, 3]).tolist())

@@ -45,7 +45,7 @@ def crop_region(low: Sequence[float], high: Sequence[float], spacing: Sequence[f
     side_mm = max(float(min_side_mm), float(margin) * float(extent_mm.max()))
     centre = (low + high) / 2 + np.asarray(shift, dtype=float) * side_mm / spacing
     half = side_mm / 2 / spacing
-    bound_low, bound_high = np.full(3, -0.5), np.asarray(shape, dtype=float) - 0.5
+    bound_low, bound_high = whole_region(shape)
     crop_low = np.clip(centre - half, bound_low, bound_high)
     crop_high = np.clip(centre + half, bound_low, bound_high)
     # A crop pushed against a face keeps its size by extending to the other side.

@@ -241,6 +241,17 @@ def voxel_box_faces(low: Sequence[float], high: Sequence[float]) -> Tuple[np.nda
     return low - margin, high + margin
 
 
+def nonzero_faces(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The continuous-index extent (i, j, k) of the non-zero voxels of a ``(k, j, i)``
+    array, to their outer faces (voxel ``n`` covers ``[n - 0.5, n + 0.5]``); the array
+    must have a non-zero voxel."""
+    present = [np.flatnonzero(array.any(axis=tuple(a for a in range(3) if a != axis)))
+               for axis in range(3)]
+    low = np.array([p[0] for p in present], dtype=float)[::-1] - 0.5
+    high = np.array([p[-1] for p in present], dtype=float)[::-1] + 0.5
+    return low, high
+
+
 def to_lps(points: np.ndarray, space: str, source: Grid) -> np.ndarray:
     """``[N, 3]`` coordinates in ``space`` (``voxel`` indices of ``source``, ``LPS`` or
     ``RAS`` mm) to LPS millimetres."""

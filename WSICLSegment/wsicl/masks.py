@@ -13,7 +13,7 @@ from typing import Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Grid, box_corners
+from .geometry import Grid, box_corners, nonzero_faces
 
 Label = Union[int, str, None]
 
@@ -126,5 +126,5 @@ def context_mask(labels: sitk.Image, image: sitk.Image, label: Label = None,
 
 def mask_corners(mask: sitk.Image) -> np.ndarray:
     """``[8, 3]`` LPS corners of the box around the mask's voxels (their outer faces)."""
-    present = np.argwhere(sitk.GetArrayViewFromImage(mask))[:, ::-1]   # (i, j, k)
-    return Grid.of(mask).index_to_lps(box_corners(present.min(0) - 0.5, present.max(0) + 0.5))
+    return Grid.of(mask).index_to_lps(box_corners(*nonzero_faces(
+        sitk.GetArrayViewFromImage(mask))))

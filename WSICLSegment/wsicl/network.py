@@ -312,7 +312,7 @@ class WSICLNet(nn.Module):
         self._check_inputs(target, context_in, context_out, mini_context)
         device = target.device
         target_features, bottleneck = encoded if encoded is not None else \
-            self.target_encoder(target)
+            self.encode_target(target)
         total = context_in.shape[1]
         starts = list(range(0, total, mini_context))
         means: FeatureList = []

@@ -22,8 +22,8 @@ from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region,
 from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
                      resolve_precision)
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
-                       canonical_grid, mask_to_model, point_to_model, prepare, threshold,
-                       to_lps, to_source_grid)
+                       canonical_grid, mask_to_model, nonzero_faces, point_to_model, prepare,
+                       threshold, to_lps, to_source_grid)
 from .masks import mask_corners
 from .network import EncodedTarget, WSICLNet
 from .prompts import render_boxes, render_points
@@ -183,12 +183,8 @@ class Predictor:
     def _mask_region(self, mask: np.ndarray, prepared: PreparedImage) -> Region:
         """The crop around a model-grid mask's bounding box, in index coordinates of the
         reoriented image."""
-        present = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-                   for axis in range(3)]
-        low = np.array([p[0] - 0.5 for p in present])[::-1]     # array order -> (i, j, k)
-        high = np.array([p[-1] + 0.5 for p in present])[::-1]
         index = prepared.oriented.lps_to_index(prepared.grid.index_to_lps(
-            box_corners(low, high)))
+            box_corners(*nonzero_faces(mask))))
         return crop_region(index.min(0), index.max(0), prepared.oriented.spacing,
                            prepared.oriented.size, CROP_MARGIN, MIN_SIDE_MM)
 
@@ -309,7 +305,7 @@ class Predictor:
         """The target's encoder features, reused while the model-grid target is the same
         (further context sets on one volume, prompt updates at an unchanged crop); the last
         target's features stay in memory (on the device) until another target comes."""
-        key = hashlib.blake2b(target.tobytes(), digest_size=16).digest()
+        key = hashlib.blake2b(np.ascontiguousarray(target).data, digest_size=16).digest()
         if self._encoded[0] != key:
             self._encoded = (b"", None)        # free the old features before computing
             self._encoded = (key, self.network.encode_target(target_tensor))
@@ -377,12 +373,12 @@ def _grown(region: Region, mask: np.ndarray, oriented: Grid) -> Optional[Region]
     that ``mask`` (model-grid array order) touches, where that face is not the image's;
     ``None`` when the mask touches no such face."""
     low, high = region
-    bound_low, bound_high = -0.5, np.asarray(oriented.size, dtype=float) - 0.5
+    bound_low, bound_high = whole_region(oriented.size)
     shift = np.zeros(3)
     for array_axis in range(3):
         axis = 2 - array_axis                      # array order (k, j, i) -> index (i, j, k)
         first, last = np.take(mask, 0, array_axis), np.take(mask, -1, array_axis)
-        if first.any() and low[axis] > bound_low + 1e-6:
+        if first.any() and low[axis] > bound_low[axis] + 1e-6:
             shift[axis] -= 0.25 * (high[axis] - low[axis])
         if last.any() and high[axis] < bound_high[axis] - 1e-6:
             shift[axis] += 0.25 * (high[axis] - low[axis])
