@@ -133,6 +133,11 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
                         help="segment each context image from its own prompts")
     parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--server", metavar="URL",
+                        help="run the network on a `wsicl serve` server (http://HOST:PORT); "
+                             "its device, precision and mini-context apply")
+    parser.add_argument("--token-file", type=Path, metavar="PATH",
+                        help="file holding the server's bearer token")
     add_runtime_options(parser)
     parser.set_defaults(handler=run_segment)
 
@@ -162,7 +167,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ValueError(f"{existing[0]}: exists ({len(existing)} output(s) in all); pass "
                          "--overwrite to replace")
     check_writable_folder(args.output_dir)  # before the model loads, not after the work
-    predictor = make_predictor(args)
+    predictor = make_predictor(args) if not args.server else remote_predictor(args)
     context = None if args.interactive else predictor.prepare_context(context_set)
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +278,61 @@ def make_predictor(args: argparse.Namespace):
                      prompt_kinds=args.context_kind)
 
 
+def remote_predictor(args: argparse.Namespace):
+    from .remote import RemotePredictor, read_token
+    token = read_token(args.token_file) if args.token_file else None
+    return RemotePredictor(args.server, token, args.model, refine=args.refine,
+                           prompt_kinds=args.context_kind)
+
+
+def add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve the network over HTTP (for Slicer and `segment --server`)",
+        description="Keep models loaded and segment for clients over HTTP (needs "
+                    "`pip install wsicl[server]`). Listens on loopback unless --host says "
+                    "otherwise; any other address needs --token-file. See the README for an "
+                    "SSH tunnel.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port")
+    parser.add_argument("--token-file", type=Path, metavar="PATH",
+                        help="file holding the bearer token clients must send")
+    parser.add_argument("--model", nargs="+", default=["box"], metavar="MODEL",
+                        help="box, point or weights files; clients name them by the given "
+                             "name or the file's stem")
+    parser.add_argument("--max-upload-mb", type=positive_int, default=1024)
+    parser.add_argument("--queue", type=positive_int, default=8,
+                        help="jobs that may wait; more are refused with 503 and Retry-After")
+    parser.add_argument("--cache-mb", type=positive_int, default=4096,
+                        help="memory for uploaded volumes (least recently used go first)")
+    parser.add_argument("--volume-ttl", type=positive_int, default=3600,
+                        help="seconds an unused volume is kept")
+    add_runtime_options(parser)
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+    except ImportError as error:
+        raise ValueError(f"the server needs extra packages ({error.name} is missing); "
+                         "install them with: pip install 'wsicl[server]'") from None
+    from .predictor import Predictor
+    from .remote import read_token
+    from .service import Service
+    token = read_token(args.token_file) if args.token_file else None
+    names = [model if model in ("box", "point") else Path(model).name.split(".")[0]
+             for model in args.model]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models {args.model} share a name; give files with distinct names")
+    predictors = {name: Predictor(model, args.device, args.mini_context, args.precision,
+                                  args.refine, args.context_kind)
+                  for name, model in zip(names, args.model)}
+    service = Service(predictors, args.queue, args.cache_mb * 2 ** 20, args.volume_ttl)
+    serve(service, args.host, args.port, token, args.max_upload_mb * 2 ** 20,
+          say=lambda line: print(line, flush=True))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from .files import write_text
     from .training.evaluate import evaluate, format_table, load_subjects, plot
@@ -309,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment(subparsers)
     add_train(subparsers)
     add_evaluate(subparsers)
+    add_serve(subparsers)
     return parser
 
 

@@ -42,7 +42,7 @@ class ContextFileError(ValueError):
     """A context-set or markups file that does not follow the schema."""
 
 
-def _coordinates(value: Any, where: str) -> Tuple[float, float, float]:
+def read_coordinates(value: Any, where: str) -> Tuple[float, float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
             for v in value):
@@ -93,21 +93,21 @@ def read_markups(path: Path) -> (List[Box], List[Point]):
         if space not in ("LPS", "RAS"):
             raise ContextFileError(f"{where}: coordinateSystem {space!r} is not LPS or RAS")
         if markup.get("type") == "ROI":
-            centre = np.array(_coordinates(markup.get("center"), f"{where}.center"))
-            size = np.array(_coordinates(markup.get("size"), f"{where}.size"))
+            centre = np.array(read_coordinates(markup.get("center"), f"{where}.center"))
+            size = np.array(read_coordinates(markup.get("size"), f"{where}.size"))
             axes = np.array(markup.get("orientation", np.eye(3).ravel()), dtype=float)
             half = np.abs(axes.reshape(3, 3)) @ (size / 2)
             boxes.append(Box(tuple(centre - half), tuple(centre + half), space))
         for point_index, control in enumerate(markup.get("controlPoints", [])):
             if markup.get("type") == "ROI":
                 continue
-            points.append(Point(_coordinates(control.get("position"),
+            points.append(Point(read_coordinates(control.get("position"),
                                              f"{where}.controlPoints[{point_index}].position"),
                                 space))
     return boxes, points
 
 
-def _check_object(value: Any, allowed: set, where: str) -> None:
+def check_object(value: Any, allowed: set, where: str) -> None:
     """``value`` must be a JSON object whose keys are all in ``allowed``."""
     if not isinstance(value, dict):
         raise ContextFileError(f"{where}: expected an object, got {type(value).__name__}")
@@ -119,7 +119,7 @@ def _check_object(value: Any, allowed: set, where: str) -> None:
 
 def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
     where = f"context[{index}]"
-    _check_object(raw, ENTRY_KEYS, where)
+    check_object(raw, ENTRY_KEYS, where)
     if "image" not in raw:
         raise ContextFileError(f"{where}: missing 'image'")
     image_path = folder / str(raw["image"])
@@ -133,14 +133,14 @@ def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
         if not isinstance(box, dict) or set(box) != BOX_KEYS:
             raise ContextFileError(f"{box_where}: expected {{\"min\": [x, y, z], \"max\": "
                                    f"[x, y, z]}}, got {box!r}")
-        low, high = _coordinates(box["min"], f"{box_where}.min"), _coordinates(
+        low, high = read_coordinates(box["min"], f"{box_where}.min"), read_coordinates(
             box["max"], f"{box_where}.max")
         try:
             boxes.append(Box(low, high, space))
         except ValueError as error:
             raise ContextFileError(f"{box_where}: {error}") from None
     for point_index, point in enumerate(raw.get("points", [])):
-        points.append(Point(_coordinates(point, f"{where}.points[{point_index}]"), space))
+        points.append(Point(read_coordinates(point, f"{where}.points[{point_index}]"), space))
     if "markups" in raw:
         markup_boxes, markup_points = read_markups(folder / str(raw["markups"]))
         boxes += markup_boxes
@@ -171,7 +171,7 @@ def read_context_file(path: Union[str, Path]) -> ContextSet:
     """Parses and validates a context-set JSON file; images are read, prompts checked."""
     path = Path(path)
     document = read_json_object(path, "context-set file")
-    _check_object(document, TOP_KEYS, str(path))
+    check_object(document, TOP_KEYS, str(path))
     space = document.get("coordinates", "voxel")
     if space not in SPACES:
         raise ContextFileError(f"{path}: coordinates {space!r} is not one of {list(SPACES)}")

@@ -16,6 +16,7 @@ normalised to [0, 1]. The raw network output is mapped back onto the original gr
 linear interpolation and thresholded afterwards.
 """
 import dataclasses
+import hashlib
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -31,6 +32,16 @@ CANONICAL_ORIENTATION = "LPS"
 SPACES = ("voxel", "LPS", "RAS")
 LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
 """Multiplying LPS coordinates by this gives RAS, and RAS by it gives LPS."""
+
+
+def image_digest(image: sitk.Image) -> bytes:
+    """A 20-byte digest of an image's voxels, pixel type and geometry (equal digests: the
+    same image for every purpose here)."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(),
+                        image.GetDirection(), image.GetPixelIDValue())).encode())
+    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
+    return digest.digest()
 
 
 class ImageError(ValueError):

@@ -22,8 +22,8 @@ from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region,
 from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
                      resolve_precision)
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
-                       canonical_grid, mask_to_model, nonzero_faces, point_to_model, prepare,
-                       threshold, to_lps, to_source_grid)
+                       canonical_grid, image_digest, mask_to_model, nonzero_faces,
+                       point_to_model, prepare, threshold, to_lps, to_source_grid)
 from .masks import mask_corners
 from .network import EncodedTarget, WSICLNet
 from .prompts import render_boxes, render_points
@@ -146,7 +146,7 @@ class Predictor:
         refining) crop; recent entries are remembered (:data:`CONTEXT_CACHE_BYTES`), keyed
         by the image's voxels and geometry, the prompts and the mask, so a context set
         used again (another run, another target list) is not resampled again."""
-        key = _entry_key(entry)
+        key = _entry_key(entry) + bytes([self.refine])   # refining adds the crop
         if key in self._context_cache:
             self._context_cache.move_to_end(key)
             return self._context_cache[key]
@@ -346,12 +346,7 @@ def _entry_key(entry: ContextEntry) -> bytes:
     mask's) voxels, type and geometry, and the prompts (its name only labels messages)."""
     digest = hashlib.blake2b(digest_size=20)
     for image in (entry.image, entry.mask):
-        if image is None:
-            digest.update(b"none")
-            continue
-        digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(),
-                            image.GetDirection(), image.GetPixelIDValue())).encode())
-        digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
+        digest.update(b"none" if image is None else image_digest(image))
     digest.update(repr((entry.boxes, entry.points)).encode())
     return digest.digest()
 

@@ -1,0 +1,427 @@
+"""`wsicl serve` and its clients, on loopback only: the same masks as a local run, the
+token, limits, malformed input, a full queue, cancel, a server killed or restarted.
+
+Servers run as real `wsicl serve` processes on a free port, or (for the queue and cancel
+cases, which need a job that waits on the test) in a thread of this process. Every wait
+is bounded in time.
+"""
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from conftest import make_image, rotation_direction, sphere_volume  # noqa: E402
+from wsicl import Box, Cancelled, ContextSet, Predictor  # noqa: E402
+from wsicl.checkpoints import ModelInfo, build_model, save_model  # noqa: E402
+from wsicl.cli import main  # noqa: E402
+from wsicl.remote import RemoteError, RemotePredictor, check_server  # noqa: E402
+from wsicl.service import Service, VolumeStore  # noqa: E402
+
+TOKEN = "test-token-7f3a9c1e5b"
+BOX = Box((12, 10, 12), (28, 26, 12))
+
+
+def blob(seed: int = 0, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    rng = np.random.default_rng(seed)
+    ball = sphere_volume((24, 36, 40), (12, 18, 20), 9.0, (0.9, 0.9, 1.5))
+    array = (ball * 100.0 + rng.normal(0, 5, ball.shape)).astype(np.float32)
+    return make_image(array, (0.9, 0.9, 1.5), (-10.0, 20.0, 5.0), direction)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny random network whose output bias puts about half of the blob in the mask, so
+    that comparing masks can fail."""
+    torch.manual_seed(0)
+    network = build_model(ModelInfo(channels=[4, 8, 16], input_size=32, prompt_kinds=["box"],
+                                    source="tiny served network"))
+    image = blob()
+    context = ContextSet(name="blob").add(image, [BOX])
+    output = sitk.GetArrayFromImage(Predictor(network, "cpu", precision="fp32", refine=False)
+                                    .segment(image, context).probability)
+    with torch.no_grad():
+        network.target_decoder.output_block.block[1].bias += 0.5 - float(np.median(output))
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(network, path, network.metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+class ServerProcess:
+    """`wsicl serve` in a child process; ``url`` once it said it listens (60 s at most)."""
+
+    def __init__(self, *arguments: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wsicl.cli", "serve", "--device", "cpu",
+             "--precision", "fp32", *arguments],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout],
+                         daemon=True).start()
+        self.output = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.output.append(line)
+            if line.startswith("listening on "):
+                self.url = line.split()[-1]
+                return
+        self.stop()
+        raise AssertionError(f"server did not start: {''.join(self.output)}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(model_file, token_file):
+    running = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                            str(token_file), "--queue", "4")
+    yield running
+    running.stop()
+
+
+def local(model_file) -> Predictor:
+    return Predictor(str(model_file), "cpu", precision="fp32")
+
+
+def same(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize() and a.GetOrigin() == b.GetOrigin()
+    assert a.GetSpacing() == b.GetSpacing() and a.GetDirection() == b.GetDirection()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+
+
+def test_remote_masks_equal_local_ones_in_context_interactive_and_several_targets(
+        server, model_file):
+    remote = RemotePredictor(server.url, TOKEN, "tiny", timeout=120)
+    near = local(model_file)
+    context = ContextSet(name="blob").add(blob(0), [BOX])
+    targets = [blob(1), blob(2, rotation_direction(30.0))]
+    remote_masks = [s.mask for _, s in remote.segment_many(targets, context)]
+    for target, mask in zip(targets, remote_masks):
+        expected = near.segment(target, context).mask
+        same(mask, expected)
+        assert 0 < sitk.GetArrayViewFromImage(expected).sum() < expected.GetNumberOfPixels()
+    same(remote.segment_interactive(targets[0], [BOX]).mask,
+         near.segment_interactive(targets[0], [BOX]).mask)
+    # an update sends only prompts: the image is uploaded once per server
+    uploads = len(remote._ids)
+    remote.segment_interactive(targets[0], [Box((14, 10, 12), (28, 26, 12))])
+    assert len(remote._ids) == uploads
+
+
+def test_cli_segment_with_server_writes_what_a_local_run_writes(server, model_file,
+                                                                 token_file, tmp_path):
+    sitk.WriteImage(blob(0), str(tmp_path / "context.nii.gz"))
+    sitk.WriteImage(blob(3), str(tmp_path / "target.nii.gz"))
+    (tmp_path / "set.json").write_text(json.dumps({"name": "blob", "context": [
+        {"image": "context.nii.gz", "boxes": [{"min": list(BOX.min), "max": list(BOX.max)}]}]}))
+    common = ["segment", str(tmp_path / "target.nii.gz"), "--context-set",
+              str(tmp_path / "set.json"), "--quiet"]
+    assert main(common + ["--output-dir", str(tmp_path / "local"), "--model", str(model_file),
+                          "--device", "cpu", "--precision", "fp32"]) == 0
+    assert main(common + ["--output-dir", str(tmp_path / "remote"), "--model", "tiny",
+                          "--server", server.url, "--token-file", str(token_file)]) == 0
+    same(sitk.ReadImage(str(tmp_path / "remote" / "target.nii.gz")),
+         sitk.ReadImage(str(tmp_path / "local" / "target.nii.gz")))
+
+
+def raw(url: str, method: str = "GET", body: bytes = None, token: str = TOKEN,
+        content_type: str = "application/json"):
+    """``(status, headers, JSON or bytes)`` of one request (10 s at most)."""
+    request = urllib.request.Request(url, body, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, headers, payload = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, payload = error.code, error.headers, error.read()
+    try:
+        return status, headers, json.loads(payload)
+    except ValueError:
+        return status, headers, payload
+
+
+def test_token_is_required_except_for_health(server):
+    assert raw(server.url + "/v1/health", token="")[0] == 200
+    for token in ("", "wrong-token"):
+        status, headers, answer = raw(server.url + "/v1/info", token=token)
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        assert raw(server.url + "/openapi.json", token=token)[0] == 401
+        with pytest.raises(RemoteError, match="refused the token"):
+            RemotePredictor(server.url, token or None, "tiny")
+    status, _, schema = raw(server.url + "/openapi.json")
+    assert status == 200 and "/v1/jobs/{job_id}/mask" in schema["paths"]
+    assert "tiny" in check_server(server.url, TOKEN)
+
+
+def test_malformed_volumes_and_unknown_ids_are_refused_with_reasons(server, tmp_path):
+    url = server.url + "/v1/volumes?format="
+    status, _, answer = raw(url + "mha", "POST", b"not an image at all", content_type="x/y")
+    assert status == 422 and "uploaded volume" in answer["detail"]
+    assert "/tmp" not in answer["detail"] and "Traceback" not in answer["detail"]
+    assert raw(url + "exe", "POST", b"MZ")[0] == 422
+    assert raw(url + "mha", "POST", b"")[0] == 422
+    sitk.WriteImage(blob(0), str(tmp_path / "whole.mha"))
+    whole = (tmp_path / "whole.mha").read_bytes()
+    status, _, answer = raw(url + "mha", "POST", whole[:len(whole) // 2])
+    assert status == 422 and "uploaded volume" in answer["detail"]
+    flat = sitk.Image(8, 8, sitk.sitkFloat32)
+    sitk.WriteImage(flat, str(tmp_path / "flat.mha"))
+    status, _, answer = raw(url + "mha", "POST", (tmp_path / "flat.mha").read_bytes())
+    assert status == 422 and "2D" in answer["detail"]
+    status, _, answer = raw(url + "mha", "POST", whole)
+    assert status == 201
+    job = {"model": "tiny", "mode": "interactive", "target": "no-such-id",
+           "boxes": [{"min": [1, 1, 1], "max": [5, 5, 1]}]}
+    status, _, answer = raw(server.url + "/v1/jobs", "POST", json.dumps(job).encode())
+    assert status == 404 and "upload the volume again" in answer["detail"]
+    status, _, answer = raw(server.url + "/v1/jobs", "POST", json.dumps(
+        {**job, "model": "nope"}).encode())
+    assert status == 404 and "tiny" in answer["detail"]
+    status, _, answer = raw(server.url + "/v1/jobs", "POST", b"{not json")
+    assert status == 422
+    assert raw(server.url + "/v1/jobs/unknown/mask")[0] == 404
+
+
+def test_four_concurrent_clients_get_their_own_answers(server, model_file):
+    near = local(model_file)
+    context = ContextSet(name="blob").add(blob(0), [BOX])
+    targets = [blob(10 + i) for i in range(4)]
+    results, errors = [None] * 4, []
+
+    def client(index: int) -> None:
+        try:
+            remote = RemotePredictor(server.url, TOKEN, "tiny", timeout=120)
+            results[index] = remote.segment(targets[index], context).mask
+        except Exception as error:              # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert not errors
+    for target, mask in zip(targets, results):
+        same(mask, near.segment(target, context).mask)
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(model_file, token_file):
+    small = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                          str(token_file), "--max-upload-mb", "1")
+    try:
+        big = make_image(np.random.default_rng(0).normal(size=(64, 80, 80)).astype(np.float32))
+        remote = RemotePredictor(small.url, TOKEN, "tiny")
+        with pytest.raises(ValueError, match="larger than the server accepts"):
+            remote.segment_interactive(big, [BOX])
+        status, _, answer = raw(small.url + "/v1/volumes?format=mha", "POST",
+                                b"x" * (2 * 2 ** 20))
+        assert status == 413
+    finally:
+        small.stop()
+
+
+def test_killed_and_restarted_servers(model_file, token_file, tmp_path):
+    first = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                          str(token_file))
+    port = first.url.rsplit(":", 1)[1]
+    remote = RemotePredictor(first.url, TOKEN, "tiny", timeout=60)
+    context = ContextSet(name="blob").add(blob(0), [BOX])
+    before = remote.segment(blob(1), context).mask
+    # killed while a request waits on it: the client fails with one clear error
+    outcome: "queue.Queue[object]" = queue.Queue()
+    os.kill(first.process.pid, signal.SIGSTOP)
+    worker = threading.Thread(target=lambda: outcome.put(_outcome(
+        lambda: remote.segment(blob(2), context))), daemon=True)
+    worker.start()
+    time.sleep(0.5)
+    first.stop()
+    worker.join(60)
+    error = outcome.get(timeout=1)
+    assert isinstance(error, RemoteError), error
+    assert "broke" in str(error) or "cannot reach" in str(error), error
+    with pytest.raises(RemoteError, match="cannot reach the WSICL server"):
+        remote.segment(blob(1), context)
+    # the CLI says so in one line and writes nothing
+    sitk.WriteImage(blob(3), str(tmp_path / "target.nii.gz"))
+    sitk.WriteImage(blob(0), str(tmp_path / "context.nii.gz"))
+    (tmp_path / "set.json").write_text(json.dumps({"context": [
+        {"image": "context.nii.gz", "boxes": [{"min": list(BOX.min), "max": list(BOX.max)}]}]}))
+    result = subprocess.run(
+        [sys.executable, "-m", "wsicl.cli", "segment", str(tmp_path / "target.nii.gz"),
+         "--context-set", str(tmp_path / "set.json"), "--output-dir", str(tmp_path / "out"),
+         "--model", "tiny", "--server", first.url, "--quiet"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "cannot reach" in result.stderr
+    assert not (tmp_path / "out" / "target.nii.gz").exists()
+    # restarted on the same port: the same client carries on (uploading again)
+    second = ServerProcess("--port", port, "--model", str(model_file), "--token-file",
+                           str(token_file))
+    try:
+        same(remote.segment(blob(1), context).mask, before)
+    finally:
+        second.stop()
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as error:
+        return error
+
+
+def test_a_connection_dropped_mid_request_fails_cleanly():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def drop_one() -> None:
+        listener.settimeout(20)
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.close()
+
+    threading.Thread(target=drop_one, daemon=True).start()
+    with pytest.raises(RemoteError, match="connection to the server .* broke"):
+        RemotePredictor(f"http://127.0.0.1:{listener.getsockname()[1]}", TOKEN, "tiny")
+    listener.close()
+
+
+class InProcessServer:
+    """The HTTP app around ``service`` on a free loopback port, in a thread."""
+
+    def __init__(self, service: Service, token: str = TOKEN,
+                 max_upload_bytes: int = 2 ** 30, folder: Path = None) -> None:
+        import uvicorn
+        from wsicl.server import create_app, listening_socket
+        self.socket = listening_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        app = create_app(service, token, max_upload_bytes, folder)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.service = service
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+        self.service.close()
+        self.socket.close()
+
+
+class Gated(Predictor):
+    """A predictor whose in-context runs wait until the test opens ``gate``."""
+
+    gate = threading.Event()
+
+    def segment(self, *arguments, **keywords):
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().segment(*arguments, **keywords)
+
+
+@pytest.fixture
+def gated(model_file, tmp_path):
+    Gated.gate = threading.Event()
+    running = InProcessServer(Service({"tiny": Gated(str(model_file), "cpu",
+                                                     precision="fp32")}, queue_size=2),
+                              folder=tmp_path)
+    yield running
+    Gated.gate.set()
+    running.stop()
+
+
+def test_a_burst_beyond_the_queue_is_refused_with_retry_after_and_nothing_is_lost(gated):
+    remote = RemotePredictor(gated.url, TOKEN, "tiny")
+    context = ContextSet(name="blob").add(blob(0), [BOX])
+    image_id = remote._volume(blob(0))
+    job = {"model": "tiny", "target": image_id, "context": {"entries": [
+        {"image": image_id, "boxes": [{"min": list(BOX.min), "max": list(BOX.max)}]}]}}
+    accepted, refused = [], []
+    for _ in range(8):
+        status, headers, answer = raw(gated.url + "/v1/jobs", "POST", json.dumps(job).encode())
+        if status == 202:
+            accepted.append(answer["id"])
+        else:
+            assert status == 503 and int(headers["Retry-After"]) >= 1
+            refused.append(answer["detail"])
+    assert 2 <= len(accepted) <= 3 and len(refused) == 8 - len(accepted)   # 1 running + 2
+    Gated.gate.set()
+    for job_id in accepted:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, _, state = raw(gated.url + f"/v1/jobs/{job_id}?wait=1")
+            if state["state"] == "done":
+                break
+        assert state["state"] == "done"
+    expected = Predictor(gated.service.predictors["tiny"].network, "cpu",
+                         precision="fp32").segment(blob(0), context).mask
+    same(remote.segment(blob(0), context).mask, expected)
+
+
+def test_cancel_from_the_client_stops_the_server_job(gated):
+    remote = RemotePredictor(gated.url, TOKEN, "tiny")
+    context = ContextSet(name="blob").add(blob(0), [BOX])
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 3          # after the uploads and a first status request
+
+    with pytest.raises(Cancelled):
+        remote.segment(blob(1), context, cancel=cancel)
+    Gated.gate.set()
+    jobs = list(gated.service._jobs.values())
+    deadline = time.monotonic() + 30
+    while not jobs[-1].finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs[-1].state == "cancelled"
+
+
+def test_volume_store_forgets_idle_and_least_recently_used_volumes():
+    now = [0.0]
+    image = make_image(np.zeros((4, 4, 4), np.float32))          # 256 bytes
+    store = VolumeStore(max_bytes=600, ttl_seconds=10, clock=lambda: now[0])
+    first, second = store.add(image), store.add(image)
+    store.get(first)                                              # first is now the newest
+    third = store.add(image)
+    assert len(store) == 2 and store.get(first) and store.get(third)
+    with pytest.raises(Exception, match="unknown volume id"):
+        store.get(second)
+    now[0] = 11.0
+    with pytest.raises(Exception, match="unknown volume id"):
+        store.get(first)

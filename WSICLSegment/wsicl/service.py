@@ -1,0 +1,372 @@
+"""The inference service behind ``wsicl serve``, without HTTP: uploaded volumes in a bounded
+cache, jobs in a bounded queue, one worker thread that runs them serially on the device.
+
+Volumes are kept in memory (never written anywhere) under random ids, evicted least
+recently used beyond ``volume_bytes`` and after ``volume_ttl`` seconds unused. A job names
+its volumes by id; it holds the images it needs from submission on, so evicting a volume
+never breaks a queued job. A full queue refuses with :class:`Busy` (HTTP 503 with
+Retry-After) instead of waiting. Finished jobs are kept (the newest :data:`KEEP_FINISHED`)
+so a client may fetch a result again.
+
+A job request is JSON (see :func:`parse_job`)::
+
+    {"model": "box", "mode": "context" | "interactive", "target": VOLUME_ID,
+     "name": "case7.nii.gz",                       # names the target in messages
+     "context": {"name": "liver", "entries": [{"image": ID, "boxes": [...], "points": [...],
+                                               "mask": ID, "name": "..."}]},
+     "boxes": [...], "points": [...],              # interactive: prompts on the target
+     "refine": null | true | false, "prompt_kinds": null | ["box"]}
+
+with boxes and points as in :mod:`wsicl.wire`.
+"""
+import dataclasses
+import logging
+import math
+import queue
+import secrets
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import SimpleITK as sitk
+
+from . import __version__
+from .context import ContextEntry, ContextSet, check_kinds
+from .contextfile import check_object
+from .predictor import Cancelled, Predictor
+from .wire import boxes_from_json, mask_to_bytes, points_from_json
+
+KEEP_FINISHED = 64
+"""Finished jobs remembered (results fetched again after a dropped connection)."""
+LOG = logging.getLogger("wsicl.serve")
+
+
+class ServiceError(Exception):
+    """A request the service refuses: ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Busy(ServiceError):
+    """The queue is full; ``retry_after`` seconds is a fair wait before trying again."""
+
+    def __init__(self, retry_after: int, queue_size: int) -> None:
+        super().__init__(503, f"the server is busy ({queue_size} jobs waiting); try again in "
+                              f"{retry_after} s")
+        self.retry_after = retry_after
+
+
+def image_bytes(image: sitk.Image) -> int:
+    """Memory an image's voxels take, in bytes."""
+    return image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * \
+        image.GetSizeOfPixelComponent()
+
+
+class VolumeStore:
+    """Images by random id, bounded in bytes and in idle time (seconds of ``clock``)."""
+
+    def __init__(self, max_bytes: int, ttl_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes, self.ttl, self.clock = max_bytes, ttl_seconds, clock
+        self._images: "OrderedDict[str, Tuple[sitk.Image, float]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, image: sitk.Image) -> str:
+        """Stores ``image`` and returns its new id; a 413 if it alone exceeds the bound."""
+        if image_bytes(image) > self.max_bytes:
+            raise ServiceError(413, f"the volume takes {image_bytes(image) / 2 ** 20:.0f} MB in "
+                                    f"memory; the server keeps at most "
+                                    f"{self.max_bytes / 2 ** 20:.0f} MB (--cache-mb)")
+        volume_id = secrets.token_urlsafe(16)
+        with self._lock:
+            self._images[volume_id] = (image, self.clock())
+            self._evict()
+        return volume_id
+
+    def get(self, volume_id: Any) -> sitk.Image:
+        """The image stored as ``volume_id`` (its idle clock restarts); a 404 if unknown."""
+        with self._lock:
+            self._evict()
+            if not isinstance(volume_id, str) or volume_id not in self._images:
+                raise ServiceError(404, f"unknown volume id {str(volume_id)[:40]!r} (expired "
+                                        "or the server restarted); upload the volume again")
+            image, _ = self._images.pop(volume_id)
+            self._images[volume_id] = (image, self.clock())
+            return image
+
+    def _evict(self) -> None:
+        now = self.clock()
+        for key in [k for k, (_, used) in self._images.items() if now - used > self.ttl]:
+            del self._images[key]
+        while sum(image_bytes(image) for image, _ in self._images.values()) > self.max_bytes:
+            self._images.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
+@dataclasses.dataclass
+class Job:
+    """One segmentation request and its state (``queued``, ``running``, ``done``,
+    ``failed``, ``cancelled``)."""
+
+    id: str
+    model: str
+    target: sitk.Image
+    name: str
+    context: Optional[ContextSet]
+    interactive_entry: Optional[ContextEntry]
+    refine: Optional[bool]
+    prompt_kinds: Optional[List[str]]
+    state: str = "queued"
+    progress: float = 0.0
+    message: str = "waiting"
+    notes: List[str] = dataclasses.field(default_factory=list)
+    error: str = ""
+    error_kind: str = ""
+    result: Optional[Tuple[bytes, str]] = None
+    cancel_requested: bool = False
+    seconds: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def describe(self) -> Dict[str, Any]:
+        """The job's state as JSON."""
+        return {"id": self.id, "state": self.state, "progress": round(self.progress, 4),
+                "message": self.message, "notes": self.notes, "error": self.error,
+                "error_kind": self.error_kind, "seconds": round(self.seconds, 3)}
+
+
+class Service:
+    """Runs jobs for ``predictors`` (by model name; all on one device) one at a time.
+
+    Args:
+        predictors: the loaded models, by the name clients use.
+        queue_size: jobs that may wait; more are refused with :class:`Busy`.
+        volume_bytes, volume_ttl: bounds of the volume cache (bytes, seconds unused).
+    """
+
+    def __init__(self, predictors: Dict[str, Predictor], queue_size: int = 8,
+                 volume_bytes: int = 4 * 2 ** 30, volume_ttl: float = 3600.0) -> None:
+        if not predictors:
+            raise ValueError("the service needs at least one model")
+        self.predictors = predictors
+        self.volumes = VolumeStore(volume_bytes, volume_ttl)
+        self.queue_size = queue_size
+        self._queue: "queue.Queue[Optional[Job]]" = queue.Queue(maxsize=queue_size)
+        self._jobs: "OrderedDict[str, Job]" = OrderedDict()
+        self._changed = threading.Condition()
+        self._mean_seconds = 1.0
+        self._worker = threading.Thread(target=self._loop, name="wsicl-inference", daemon=True)
+        self._worker.start()
+
+    def info(self) -> Dict[str, Any]:
+        """Version, device, precision and models, as JSON."""
+        first = next(iter(self.predictors.values()))
+        device = first.device
+        label = str(device)
+        if device.type == "cuda":
+            import torch
+            label += f" ({torch.cuda.get_device_name(device)})"
+        return {"version": __version__, "device": label, "precision": first.precision,
+                "queue_size": self.queue_size,
+                "models": {name: {"prompt_kinds": p.kinds, "input_size": p.size,
+                                  "refine": p.refine, "source": p.metadata.source}
+                           for name, p in self.predictors.items()}}
+
+    def submit(self, request: Any) -> Job:
+        """Queues a job request (see the module docstring); ServiceError if it is malformed
+        (422), names an unknown model or volume (404), or the queue is full (503)."""
+        job = parse_job(request, self.predictors, self.volumes)
+        with self._changed:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise Busy(max(1, math.ceil(self._mean_seconds * self.queue_size)),
+                           self.queue_size) from None
+            self._jobs[job.id] = job
+            self._forget_old()
+        return job
+
+    def job(self, job_id: str) -> Job:
+        with self._changed:
+            if job_id not in self._jobs:
+                raise ServiceError(404, f"unknown job id {job_id[:40]!r} (finished long ago "
+                                        "or the server restarted)")
+            return self._jobs[job_id]
+
+    def wait(self, job_id: str, seconds: float, seen: Optional[Tuple[str, float]] = None
+             ) -> Job:
+        """The job once it has finished, or its state changed from ``seen`` (state,
+        progress), or after ``seconds``, whichever comes first."""
+        job = self.job(job_id)
+        deadline = time.monotonic() + max(0.0, seconds)
+        with self._changed:
+            while not job.finished and (seen is None or seen == (job.state, job.progress)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Asks a job to stop: a queued job will not run; a running one stops at its next
+        check (between mini-contexts)."""
+        job = self.job(job_id)
+        with self._changed:
+            if not job.finished:
+                job.cancel_requested = True
+                job.message = "cancelling"
+                self._changed.notify_all()
+        return job
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the worker after the running job (queued jobs are cancelled)."""
+        with self._changed:
+            for job in self._jobs.values():
+                job.cancel_requested = True
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._worker.join(timeout)
+
+    def _forget_old(self) -> None:
+        finished = [key for key, job in self._jobs.items() if job.finished]
+        for key in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+            del self._jobs[key]
+
+    def _update(self, job: Job, **fields: Any) -> None:
+        with self._changed:
+            for key, value in fields.items():
+                setattr(job, key, value)
+            self._changed.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancel_requested:
+                self._update(job, state="cancelled", message="cancelled before it ran")
+                continue
+            started = time.perf_counter()
+            self._update(job, state="running", message="starting")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    mask = self._run(job)
+                self._update(job, state="done", progress=1.0, message="done",
+                             result=mask_to_bytes(mask),
+                             notes=list(dict.fromkeys(str(w.message) for w in caught)))
+            except Cancelled:
+                self._update(job, state="cancelled", message="cancelled")
+            except ValueError as error:
+                self._update(job, state="failed", error=str(error), error_kind="input",
+                             message="failed")
+            except RuntimeError as error:       # out of memory, device errors
+                self._update(job, state="failed", error=str(error), error_kind="runtime",
+                             message="failed")
+            except Exception as error:          # a bug: logged here, one line to the client
+                LOG.exception("job %s failed", job.id)
+                self._update(job, state="failed", error_kind="internal", message="failed",
+                             error=f"internal server error ({type(error).__name__}); the "
+                                   "server's log has the details")
+            job.seconds = time.perf_counter() - started
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * job.seconds
+
+    def _run(self, job: Job) -> sitk.Image:
+        predictor = self.predictors[job.model]
+
+        def progress(fraction: float, message: str) -> None:
+            self._update(job, progress=min(max(fraction, 0.0), 0.999), message=message)
+
+        def cancel() -> bool:
+            return job.cancel_requested
+
+        with _options(predictor, job.refine, job.prompt_kinds):
+            if job.interactive_entry is not None:
+                entry = job.interactive_entry
+                return predictor.segment_interactive(job.target, entry.boxes, entry.points,
+                                                     cancel, job.name).mask
+            return predictor.segment(job.target, job.context, progress, cancel, job.name).mask
+
+
+@contextmanager
+def _options(predictor: Predictor, refine: Optional[bool], kinds: Optional[List[str]]
+             ) -> Iterator[None]:
+    """A job's refine and prompt-kind choices, on the shared predictor for the job's
+    duration (jobs run one at a time)."""
+    saved = predictor.refine, predictor.kinds
+    if refine is not None:
+        predictor.refine = refine
+    if kinds is not None:
+        predictor.kinds = kinds
+    try:
+        yield
+    finally:
+        predictor.refine, predictor.kinds = saved
+
+
+JOB_KEYS = {"model", "mode", "target", "name", "context", "boxes", "points", "refine",
+            "prompt_kinds"}
+ENTRY_KEYS = {"image", "boxes", "points", "mask", "name"}
+
+
+def parse_job(request: Any, predictors: Dict[str, Predictor], volumes: VolumeStore) -> Job:
+    """A :class:`Job` from request JSON, with its volumes looked up; ServiceError (422:
+    malformed, 404: unknown model or volume) saying what is wrong."""
+    try:
+        check_object(request, JOB_KEYS, "job")
+        mode = request.get("mode", "context")
+        if mode not in ("context", "interactive"):
+            raise ValueError(f"job: mode must be 'context' or 'interactive', got {mode!r}")
+        refine = request.get("refine")
+        if refine is not None and not isinstance(refine, bool):
+            raise ValueError(f"job: refine must be true, false or null, got {refine!r}")
+        kinds = request.get("prompt_kinds")
+        kinds = check_kinds(kinds, "job: prompt_kinds") if kinds is not None else None
+        name = str(request.get("name", "target"))[:500]
+        model = request.get("model")
+    except ValueError as error:
+        raise ServiceError(422, str(error)) from None
+    if model not in predictors:
+        raise ServiceError(404, f"this server has no model {str(model)[:60]!r}; it serves "
+                                f"{', '.join(predictors)}")
+    target = volumes.get(request.get("target"))
+    context, entry = None, None
+    try:
+        if mode == "interactive":
+            entry = ContextEntry(target, boxes_from_json(request.get("boxes")),
+                                 points_from_json(request.get("points")), name)
+            if entry.prompt_kind not in ("box", "point"):
+                raise ValueError("interactive job: give boxes or points on the target, of "
+                                 "one kind")
+        else:
+            context = _context_set(request.get("context"), volumes)
+    except ValueError as error:
+        raise ServiceError(422, str(error)) from None
+    return Job(secrets.token_urlsafe(12), model, target, name, context, entry, refine, kinds)
+
+
+def _context_set(raw: Any, volumes: VolumeStore) -> ContextSet:
+    if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or \
+            not raw["entries"]:
+        raise ValueError("job: 'context' must be an object with a non-empty 'entries' list")
+    check_object(raw, {"name", "entries"}, "context")
+    context = ContextSet(name=str(raw.get("name", "structure"))[:200])
+    for index, item in enumerate(raw["entries"]):
+        check_object(item, ENTRY_KEYS, f"context entry {index}")
+        name = str(item.get("name", f"context[{index}]"))[:500]
+        mask = volumes.get(item["mask"]) if "mask" in item else None
+        context.add(volumes.get(item.get("image")), boxes_from_json(item.get("boxes")),
+                    points_from_json(item.get("points")), name, mask=mask)
+    context.kinds()
+    return context
