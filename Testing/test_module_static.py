@@ -86,8 +86,10 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
             pytest.fail(f"self.ui.{name}.{attribute}: attribute not in the compatibility table")
 
 
-NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/")
-"""What only ``pip install`` brings: the command line, the demo and the training layer."""
+NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
+                         "wsicl/server.py", "wsicl/service.py")
+"""What only ``pip install`` brings: the command line, the demo, the training layer and the
+server (Slicer ships its client, ``wsicl/remote.py``)."""
 
 
 def slicer_scripts() -> set:

@@ -20,6 +20,8 @@ from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E4
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
 from wsicl import Cancelled, Predictor  # noqa: E402
 from wsicl.contextfile import read_context_file  # noqa: E402
+from wsicl.remote import RemoteError, RemotePredictor  # noqa: E402
+from served import TOKEN, ServerProcess, write_served_model  # noqa: E402
 
 AWKWARD = [rotation_direction(23.0, axis=2), (-1, 0, 0, 0, 1, 0, 0, 0, -1),
            rotation_direction(-35.0, axis=0)]
@@ -477,7 +479,8 @@ def test_weights_load_where_the_predictor_is_asked_for_with_progress(logics, tin
 
 def test_run_settings_are_saved_with_the_scene(logics, tmp_path):
     assert load_settings(logics.scene) is None
-    chosen = RunSettings("/models/neuroverse3D.ckpt", "cpu", 2, "bf16", False, ["mask"])
+    chosen = RunSettings("/models/neuroverse3D.ckpt", "cpu", 2, "bf16", False, ["mask"],
+                         "http://gpu-box:8000")
     save_settings(logics.scene, chosen)
     save_settings(logics.scene, chosen)                 # one settings node per scene
     assert logics.scene.GetNodesByClass("vtkMRMLScriptedModuleNode").GetNumberOfItems() == 1
@@ -490,3 +493,32 @@ def test_run_settings_are_saved_with_the_scene(logics, tmp_path):
         RunSettings(mini_context=0)
     with pytest.raises(ValueError, match="device must be one of"):
         RunSettings(device="tpu")
+
+
+def test_a_run_on_a_server_writes_what_a_local_run_writes(two_context_scene, tmp_path):
+    logics, set_node, target = two_context_scene
+    model = write_served_model(tmp_path / "tiny.pt")
+    (tmp_path / "token").write_text(TOKEN)
+    server = ServerProcess("--port", "0", "--model", str(model), "--token-file",
+                           str(tmp_path / "token"))
+    try:
+        logic = SegmentationLogic(logics.scene, logics.segmentations)
+        remote = RunSettings(str(model), server=server.url)
+        assert isinstance(logic.predictor(remote, token=TOKEN), RemotePredictor)
+        on_server = segment_array(logic.process([set_node], [target], remote, token=TOKEN)
+                                  ["target"], "WSICL_ball", target)
+        here = segment_array(logic.process([set_node], [target],
+                                           RunSettings(str(model), "cpu", precision="fp32"))
+                             ["target"], "WSICL_ball", target)
+        assert np.array_equal(on_server, here) and 0 < here.sum() < here.size
+        job = logic.gather_interactive(set_node, logics.scene.GetNodeByID(
+            sets.context_volumes(set_node)[0].volume.GetID()))
+        [remote_result] = logic.compute(job, logic.predictor(remote, token=TOKEN))
+        [local_result] = logic.compute(job, logic.predictor(
+            RunSettings(str(model), "cpu", precision="fp32")))
+        assert np.array_equal(sitk.GetArrayFromImage(remote_result.mask),
+                              sitk.GetArrayFromImage(local_result.mask))
+        with pytest.raises(RemoteError, match="refused the token"):
+            logic.predictor(remote, token="wrong")
+    finally:
+        server.stop()

@@ -27,6 +27,7 @@ REFINE_CHOICES = [("As the model was trained", None),
                   ("Whole view", False)]
 CONTEXT_KINDS = [("As the file says", None), ("Boxes", ["box"]), ("Points", ["point"]),
                  ("Masks (segments)", ["mask"])]
+RUN_ON = ["This computer", "Server"]
 INTERACTIVE_DELAY_MS = 400
 PROMPT_EVENTS = ("PointAddedEvent", "PointModifiedEvent", "PointRemovedEvent",
                  "PointEndInteractionEvent")
@@ -83,6 +84,7 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.refineSelector.addItem(label)
         for label, _ in CONTEXT_KINDS:
             self.ui.contextKindSelector.addItem(label)
+        self.ui.runOnSelector.addItems(RUN_ON)
         self.ui.promptKindSelector.addItems(["box", "point", "mask"])
         self.ui.contextVolumesTable.horizontalHeader().setStretchLastSection(True)
         self.restoreSettings()
@@ -94,6 +96,10 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.precisionSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.refineSelector.currentIndexChanged.connect(self.onSettingsChanged)
         self.ui.contextKindSelector.currentIndexChanged.connect(self.onSettingsChanged)
+        self.ui.runOnSelector.currentIndexChanged.connect(self.onSettingsChanged)
+        self.ui.serverUrlLineEdit.editingFinished.connect(self.onSettingsChanged)
+        self.ui.serverTokenLineEdit.editingFinished.connect(self.onSettingsChanged)
+        self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.newSetButton.clicked.connect(self.onNewSet)
         self.ui.deleteSetButton.clicked.connect(self.onDeleteSet)
@@ -162,7 +168,22 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refineSelector.setCurrentIndex(int(settings.value(SETTINGS_PREFIX + "refine", 0)))
         self.ui.contextKindSelector.setCurrentIndex(
             int(settings.value(SETTINGS_PREFIX + "contextKind", 0)))
+        self.ui.runOnSelector.setCurrentIndex(int(settings.value(SETTINGS_PREFIX + "runOn", 0)))
+        self.ui.serverUrlLineEdit.text = settings.value(SETTINGS_PREFIX + "serverUrl", "")
+        self.ui.serverTokenLineEdit.text = settings.value(SETTINGS_PREFIX + "serverToken", "")
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
+        self.updateRunOn()
+
+    def updateRunOn(self):
+        """Server fields only when running on a server, whose device and precision apply."""
+        remote = self.ui.runOnSelector.currentIndex == 1
+        for widget in (self.ui.serverUrlLabel, self.ui.serverUrlLineEdit,
+                       self.ui.serverTokenLabel, self.ui.serverTokenLineEdit,
+                       self.ui.testConnectionButton, self.ui.connectionStatusLabel):
+            widget.setVisible(remote)
+        for widget in (self.ui.deviceSelector, self.ui.miniContextSpinBox,
+                       self.ui.precisionSelector):
+            widget.setEnabled(not remote)
 
     def onSettingsChanged(self, *_):
         settings = qt.QSettings()
@@ -173,6 +194,10 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(SETTINGS_PREFIX + "precision", self.ui.precisionSelector.currentIndex)
         settings.setValue(SETTINGS_PREFIX + "refine", self.ui.refineSelector.currentIndex)
         settings.setValue(SETTINGS_PREFIX + "contextKind", self.ui.contextKindSelector.currentIndex)
+        settings.setValue(SETTINGS_PREFIX + "runOn", self.ui.runOnSelector.currentIndex)
+        settings.setValue(SETTINGS_PREFIX + "serverUrl", self.ui.serverUrlLineEdit.text.strip())
+        settings.setValue(SETTINGS_PREFIX + "serverToken", self.ui.serverTokenLineEdit.text.strip())
+        self.updateRunOn()
         self.ui.weightsPathLineEdit.setEnabled(self.ui.modelSelector.currentIndex == 2)
         self.updateDependencies()
         if not missing_packages():
@@ -188,7 +213,23 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mini_context=self.ui.miniContextSpinBox.value,
             precision=PRECISION_CHOICES[self.ui.precisionSelector.currentIndex][1],
             refine=REFINE_CHOICES[self.ui.refineSelector.currentIndex][1],
-            prompt_kinds=CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1])
+            prompt_kinds=CONTEXT_KINDS[self.ui.contextKindSelector.currentIndex][1],
+            server=self.ui.serverUrlLineEdit.text.strip()
+            if self.ui.runOnSelector.currentIndex == 1 else "")
+
+    def serverToken(self) -> Optional[str]:
+        """The token typed for the server (Slicer's settings, not the scene), or None."""
+        return self.ui.serverTokenLineEdit.text.strip() or None
+
+    def onTestConnection(self):
+        self.ui.connectionStatusLabel.setText("Connecting...")
+        slicer.app.processEvents()
+        try:
+            summary = self.logic.testConnection(self.ui.serverUrlLineEdit.text.strip(),
+                                                self.serverToken())
+        except (ValueError, RuntimeError) as error:
+            summary = f"Failed: {error}"
+        self.ui.connectionStatusLabel.setText(summary)
 
     def showSceneSettings(self):
         """Shows the settings a loaded scene was segmented with, if it saved any."""
@@ -205,6 +246,9 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.weightsPathLineEdit.currentPath = settings.model
         self.ui.deviceSelector.setCurrentText(settings.device)
         self.ui.miniContextSpinBox.value = settings.mini_context
+        self.ui.runOnSelector.setCurrentIndex(1 if settings.server else 0)
+        if settings.server:
+            self.ui.serverUrlLineEdit.text = settings.server
         for selector, choices, value in (
                 (self.ui.precisionSelector, PRECISION_CHOICES, settings.precision),
                 (self.ui.refineSelector, REFINE_CHOICES, settings.refine),
@@ -232,7 +276,9 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.detectedDeviceLabel.setText(
             f"detected: {', '.join(available_devices())}; CPU bfloat16: {bf16}")
         chosen = self.ui.deviceSelector.currentText
-        self.ui.deviceWarningLabel.setVisible((detected if chosen == "auto" else chosen) == "cpu")
+        self.ui.deviceWarningLabel.setVisible(
+            (detected if chosen == "auto" else chosen) == "cpu" and
+            self.ui.runOnSelector.currentIndex == 0)
 
     def onInstall(self):
         missing = missing_packages()
@@ -445,9 +491,10 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         Segment press while one is in flight queues behind it."""
         lib = self.lib()
         settings = self.runSettings()
+        token = self.serverToken()
 
         def work(progress, cancelled):
-            predictor = lib.predictor(settings, progress)
+            predictor = lib.predictor(settings, progress, token)
             return lib.compute(job, predictor, progress, cancelled)
 
         if not interactive:
@@ -573,15 +620,25 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
                 device: str = "auto", miniContext: int = 1, precision: str = "auto",
                 progress: Optional[Callable[[float, str], None]] = None,
                 refine: Optional[bool] = None,
-                contextKinds: Optional[Sequence[str]] = None) -> dict:
+                contextKinds: Optional[Sequence[str]] = None, server: str = "",
+                token: Optional[str] = None) -> dict:
         """Segments every target with every context set; returns ``{volume name:
         segmentation node}``. Blocks until done; undone by :meth:`undoLast`. ``precision``:
         ``"auto"`` (bfloat16 where native), ``"fp32"`` or ``"bf16"``; ``refine``: work at the structure's scale (None: as the
         model was trained); ``contextKinds``: what the model reads (box, point, mask) when
-        its file does not say. Weights stay loaded between calls with the same settings."""
+        its file does not say; ``server``: a ``wsicl serve`` URL to run on (``token``: its
+        bearer token; ``model`` names one of its models). Weights stay loaded between calls
+        with the same settings."""
         from WSICLSegmentLib.settings import RunSettings
-        settings = RunSettings(model, device, miniContext, precision, refine, contextKinds)
-        return self.lib.process(contextSetNodes, targetVolumeNodes, settings, progress)
+        settings = RunSettings(model, device, miniContext, precision, refine, contextKinds,
+                               server)
+        return self.lib.process(contextSetNodes, targetVolumeNodes, settings, progress, token)
+
+    def testConnection(self, url: str, token: Optional[str] = None) -> str:
+        """One line saying what the server at ``url`` runs; raises with the reason if it
+        cannot be used."""
+        from wsicl.remote import check_server
+        return check_server(url, token)
 
     def undoLast(self) -> bool:
         """Reverts the last run (of the panel or of :meth:`process`); False if none."""

@@ -7,11 +7,12 @@ the scene until every target and structure has been computed, so a failure or a 
 leaves the scene as it was.
 """
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
 import wsicl
+from wsicl.remote import RemotePredictor, served_name
 
 from . import context_sets as sets
 from .segments import SegmentWrite, undo, write_structure
@@ -19,6 +20,8 @@ from .settings import RunSettings
 from .volumes import volume_to_image
 
 Progress = Callable[[float, str], None]
+Engine = Union[wsicl.Predictor, RemotePredictor]
+"""Runs the network here or on a ``wsicl serve`` server; the same methods."""
 
 
 @dataclasses.dataclass
@@ -77,23 +80,31 @@ class SegmentationLogic:
         self.scene = scene
         self.segmentations_logic = segmentations_logic
         self.history: List[List[SegmentWrite]] = []
-        self._predictor: Optional[wsicl.Predictor] = None
+        self._predictor: Optional[Engine] = None
         self._predictor_key: Optional[tuple] = None
 
-    def predictor(self, settings: RunSettings, progress: Optional[Progress] = None
-                  ) -> wsicl.Predictor:
+    def predictor(self, settings: RunSettings, progress: Optional[Progress] = None,
+                  token: Optional[str] = None) -> Engine:
         """A predictor for ``settings``, reused while they stay the same (loading takes
         seconds: call it in the worker); ``progress`` hears "loading weights" when they
-        load."""
-        key = settings.key()
+        load. With ``settings.server``, a client of that server (``token``: its bearer
+        token, kept out of the scene)."""
+        key = (settings.key(), token)
         if self._predictor is None or key != self._predictor_key:
-            if progress is not None:
-                progress(0.0, f"loading weights ({settings.model})...")
-            self._predictor = wsicl.Predictor(
-                settings.model, settings.device, settings.mini_context, settings.precision,
-                settings.refine, settings.prompt_kinds)
-            if self._predictor.device.type == "cpu":
-                wsicl.keep_freed_memory()   # Slicer keeps the peak reserved; CPU runs ~2x faster
+            if settings.server:
+                if progress is not None:
+                    progress(0.0, f"connecting to {settings.server}...")
+                self._predictor = RemotePredictor(settings.server, token,
+                                                  served_name(settings.model),
+                                                  settings.refine, settings.prompt_kinds)
+            else:
+                if progress is not None:
+                    progress(0.0, f"loading weights ({settings.model})...")
+                self._predictor = wsicl.Predictor(
+                    settings.model, settings.device, settings.mini_context,
+                    settings.precision, settings.refine, settings.prompt_kinds)
+                if self._predictor.device.type == "cpu":
+                    wsicl.keep_freed_memory()  # Slicer keeps the peak reserved: ~2x faster
             self._predictor_key = key
         return self._predictor
 
@@ -129,7 +140,7 @@ class SegmentationLogic:
                    interactive=True)
 
     @staticmethod
-    def compute(job: Job, predictor: wsicl.Predictor, progress: Optional[Progress] = None,
+    def compute(job: Job, predictor: Engine, progress: Optional[Progress] = None,
                 cancel: Optional[Callable[[], bool]] = None) -> List[Result]:
         """Runs the engine on a job; touches no MRML node (safe in a worker thread)."""
         results = []
@@ -186,13 +197,14 @@ class SegmentationLogic:
         return True
 
     def process(self, set_nodes: Sequence, target_volumes: Sequence,
-                settings: Optional[RunSettings] = None, progress: Optional[Progress] = None
-                ) -> Dict[str, object]:
+                settings: Optional[RunSettings] = None, progress: Optional[Progress] = None,
+                token: Optional[str] = None) -> Dict[str, object]:
         """Segments every target with every context set, synchronously (``settings``:
-        the defaults when None). Returns ``{target volume name: segmentation node}``.
+        the defaults when None; ``token``: the server's, when they name one). Returns
+        ``{target volume name: segmentation node}``.
         """
         job = self.gather(set_nodes, target_volumes)
-        predictor = self.predictor(settings or RunSettings(), progress)
+        predictor = self.predictor(settings or RunSettings(), progress, token)
         results = self.compute(job, predictor, progress)
         writes = self.apply(results)
         return {self.scene.GetNodeByID(r.target_id).GetName(): w.segmentation_node

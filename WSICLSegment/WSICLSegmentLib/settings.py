@@ -24,6 +24,9 @@ class RunSettings:
         precision: ``auto`` (bfloat16 where native), ``fp32`` or ``bf16``.
         refine: work at the structure's scale; None follows the model.
         prompt_kinds: what the model reads, when its file does not say; None: the file's.
+        server: URL of a ``wsicl serve`` server to run on (its device, precision and
+            mini-context apply; ``model`` names one of its models), "" for this computer.
+            The server's token is not part of the settings: it stays out of the scene.
     """
 
     model: Union[str, object] = "box"
@@ -32,6 +35,7 @@ class RunSettings:
     precision: str = "auto"
     refine: Optional[bool] = None
     prompt_kinds: Optional[List[str]] = None
+    server: str = ""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICE_CHOICES:
@@ -50,7 +54,8 @@ class RunSettings:
         """What decides whether loaded weights can be reused."""
         model = self.model if isinstance(self.model, str) else id(self.model)
         return (model, self.device, self.mini_context, self.precision, self.refine,
-                tuple(self.prompt_kinds) if self.prompt_kinds is not None else None)
+                tuple(self.prompt_kinds) if self.prompt_kinds is not None else None,
+                self.server)
 
 
 def settings_node(scene):
@@ -76,6 +81,7 @@ def save_settings(scene, settings: RunSettings) -> None:
     node.SetParameter("Precision", settings.precision)
     node.SetParameter("Refine", {None: "auto", True: "on", False: "off"}[settings.refine])
     node.SetParameter("PromptKinds", ",".join(settings.prompt_kinds or []))
+    node.SetParameter("Server", settings.server)
 
 
 def load_settings(scene) -> Optional[RunSettings]:
@@ -89,4 +95,5 @@ def load_settings(scene) -> Optional[RunSettings]:
         mini_context=int(node.GetParameter("MiniContext") or 1),
         precision=node.GetParameter("Precision") or "auto",
         refine={"on": True, "off": False}.get(node.GetParameter("Refine")),
-        prompt_kinds=kinds.split(",") if kinds else None)
+        prompt_kinds=kinds.split(",") if kinds else None,
+        server=node.GetParameter("Server") or "")

@@ -279,9 +279,9 @@ def make_predictor(args: argparse.Namespace):
 
 
 def remote_predictor(args: argparse.Namespace):
-    from .remote import RemotePredictor, read_token
+    from .remote import RemotePredictor, read_token, served_name
     token = read_token(args.token_file) if args.token_file else None
-    return RemotePredictor(args.server, token, args.model, refine=args.refine,
+    return RemotePredictor(args.server, token, served_name(args.model), refine=args.refine,
                            prompt_kinds=args.context_kind)
 
 
@@ -317,11 +317,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"the server needs extra packages ({error.name} is missing); "
                          "install them with: pip install 'wsicl[server]'") from None
     from .predictor import Predictor
-    from .remote import read_token
+    from .remote import read_token, served_name
     from .service import Service
     token = read_token(args.token_file) if args.token_file else None
-    names = [model if model in ("box", "point") else Path(model).name.split(".")[0]
-             for model in args.model]
+    names = [served_name(model) for model in args.model]
     if len(set(names)) != len(names):
         raise ValueError(f"models {args.model} share a name; give files with distinct names")
     predictors = {name: Predictor(model, args.device, args.mini_context, args.precision,

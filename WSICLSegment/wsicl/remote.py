@@ -55,6 +55,12 @@ def read_token(path: Union[str, Path]) -> str:
     return token
 
 
+def served_name(model: str) -> str:
+    """The name ``wsicl serve`` gives a model: ``box`` and ``point`` as they are, a weights
+    file by its name up to the first dot (``weak_ICL_bbox.ckpt`` -> ``weak_ICL_bbox``)."""
+    return model if model in ("box", "point") else Path(model).name.split(".")[0]
+
+
 class Connection:
     """Requests to one server (``url``: ``http(s)://host:port[/prefix]``), each on a fresh
     connection, with errors as :class:`RemoteError` or ValueError messages that name the
