@@ -99,7 +99,7 @@ def test_every_script_the_readme_names_exists_and_starts(tmp_path):
             subprocess.run([sys.executable, "-m", module, "--help"], check=True,
                            capture_output=True, timeout=120)
         elif "pip install" in line:
-            for extra in re.findall(r'"\.\[(\w+)\]"', line):
+            for extra in re.findall(r'"(?:\.|wsicl)\[(\w+)\]"', line):
                 assert f"\n{extra} = " in (root / "pyproject.toml").read_text(encoding="utf-8")
     assert len(tried) >= 4
 

@@ -346,12 +346,21 @@ def test_cancel_from_the_client_stops_the_server_job(gated):
 
     with pytest.raises(Cancelled):
         remote.segment(blob(1), context, cancel=cancel)
+
+    def interrupt() -> bool:                 # Ctrl-C while the client waits
+        if len(gated.service._jobs) == 2:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        remote.segment(blob(2), context, cancel=interrupt)
     Gated.gate.set()
     jobs = list(gated.service._jobs.values())
+    assert len(jobs) == 2
     deadline = time.monotonic() + 30
-    while not jobs[-1].finished and time.monotonic() < deadline:
+    while not all(job.finished for job in jobs) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert jobs[-1].state == "cancelled"
+    assert [job.state for job in jobs] == ["cancelled", "cancelled"]
 
 
 def test_volume_store_forgets_idle_and_least_recently_used_volumes():

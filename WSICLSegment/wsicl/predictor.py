@@ -69,10 +69,10 @@ class PreparedContext:
 class Segmentation:
     """A result on the target's own grid: ``mask`` (uint8 0/1) and ``probability``
     (float32, the network output on the scale where 0.5 is the threshold, linearly
-    resampled; outside a crop 0)."""
+    resampled; outside a crop 0; None from a server, which sends the mask only)."""
 
     mask: sitk.Image
-    probability: sitk.Image
+    probability: Optional[sitk.Image]
 
 
 class Predictor:

@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from .context import Box, ContextSet, Point, check_kinds
 from .geometry import image_digest
 from .predictor import CancelCheck, Cancelled, ProgressCallback, Segmentation
-from .wire import API, NOTES_HEADER, SIZE_HEADER, boxes_to_json, mask_from_bytes, points_to_json
+from .wire import (API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, boxes_to_json,
+                   mask_from_bytes, points_to_json)
 
 POLL_SECONDS = 0.5
 """How long one status request may wait on the server for the job to change."""
@@ -205,6 +206,9 @@ class RemotePredictor:
         self.timeout = timeout
         self._prompt_kinds = None if prompt_kinds is None else self.kinds
         self._ids: Dict[bytes, str] = {}
+        self.last_server_seconds = float("nan")
+        """Seconds the server computed the last job for (wall time minus this is the
+        network, queue and transfer overhead)."""
 
     def prepare_context(self, context_set: ContextSet, cancel: Optional[CancelCheck] = None
                         ) -> RemoteContext:
@@ -265,7 +269,12 @@ class RemotePredictor:
         if key not in self._ids:
             with tempfile.TemporaryDirectory(prefix="wsicl-upload-") as folder:
                 path = Path(folder) / "volume.mha"
-                sitk.WriteImage(image, str(path), True)
+                showing = sitk.ProcessObject.GetGlobalWarningDisplay()
+                sitk.ProcessObject.SetGlobalWarningDisplay(False)   # NIfTI header fields
+                try:                                                # MetaImage drops
+                    sitk.WriteImage(image, str(path), True)
+                finally:
+                    sitk.ProcessObject.SetGlobalWarningDisplay(showing)
                 body = path.read_bytes()
             answer = _parse(self.connection.request(
                 "POST", "/volumes", body, {"format": "mha"}, timeout=600.0,
@@ -308,6 +317,7 @@ class RemotePredictor:
                        "seen_progress": job["progress"]}, timeout=POLL_SECONDS + 60.0,
                 accept=(200, 202, 409, 422, 500))
             if status == 200:
+                self.last_server_seconds = float(headers.get(SECONDS_HEADER.lower(), "nan"))
                 for note in json.loads(headers.get(NOTES_HEADER.lower(), "[]")):
                     warnings.warn(note, RemoteNote, stacklevel=4)
                 return mask_from_bytes(payload, headers.get(SIZE_HEADER.lower(), ""), like)

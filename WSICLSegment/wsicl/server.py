@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from . import __version__
 from .imageio import read_image
 from .service import Busy, Service, ServiceError
-from .wire import API, NOTES_HEADER, SIZE_HEADER, UPLOAD_FORMATS
+from .wire import API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, UPLOAD_FORMATS
 
 MAX_JSON_BYTES = 16 * 2 ** 20
 """Largest job request (a context set of a few hundred prompts is a few kB)."""
@@ -138,7 +138,8 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
         if job.state == "done":
             payload, size = job.result
             return Response(payload, 200, {SIZE_HEADER: size,
-                                           NOTES_HEADER: json.dumps(job.notes)},
+                                           NOTES_HEADER: json.dumps(job.notes),
+                                           SECONDS_HEADER: f"{job.seconds:.6f}"},
                             media_type="application/octet-stream")
         status = {"cancelled": 409, "failed": 500 if job.error_kind == "internal" else 422
                   }.get(job.state, 202)

@@ -263,6 +263,7 @@ class Service:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     mask = self._run(job)
+                job.seconds = time.perf_counter() - started
                 self._update(job, state="done", progress=1.0, message="done",
                              result=mask_to_bytes(mask),
                              notes=list(dict.fromkeys(str(w.message) for w in caught)))
@@ -279,7 +280,7 @@ class Service:
                 self._update(job, state="failed", error_kind="internal", message="failed",
                              error=f"internal server error ({type(error).__name__}); the "
                                    "server's log has the details")
-            job.seconds = time.perf_counter() - started
+            job.seconds = job.seconds or time.perf_counter() - started
             self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * job.seconds
 
     def _run(self, job: Job) -> sitk.Image:

@@ -21,7 +21,9 @@ extension; formats with a detached data file cannot be one upload)."""
 SIZE_HEADER = "X-WSICL-Size"
 """Result masks carry the image size ``i,j,k`` in this header."""
 NOTES_HEADER = "X-WSICL-Notes"
-"""...and the engine's notes (warnings) as a JSON list of strings (ASCII) in this one."""
+"""...and the engine's notes (warnings) as a JSON list of strings (ASCII) in this one..."""
+SECONDS_HEADER = "X-WSICL-Seconds"
+"""...and the seconds the server computed for the job (queue wait and transfers excluded)."""
 
 
 def boxes_to_json(boxes: Sequence[Box]) -> List[Dict[str, Any]]:
