@@ -127,6 +127,23 @@ def test_train_command_writes_a_loadable_model(tmp_path, dataset, capsys):
     assert "trained to step 2" in capsys.readouterr().out
 
 
+def test_train_command_crop_recipe_trains_for_refinement(tmp_path, dataset, capsys):
+    common = ["train", "--steps", "2", "--channels", "4,8,16", "--size", "16", "--batch", "1",
+              "--max-context", "2", "--output", str(tmp_path / "run"), "--device", "cpu",
+              "--quiet"]
+    assert main(common + ["--recipe", "crop", "--dataset", str(dataset)]) == 0
+    network = load_model(tmp_path / "run" / "last.pt")
+    assert network.metadata.input_policy == "crop" and network.metadata.input_size == 16
+    assert read_training_state(tmp_path / "run" / "last.pt")["step"] == 2
+    assert "trained to step 2" in capsys.readouterr().out
+    assert main(common + ["--recipe", "crop", "--synthetic", "--dataset", str(dataset)]) == 1
+    assert "drop --synthetic" in capsys.readouterr().err
+    assert main(common + ["--recipe", "crop"]) == 1
+    assert "--dataset DIR and/or --sources BUNDLE" in capsys.readouterr().err
+    assert main(common + ["--minutes", "1", "--synthetic"]) == 1
+    assert "add --recipe crop" in capsys.readouterr().err
+
+
 def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, capsys):
     from wsicl import save_model
     save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)

@@ -73,7 +73,19 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train or fine-tune with simulated prompts",
         description="Train a WS-ICL network on synthetic tasks and/or nnU-Net-layout datasets "
-                    "with simulated box or point prompts. Resumes from OUTPUT/last.pt.")
+                    "with simulated box or point prompts. Resumes from OUTPUT/last.pt. "
+                    "--recipe whole (default): whole views, as the authors' released "
+                    "weights; --recipe crop: the bundled models' recipe (crops around the "
+                    "prompts and whole views, label-driven synthesis, random shapes; the "
+                    "model then refines at the structure's scale by default).")
+    parser.add_argument("--recipe", choices=("whole", "crop"), default="whole")
+    parser.add_argument("--sources", type=Path, metavar="BUNDLE",
+                        help="crop recipe: a sources bundle (scripts/make_sources_bundle.py) "
+                             "besides or instead of --dataset")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="crop recipe: stop after this many minutes (0: --steps decides)")
+    parser.add_argument("--batch", type=positive_int, default=4,
+                        help="crop recipe: episodes per step")
     parser.add_argument("--output", required=True, help="folder for last.pt and the log")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--synthetic", action="store_true", help="train on synthetic tasks")
@@ -104,6 +116,10 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.recipe == "crop":
+        return run_crop_training(args)
+    if args.sources or args.minutes:
+        raise ValueError("--sources and --minutes belong to the crop recipe; add --recipe crop")
     from .training.train import TrainConfig, train
     config = TrainConfig(
         output=args.output, steps=args.steps, channels=args.channels,
@@ -115,6 +131,28 @@ def run_train(args: argparse.Namespace) -> int:
         val_every=args.val_every, checkpoint_every=args.checkpoint_every,
         precision=args.precision)
     result = train(config, show_progress=not args.quiet)
+    print(f"trained to step {result['step']}: {result['checkpoint']}")
+    return 0
+
+
+def run_crop_training(args: argparse.Namespace) -> int:
+    from .device import pick_device, resolve_precision
+    from .training.episode_training import RunConfig, train
+    from .training.sources import dataset_sources
+    if args.synthetic or args.val_dataset:
+        raise ValueError("the crop recipe synthesises images itself and validates on draws "
+                         "of its own; drop --synthetic and --val-dataset")
+    if not args.dataset and not args.sources:
+        raise ValueError("the crop recipe needs labelled volumes: --dataset DIR and/or "
+                         "--sources BUNDLE")
+    sources = [source for folder in args.dataset for source in dataset_sources(folder)]
+    precision = resolve_precision(pick_device(args.device), args.precision)
+    config = RunConfig(output=args.output, sources=str(args.sources or ""),
+                       prompt=args.prompt, init=args.init, channels=args.channels,
+                       size=args.size, batch=args.batch, steps=args.steps,
+                       minutes=args.minutes, lr=args.lr, max_context=args.max_context,
+                       seed=args.seed, device=args.device, bf16=precision == "bf16")
+    result = train(config, (lambda line: None) if args.quiet else print, sources)
     print(f"trained to step {result['step']}: {result['checkpoint']}")
     return 0
 

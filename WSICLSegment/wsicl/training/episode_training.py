@@ -18,14 +18,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
 from ..device import autocast, pick_device
-from .episodes import Batch, EngineConfig, EpisodeEngine
+from .episodes import Batch, EngineConfig, EpisodeEngine, Source
 from .losses import descend, segmentation_loss
 from .sources import load_bundle
 
@@ -104,8 +104,10 @@ def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(scores))}
 
 
-def train(config: RunConfig, log: Callable[[str], None] = print) -> Dict:
-    """Runs or resumes ``config``; returns a summary (steps, seconds, last validation)."""
+def train(config: RunConfig, log: Callable[[str], None] = print,
+          sources: Sequence[Source] = ()) -> Dict:
+    """Runs or resumes ``config`` on the bundle ``config.sources`` names and/or
+    ``sources``; returns a summary (steps, seconds, last validation)."""
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     output = Path(config.output)
@@ -120,7 +122,11 @@ def train(config: RunConfig, log: Callable[[str], None] = print) -> Dict:
     if checkpoint.is_file():
         step, history = restore_training(checkpoint, network, optimiser)
         log(f"resuming from {checkpoint} at step {step}")
-    sources = load_bundle(config.sources, device)
+    sources = [dataclasses.replace(source, image=source.image.to(device),
+                                   labels=source.labels.to(device)) for source in sources]
+    sources += load_bundle(config.sources, device) if config.sources else []
+    if not sources:
+        raise ValueError("no training sources: give a sources bundle or datasets")
     engine_config = EngineConfig(size=config.size, prompt=config.prompt,
                                  max_context=config.max_context)
     engine = EpisodeEngine(sources, engine_config, config.seed, device)

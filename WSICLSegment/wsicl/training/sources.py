@@ -45,6 +45,15 @@ def read_source(image_path: Union[str, Path], label_path: Union[str, Path], name
                   structures)
 
 
+def dataset_sources(folder: Union[str, Path]) -> List[Source]:
+    """Every case of an nnU-Net-layout dataset as a source whose structures are the labels
+    ``dataset.json`` names."""
+    from .tasks import nnunet_cases
+    names, cases = nnunet_cases(Path(folder))
+    return [read_source(image, labels, f"{Path(folder).name}/{case}", names)
+            for case, image, labels in cases]
+
+
 def save_bundle(sources: Sequence[Source], path: Union[str, Path],
                 provenance: Sequence[str]) -> Path:
     """Writes ``sources`` (images as float16, labels as int16) with their provenance."""
