@@ -467,6 +467,8 @@ def test_worker_failures_keep_their_traceback_and_say_what_happened():
     assert "broken_step" in details and "Traceback" in details
     sentence, _ = describe_failure(ValueError("no context set: create one"))
     assert sentence == "no context set: create one"
+    sentence, _ = describe_failure(RemoteError("cannot reach the WSICL server at ..."))
+    assert sentence == "cannot reach the WSICL server at ..."
 
 
 def test_weights_load_where_the_predictor_is_asked_for_with_progress(logics, tiny_network):

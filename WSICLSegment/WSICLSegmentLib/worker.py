@@ -12,6 +12,7 @@ import traceback
 from typing import Any, Callable, Optional, Tuple
 
 from wsicl.device import OutOfMemory
+from wsicl.remote import RemoteError
 
 
 class State(enum.Enum):
@@ -25,12 +26,13 @@ class State(enum.Enum):
 def describe_failure(error: BaseException) -> Tuple[str, str]:
     """What to tell the user about a failed job, and the full traceback for the log.
 
-    Problems with the input, the files or the machine (the engine's errors derive from
-    ValueError, OSError or :class:`wsicl.device.OutOfMemory`) carry their own sentence
-    with the remedy; anything else is a bug, said as such.
+    Problems with the input, the files, the machine or the server (the engine's errors
+    derive from ValueError, OSError, :class:`wsicl.device.OutOfMemory` or
+    :class:`wsicl.remote.RemoteError`) carry their own sentence with the remedy; anything
+    else is a bug, said as such.
     """
     details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    if isinstance(error, (ValueError, OSError, OutOfMemory)):
+    if isinstance(error, (ValueError, OSError, OutOfMemory, RemoteError)):
         return str(error), details
     return (f"WSICL stopped on an unexpected {type(error).__name__}: {error}. This is a bug; "
             "the traceback is in the Python console, please include it in a report."), details
