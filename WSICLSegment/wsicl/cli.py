@@ -1,6 +1,7 @@
-"""The ``wsicl`` command line: segment, demo, train, evaluate."""
+"""The ``wsicl`` command line: segment, demo, train, evaluate, serve."""
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -364,6 +365,9 @@ def run_serve(args: argparse.Namespace) -> int:
     predictors = {name: Predictor(model, args.device, args.mini_context, args.precision,
                                   args.refine, args.context_kind)
                   for name, model in zip(names, args.model)}
+    if not args.quiet:                  # one line per finished job
+        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("wsicl.serve").setLevel(logging.INFO)
     service = Service(predictors, args.queue, args.cache_mb * 2 ** 20, args.volume_ttl)
     serve(service, args.host, args.port, token, args.max_upload_mb * 2 ** 20,
           say=lambda line: print(line, flush=True))

@@ -282,6 +282,9 @@ class Service:
                                    "server's log has the details")
             job.seconds = job.seconds or time.perf_counter() - started
             self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * job.seconds
+            LOG.info("job %s (%s, %s, %s): %s in %.2f s%s", job.id, job.model,
+                     "interactive" if job.interactive_entry else "in context", job.name,
+                     job.state, job.seconds, f": {job.error}" if job.error else "")
 
     def _run(self, job: Job) -> sitk.Image:
         predictor = self.predictors[job.model]
