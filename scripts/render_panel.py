@@ -52,6 +52,12 @@ def main(output: Path) -> None:
     find(QComboBox, "precisionSelector").addItems(
         ["Automatic (bfloat16 where the hardware has it)"])
     find(QComboBox, "contextKindSelector").addItems(["As the file says"])
+    find(QComboBox, "runOnSelector").addItems(["Server"])       # as the panel shows it then:
+    find(QLineEdit, "serverUrlLineEdit").setText("http://127.0.0.1:8000")
+    find(QLineEdit, "serverTokenLineEdit").setText("x" * 43)
+    for name in ("deviceSelector", "precisionSelector", "miniContextSpinBox"):
+        panel.findChild(QWidget, name).setEnabled(False)     # the server's apply
+    panel.findChild(QWidget, "deviceWarningLabel").setVisible(False)
     find(QComboBox, "contextSegmentSelector").addItems(["CT case 2 segmentation: liver"])
     find(QComboBox, "promptKindSelector").addItems(["box"])
     find(QComboBox, "volumeSelector").addItems(["CT case 2"])
@@ -69,7 +75,7 @@ def main(output: Path) -> None:
     panel.findChild(QWidget, "progressBar").setValue(40)
     panel.findChild(QWidget, "statusLabel").setText("liver in MR case 7: 3/5 context images")
     panel.findChild(QWidget, "segmentButton").setText("Cancel")
-    panel.resize(460, 840)
+    panel.resize(460, 940)
     panel.show()
     app.processEvents()
     panel.grab().save(str(output))
