@@ -126,6 +126,17 @@ def test_token_is_required_except_for_health(server):
     assert "tiny" in check_server(server.url, TOKEN)
 
 
+def test_serve_refuses_to_expose_itself_without_a_token_or_on_a_busy_port(server, model_file,
+                                                                          capsys):
+    assert main(["serve", "--host", "0.0.0.0", "--model", str(model_file)]) == 1
+    assert "refusing to listen on 0.0.0.0 without a token" in capsys.readouterr().err
+    port = server.url.rsplit(":", 1)[1]
+    assert main(["serve", "--port", port, "--model", str(model_file)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    status, _, _ = raw(server.url + "/v1/jobs/x?wait=nan")
+    assert status == 404                         # a strange wait is read as 0, not an error
+
+
 def test_malformed_volumes_and_unknown_ids_are_refused_with_reasons(server, tmp_path):
     url = server.url + "/v1/volumes?format="
     status, _, answer = raw(url + "mha", "POST", b"not an image at all", content_type="x/y")

@@ -351,7 +351,7 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        from .server import serve
+        from .server import check_exposure, listening_socket, serve
     except ImportError as error:
         raise ValueError(f"the server needs extra packages ({error.name} is missing); "
                          "install them with: pip install 'wsicl[server]'") from None
@@ -359,6 +359,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from .remote import read_token, served_name
     from .service import Service
     token = read_token(args.token_file) if args.token_file else None
+    check_exposure(args.host, token)                # before the models load
+    if args.port:
+        listening_socket(args.host, args.port).close()
     names = [served_name(model) for model in args.model]
     if len(set(names)) != len(names):
         raise ValueError(f"models {args.model} share a name; give files with distinct names")

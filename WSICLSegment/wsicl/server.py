@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import itertools
 import json
+import math
 import os
 import shutil
 import socket
@@ -77,6 +78,11 @@ def too_large(limit: int) -> str:
             "--max-upload-mb on the server)")
 
 
+def wait_seconds(wait: float) -> float:
+    """A client's ``wait`` query, as seconds within [0, :data:`MAX_WAIT_SECONDS`]."""
+    return min(max(wait, 0.0), MAX_WAIT_SECONDS) if math.isfinite(wait) else 0.0
+
+
 def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
                folder: Path) -> Any:
     """The ASGI application: ``service``'s endpoints behind :class:`Guard`; uploads pass
@@ -122,18 +128,18 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
     @app.post(f"{API}/jobs", status_code=202)
     def submit(request_json: Dict[str, Any], wait: float = 0.0) -> Dict[str, Any]:
         job = service.submit(request_json)
-        return service.wait(job.id, min(wait, MAX_WAIT_SECONDS)).describe()
+        return service.wait(job.id, wait_seconds(wait)).describe()
 
     @app.get(f"{API}/jobs/{{job_id}}")
     def state(job_id: str, wait: float = 0.0, seen_state: str = "",
               seen_progress: float = -1.0) -> Dict[str, Any]:
-        return service.wait(job_id, min(wait, MAX_WAIT_SECONDS),
+        return service.wait(job_id, wait_seconds(wait),
                             (seen_state, seen_progress) if seen_state else None).describe()
 
     @app.get(f"{API}/jobs/{{job_id}}/mask")
     def mask(job_id: str, wait: float = 0.0, seen_state: str = "",
              seen_progress: float = -1.0) -> Response:
-        job = service.wait(job_id, min(wait, MAX_WAIT_SECONDS),
+        job = service.wait(job_id, wait_seconds(wait),
                            (seen_state, seen_progress) if seen_state else None)
         if job.state == "done":
             payload, size = job.result
@@ -178,14 +184,19 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_exposure(host: str, token: Optional[str]) -> None:
+    """A ValueError unless ``host`` is loopback or a token guards the server."""
+    if token is None and host not in LOOPBACK:
+        raise ValueError(f"refusing to listen on {host} without a token: anyone who can reach "
+                         "it could use the server; give --token-file (see the README)")
+
+
 def serve(service: Service, host: str, port: int, token: Optional[str],
           max_upload_bytes: int, say: Callable[[str], None] = print) -> None:
     """Serves ``service`` until interrupted (Ctrl-C or SIGTERM); says ``listening on URL``
     once requests are accepted. Refuses a non-loopback ``host`` without a token."""
     import uvicorn
-    if token is None and host not in LOOPBACK:
-        raise ValueError(f"refusing to listen on {host} without a token: anyone who can reach "
-                         "it could use the server; give --token-file (see the README)")
+    check_exposure(host, token)
     sock = listening_socket(host, port)
     folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))      # mode 0700
     try:
