@@ -374,6 +374,20 @@ def test_cancel_from_the_client_stops_the_server_job(gated):
     assert [job.state for job in jobs] == ["cancelled", "cancelled"]
 
 
+def test_a_status_request_waits_while_the_job_looks_as_the_client_last_saw_it(gated):
+    remote = RemotePredictor(gated.url, TOKEN, "tiny")
+    image_id = remote._volume(blob(0))
+    job = gated.service.submit({"model": "tiny", "target": image_id, "context": {"entries": [
+        {"image": image_id, "boxes": [{"min": list(BOX.min), "max": list(BOX.max)}]}]}})
+    gated.service._update(job, state="running", progress=1 / 3)   # as 1 of 3 images done
+    state, progress = job.observed()
+    started = time.monotonic()
+    answer = raw(gated.url + f"/v1/jobs/{job.id}?wait=0.5&seen_state={state}"
+                 f"&seen_progress={progress}")[2]
+    assert time.monotonic() - started >= 0.45 and answer["progress"] == progress
+    Gated.gate.set()
+
+
 def test_volume_store_forgets_idle_and_least_recently_used_volumes():
     now = [0.0]
     image = make_image(np.zeros((4, 4, 4), np.float32))          # 256 bytes

@@ -137,9 +137,14 @@ class Job:
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
 
+    def observed(self) -> Tuple[str, float]:
+        """State and progress as a client sees them (progress to 4 decimals)."""
+        return self.state, round(self.progress, 4)
+
     def describe(self) -> Dict[str, Any]:
         """The job's state as JSON."""
-        return {"id": self.id, "state": self.state, "progress": round(self.progress, 4),
+        state, progress = self.observed()
+        return {"id": self.id, "state": state, "progress": progress,
                 "message": self.message, "notes": self.notes, "error": self.error,
                 "error_kind": self.error_kind, "seconds": round(self.seconds, 3)}
 
@@ -209,7 +214,7 @@ class Service:
         job = self.job(job_id)
         deadline = time.monotonic() + max(0.0, seconds)
         with self._changed:
-            while not job.finished and (seen is None or seen == (job.state, job.progress)):
+            while not job.finished and (seen is None or seen == job.observed()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
