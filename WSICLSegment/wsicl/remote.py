@@ -164,11 +164,14 @@ def check_server(url: str, token: Optional[str] = None) -> str:
 
 class RemoteContext:
     """A context set whose images live on the server (see
-    :meth:`RemotePredictor.prepare_context`)."""
+    :meth:`RemotePredictor.prepare_context`), with the digests of each entry's image and
+    mask (computed once: hashing large volumes for every target would cost seconds)."""
 
-    def __init__(self, context_set: ContextSet) -> None:
+    def __init__(self, context_set: ContextSet,
+                 keys: Sequence[Tuple[bytes, Optional[bytes]]]) -> None:
         self.context_set = context_set
         self.name = context_set.name
+        self.keys = list(keys)
 
 
 class RemotePredictor:
@@ -214,12 +217,15 @@ class RemotePredictor:
                         ) -> RemoteContext:
         """Uploads the context images (and masks) the server does not hold yet."""
         context_set.kinds()
+        keys = []
         for entry in context_set.entries:
             _check(cancel)
-            self._volume(entry.image)
+            keys.append((image_digest(entry.image),
+                         None if entry.mask is None else image_digest(entry.mask)))
+            self._volume(entry.image, keys[-1][0])
             if entry.mask is not None:
-                self._volume(entry.mask)
-        return RemoteContext(context_set)
+                self._volume(entry.mask, keys[-1][1])
+        return RemoteContext(context_set, keys)
 
     def segment(self, target: sitk.Image, context: Union[ContextSet, RemoteContext],
                 progress: Optional[ProgressCallback] = None,
@@ -227,15 +233,17 @@ class RemotePredictor:
         """As :meth:`wsicl.Predictor.segment`, on the server."""
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
-        entries = context.context_set.entries
+        entries = list(zip(context.context_set.entries, context.keys))
+        target_key = image_digest(target)
 
         def request() -> Dict[str, Any]:
-            return {"mode": "context", "target": self._volume(target), "name": name,
-                    "context": {"name": context.name, "entries": [
-                        {"image": self._volume(e.image), "name": e.name,
+            return {"mode": "context", "target": self._volume(target, target_key),
+                    "name": name, "context": {"name": context.name, "entries": [
+                        {"image": self._volume(e.image, image_key), "name": e.name,
                          "boxes": boxes_to_json(e.boxes), "points": points_to_json(e.points),
-                         **({"mask": self._volume(e.mask)} if e.mask is not None else {})}
-                        for e in entries]}}
+                         **({"mask": self._volume(e.mask, mask_key)}
+                            if e.mask is not None else {})}
+                        for e, (image_key, mask_key) in entries]}}
 
         return Segmentation(self._run(request, target, progress, cancel), None)
 
@@ -257,15 +265,18 @@ class RemotePredictor:
                             name: str = "the image") -> Segmentation:
         """As :meth:`wsicl.Predictor.segment_interactive`: the image is uploaded once; each
         update sends only the prompts."""
+        key = image_digest(image)
+
         def request() -> Dict[str, Any]:
-            return {"mode": "interactive", "target": self._volume(image), "name": name,
+            return {"mode": "interactive", "target": self._volume(image, key), "name": name,
                     "boxes": boxes_to_json(boxes), "points": points_to_json(points)}
 
         return Segmentation(self._run(request, image, None, cancel), None)
 
-    def _volume(self, image: sitk.Image) -> str:
-        """The server's id for ``image``, uploading it (as MetaImage) if needed."""
-        key = image_digest(image)
+    def _volume(self, image: sitk.Image, key: Optional[bytes] = None) -> str:
+        """The server's id for ``image`` (``key``: its digest, when known), uploading it
+        (as MetaImage) if needed."""
+        key = key or image_digest(image)
         if key not in self._ids:
             with tempfile.TemporaryDirectory(prefix="wsicl-upload-") as folder:
                 path = Path(folder) / "volume.mha"
