@@ -47,3 +47,25 @@ def test_bundled_box_model_follows_the_prompted_structure():
         assert scores[value] > 0.4, (name, scores)
         assert all(scores[value] > score for other, score in scores.items() if other != value)
         assert np.count_nonzero(mask) > 0
+
+
+def test_bundled_box_model_follows_the_context_structure_across_modalities():
+    """In context, boxes on a structure of the sample CT segment that structure in the
+    sample MR and not another one: the network uses its context (organs seen in training;
+    this checks the use of the context, not accuracy)."""
+    from wsicl import ContextSet, Predictor
+    from wsicl.demo import boxes_on_slices, sample, to_boxes
+    from wsicl.metrics import dice
+    ct = sitk.ReadImage(str(sample("example_ct_sm.nii.gz")))
+    ct_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg.nii.gz"))))
+    mr = sitk.ReadImage(str(sample("example_mr_sm.nii.gz")))
+    mr_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz"))))
+    organs = {"liver": 5, "left kidney": 3}        # the same values in both label maps
+    predictor = Predictor("box", device="cpu")
+    for name, value in organs.items():
+        context = ContextSet(name=name).add(ct, to_boxes(boxes_on_slices(ct_labels == value, 5)))
+        mask = sitk.GetArrayFromImage(predictor.segment(mr, context).mask)
+        scores = {other: dice(mask, mr_labels == other_value)
+                  for other, other_value in organs.items()}
+        assert scores[name] > 0.3, scores
+        assert all(scores[name] > 5 * score for other, score in scores.items() if other != name)
