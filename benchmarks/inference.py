@@ -1,7 +1,7 @@
 """Inference time and peak memory per target.
 
 Usage: ``python benchmarks/inference.py [--quick] [--skip-released] [--repeats N]
-[--precisions fp32,bf16] [--cuda]``
+[--precisions fp32,bf16] [--cuda | --cli]``
 
 Each configuration runs in its own process (so peak RSS is its own) and prints one row:
 
@@ -14,6 +14,11 @@ Each configuration runs in its own process (so peak RSS is its own) and prints o
   resampling, prompts, network, mapping back) on the bundled sample MR, with L = 8
   context images (in context) and L = 1 (interactive, the image as its own context),
   with crops (the model's own way: two passes in context) and on whole views.
+
+- ``cli``: a whole ``wsicl segment`` process (Python start, model load, reading and
+  resampling the images, the network, writing the mask) with the released-size
+  architecture (random weights saved to a temporary file) on the sample MR as target and
+  as each of L = 1 or 8 context images; wall time of one process, peak RSS of the child.
 
 With ``--cuda`` only the released size runs, on the GPU (precision ``auto``: bfloat16
 autocast), for L = 1, 8 and 32 (PYTHONPATH=WSICLSegment is enough: no SimpleITK needed).
@@ -104,7 +109,38 @@ def run_bundled(kind: str, precision: str, refine: bool, repeats: int) -> dict:
             "L": context_size, "seconds": seconds, "peak_rss_gb": peak_rss_gb()}
 
 
+def run_cli(context_size: int, precision: str) -> dict:
+    import tempfile
+    import torch
+    from wsicl.checkpoints import ModelInfo, build_model, save_model
+    from wsicl.demo import boxes_on_slices, sample, to_boxes
+    import SimpleITK as sitk
+    with tempfile.TemporaryDirectory(prefix="wsicl-bench-") as folder:
+        folder = Path(folder)
+        torch.manual_seed(0)
+        network = build_model(ModelInfo(channels=RELEASED, input_size=128,
+                                        prompt_kinds=["box"], source="random released-size"))
+        save_model(network, folder / "released.pt", network.metadata)
+        image = sample("example_mr_sm.nii.gz")
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz")))) == 5
+        boxes = [{"min": list(b.min), "max": list(b.max)}
+                 for b in to_boxes(boxes_on_slices(liver, 3))]
+        (folder / "context.json").write_text(json.dumps({"context": [
+            {"image": str(image), "boxes": boxes}] * context_size}))
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "wsicl.cli", "segment", str(image),
+                        "--context-set", str(folder / "context.json"), "--output-dir",
+                        str(folder / "out"), "--model", str(folder / "released.pt"),
+                        "--device", "cpu", "--precision", precision, "--quiet"], check=True)
+        seconds = time.perf_counter() - started
+    return {"model": "released-size (128^3)", "mode": f"whole CLI run {precision}",
+            "L": context_size, "seconds": seconds,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6}
+
+
 def run_one(spec: dict) -> dict:
+    if spec["what"] == "cli":
+        return run_cli(spec["L"], spec["precision"])
     if spec["what"] == "released":
         return run_released(spec["mode"], spec["L"], spec["repeats"], spec.get("device", "cpu"))
     return run_bundled(spec["kind"], spec["precision"], spec["refine"], spec["repeats"])
@@ -121,13 +157,19 @@ def main() -> None:
     parser.add_argument("--cuda", action="store_true",
                         help="time the released-size network on the GPU only (peak RSS is "
                              "then host memory)")
+    parser.add_argument("--cli", action="store_true",
+                        help="only the whole-CLI rows (L = 1, and 8 unless --quick)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
     specs = []
-    if args.cuda:
+    if args.cli:
+        specs = [{"what": "cli", "L": context_size, "precision": precision}
+                 for context_size in ([1] if args.quick else [1, 8])
+                 for precision in ["auto"] + args.precisions.split(",")]
+    elif args.cuda:
         specs = [{"what": "released", "mode": "fp32", "L": context_size, "repeats": 5,
                   "device": "cuda"} for context_size in (1, 8, 32)]
     elif not args.skip_released:
@@ -135,7 +177,7 @@ def main() -> None:
             for mode in ["plain"] + args.precisions.split(","):
                 specs.append({"what": "released", "mode": mode, "L": context_size,
                               "repeats": 1 if context_size == 8 else args.repeats})
-    for kind in ("in-context", "interactive") if not args.cuda else ():
+    for kind in ("in-context", "interactive") if not (args.cuda or args.cli) else ():
         for precision in args.precisions.split(","):
             for refine in (True, False):
                 specs.append({"what": "bundled", "kind": kind, "precision": precision,
