@@ -278,7 +278,7 @@ class InProcessServer:
                  max_upload_bytes: int = 2 ** 30, folder: Path = None) -> None:
         import uvicorn
         from wsicl.server import create_app, listening_socket
-        self.socket = listening_socket("127.0.0.1", 0)
+        self.socket = listening_socket("127.0.0.1", 0, token)
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         app = create_app(service, token, max_upload_bytes, folder)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))

@@ -351,7 +351,7 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        from .server import check_exposure, listening_socket, serve
+        from .server import listening_socket, serve
     except ImportError as error:
         raise ValueError(f"the server needs extra packages ({error.name} is missing); "
                          "install them with: pip install 'wsicl[server]'") from None
@@ -359,21 +359,19 @@ def run_serve(args: argparse.Namespace) -> int:
     from .remote import read_token, served_name
     from .service import Service
     token = read_token(args.token_file) if args.token_file else None
-    check_exposure(args.host, token)                # before the models load
-    if args.port:
-        listening_socket(args.host, args.port).close()
     names = [served_name(model) for model in args.model]
     if len(set(names)) != len(names):
         raise ValueError(f"models {args.model} share a name; give files with distinct names")
-    predictors = {name: Predictor(model, args.device, args.mini_context, args.precision,
-                                  args.refine, args.context_kind)
-                  for name, model in zip(names, args.model)}
-    if not args.quiet:                  # one line per finished job
-        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-        logging.getLogger("wsicl.serve").setLevel(logging.INFO)
-    service = Service(predictors, args.queue, args.cache_mb * 2 ** 20, args.volume_ttl)
-    serve(service, args.host, args.port, token, args.max_upload_mb * 2 ** 20,
-          say=lambda line: print(line, flush=True))
+    with listening_socket(args.host, args.port, token) as sock:   # before the models load
+        predictors = {name: Predictor(model, args.device, args.mini_context, args.precision,
+                                      args.refine, args.context_kind)
+                      for name, model in zip(names, args.model)}
+        if not args.quiet:                  # one line per finished job
+            logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+            logging.getLogger("wsicl.serve").setLevel(logging.INFO)
+        service = Service(predictors, args.queue, args.cache_mb * 2 ** 20, args.volume_ttl)
+        serve(service, sock, token, args.max_upload_mb * 2 ** 20,
+              say=lambda line: print(line, flush=True))
     return 0
 
 

@@ -19,6 +19,7 @@ Errors are JSON ``{"detail": message}``; a full queue answers 503 with Retry-Aft
 """
 import asyncio
 import hmac
+import ipaddress
 import itertools
 import json
 import math
@@ -43,7 +44,6 @@ MAX_JSON_BYTES = 16 * 2 ** 20
 """Largest job request (a context set of a few hundred prompts is a few kB)."""
 MAX_WAIT_SECONDS = 30.0
 """Longest a request waits for a job to change."""
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class Guard:
@@ -169,35 +169,36 @@ def _read_upload(path: Path):
     return image
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host``:``port`` (0: a free port), or a ValueError that says why
-    not."""
+def listening_socket(host: str, port: int, token: Optional[str]) -> socket.socket:
+    """A socket bound to ``host``:``port`` (0: a free port) and listening, or a ValueError
+    that says why not; an address that is not loopback needs a ``token`` (anyone who can
+    reach it could use the server otherwise)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose "
+                         "another --host") from None
+    if token is None and not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+        raise ValueError(f"refusing to listen on {host} without a token: anyone who can reach "
+                         "it could use the server; give --token-file (see the README)")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(128)
     except OSError as error:
+        sock.close()
         raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose "
                          "another --port or --host") from None
     return sock
 
 
-def check_exposure(host: str, token: Optional[str]) -> None:
-    """A ValueError unless ``host`` is loopback or a token guards the server."""
-    if token is None and host not in LOOPBACK:
-        raise ValueError(f"refusing to listen on {host} without a token: anyone who can reach "
-                         "it could use the server; give --token-file (see the README)")
-
-
-def serve(service: Service, host: str, port: int, token: Optional[str],
+def serve(service: Service, sock: socket.socket, token: Optional[str],
           max_upload_bytes: int, say: Callable[[str], None] = print) -> None:
-    """Serves ``service`` until interrupted (Ctrl-C or SIGTERM); says ``listening on URL``
-    once requests are accepted. Refuses a non-loopback ``host`` without a token."""
+    """Serves ``service`` on ``sock`` (from :func:`listening_socket`, which the caller
+    closes) until interrupted (Ctrl-C or SIGTERM); says ``listening on URL`` once
+    requests are accepted."""
     import uvicorn
-    check_exposure(host, token)
-    sock = listening_socket(host, port)
     folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))      # mode 0700
     try:
         app = create_app(service, token, max_upload_bytes, folder)
@@ -218,5 +219,4 @@ def serve(service: Service, host: str, port: int, token: Optional[str],
         asyncio.run(run())
     finally:
         service.close()
-        sock.close()
         shutil.rmtree(folder, ignore_errors=True)
