@@ -130,7 +130,7 @@ class Predictor:
         whole: List[ModelInputs] = []
         cropped: List[ModelInputs] = []
         for entry in context_set.entries:
-            _check_cancel(cancel)
+            check_cancel(cancel)
             entry_whole, entry_crop = self._prepared_entry(entry)
             whole.append(entry_whole)
             if self.refine:
@@ -318,11 +318,11 @@ class Predictor:
         total = context.images.shape[1]
 
         def after_chunk(done: int) -> None:
-            _check_cancel(cancel)
+            check_cancel(cancel)
             if progress is not None:
                 progress(done / total, f"{done}/{total} context images")
 
-        _check_cancel(cancel)
+        check_cancel(cancel)
         target_tensor = torch.from_numpy(target)[None, None].to(self.device)
         try:
             with torch.inference_mode(), autocast(self.device, self.precision):
@@ -384,7 +384,8 @@ def _grown(region: Region, mask: np.ndarray, oriented: Grid) -> Optional[Region]
                        margin=1.0, min_side_mm=0.0)
 
 
-def _check_cancel(cancel: Optional[CancelCheck]) -> None:
+def check_cancel(cancel: Optional[CancelCheck]) -> None:
+    """:class:`Cancelled` if the caller's ``cancel()`` says so."""
     if cancel is not None and cancel():
         raise Cancelled("cancelled")
 

@@ -17,13 +17,14 @@ import time
 import urllib.parse
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
 from .context import Box, ContextSet, Point, check_kinds
 from .geometry import image_digest
-from .predictor import CancelCheck, Cancelled, ProgressCallback, Segmentation
+from .predictor import (CancelCheck, Cancelled, Predictor, ProgressCallback, Segmentation,
+                        check_cancel)
 from .wire import (API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, boxes_to_json,
                    mask_from_bytes, points_to_json)
 
@@ -219,7 +220,7 @@ class RemotePredictor:
         context_set.kinds()
         keys = []
         for entry in context_set.entries:
-            _check(cancel)
+            check_cancel(cancel)
             keys.append((image_digest(entry.image),
                          None if entry.mask is None else image_digest(entry.mask)))
             self._volume(entry.image, keys[-1][0])
@@ -247,18 +248,7 @@ class RemotePredictor:
 
         return Segmentation(self._run(request, target, progress, cancel), None)
 
-    def segment_many(self, targets: Sequence[sitk.Image], context_set: ContextSet,
-                     progress: Optional[ProgressCallback] = None,
-                     cancel: Optional[CancelCheck] = None
-                     ) -> Iterator[Tuple[int, Segmentation]]:
-        """As :meth:`wsicl.Predictor.segment_many`, on the server."""
-        context = self.prepare_context(context_set, cancel)
-        for index, target in enumerate(targets):
-            def report(fraction: float, message: str, index: int = index) -> None:
-                if progress is not None:
-                    progress((index + fraction) / len(targets),
-                             f"target {index + 1}/{len(targets)}: {message}")
-            yield index, self.segment(target, context, report, cancel)
+    segment_many = Predictor.segment_many     # through this class's prepare_context, segment
 
     def segment_interactive(self, image: sitk.Image, boxes: Sequence[Box] = (),
                             points: Sequence[Point] = (), cancel: Optional[CancelCheck] = None,
@@ -321,7 +311,7 @@ class RemotePredictor:
                 ) -> sitk.Image:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            _check(cancel)
+            check_cancel(cancel)
             status, headers, payload = self.connection.request(
                 "GET", f"/jobs/{job['id']}/mask",
                 query={"wait": POLL_SECONDS, "seen_state": job["state"],
@@ -342,8 +332,3 @@ class RemotePredictor:
                 progress(job["progress"], job["message"])
         raise RemoteError(f"the server's job took longer than {self.timeout:.0f} s; it is "
                           "cancelled")
-
-
-def _check(cancel: Optional[CancelCheck]) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("cancelled")
