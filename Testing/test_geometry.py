@@ -1,12 +1,15 @@
 """Reorientation, model-grid resampling and prompt mapping on awkward geometries."""
+import threading
+from typing import List
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, rotation_direction, sphere_volume
 from wsicl import ImageError
-from wsicl.geometry import (Grid, box_to_model, point_to_model, prepare, threshold,
-                            to_source_grid)
+from wsicl.geometry import (Grid, box_to_model, image_digest, point_to_model, prepare,
+                            threshold, to_source_grid)
 from wsicl.metrics import dice
 from wsicl.prompts import PromptOutsideError
 
@@ -141,3 +144,23 @@ def test_nan_voxels_take_the_minimum_and_all_nan_is_refused():
     assert np.allclose(result.array, prepare(make_image(replaced), 8).array)
     with pytest.raises(ImageError, match="no finite voxel"):
         prepare(make_image(np.full((8, 8, 8), np.nan, dtype=np.float32)), 8)
+
+
+def test_image_digest_is_safe_while_other_threads_read_the_same_image():
+    # Regression: digesting through an array view of the caller's image made it unique in
+    # place; four remote clients sharing one context image crashed CI with a segfault.
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 32, 32), np.float32))
+    expected = image_digest(image)
+    digests: List[bytes] = []
+
+    def digest_repeatedly() -> None:
+        for _ in range(200):
+            copy = sitk.Image(image)        # a caller's shallow copy shares the voxel buffer
+            digests.append(image_digest(copy if len(digests) % 2 else image))
+
+    threads = [threading.Thread(target=digest_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(digests) == 800 and set(digests) == {expected}

@@ -36,11 +36,14 @@ LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
 
 def image_digest(image: sitk.Image) -> bytes:
     """A 20-byte digest of an image's voxels, pixel type and geometry (equal digests: the
-    same image for every purpose here)."""
+    same image for every purpose here). Safe while other threads read ``image``: the voxels
+    are viewed through a private copy, because an array view makes its image unique in
+    place, and two threads doing that to one image crash the process."""
     digest = hashlib.blake2b(digest_size=20)
     digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(),
                         image.GetDirection(), image.GetPixelIDValue())).encode())
-    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
+    private = sitk.Image(image)
+    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(private)).data)
     return digest.digest()
 
 

@@ -13,6 +13,7 @@ import http.client
 import json
 import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 import warnings
@@ -32,6 +33,9 @@ POLL_SECONDS = 0.5
 """How long one status request may wait on the server for the job to change."""
 BUSY_RETRIES = 20
 """How often a request refused with 503 (queue full) is tried again."""
+_QUIET_WRITES = threading.Lock()
+"""Held while warnings are switched off around an upload's write: the switch is global to
+SimpleITK, and two threads toggling it could leave it off."""
 
 
 class RemoteError(RuntimeError):
@@ -270,12 +274,13 @@ class RemotePredictor:
         if key not in self._ids:
             with tempfile.TemporaryDirectory(prefix="wsicl-upload-") as folder:
                 path = Path(folder) / "volume.mha"
-                showing = sitk.ProcessObject.GetGlobalWarningDisplay()
-                sitk.ProcessObject.SetGlobalWarningDisplay(False)   # NIfTI header fields
-                try:                                                # MetaImage drops
-                    sitk.WriteImage(image, str(path), True)
-                finally:
-                    sitk.ProcessObject.SetGlobalWarningDisplay(showing)
+                with _QUIET_WRITES:     # silences MetaImage's notes on NIfTI header fields
+                    showing = sitk.ProcessObject.GetGlobalWarningDisplay()
+                    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+                    try:
+                        sitk.WriteImage(image, str(path), True)
+                    finally:
+                        sitk.ProcessObject.SetGlobalWarningDisplay(showing)
                 body = path.read_bytes()
             answer = _parse(self.connection.request(
                 "POST", "/volumes", body, {"format": "mha"}, timeout=600.0,
