@@ -94,6 +94,27 @@ def test_interactive_batches_prompt_the_target_itself(sources):
     assert bool((overlap > 0).all())
 
 
+def test_point_crops_follow_the_point_as_at_inference_so_large_structures_overflow_them():
+    # Inference crops a fixed 96 mm cube around a point, whatever the structure's size;
+    # training once sized point crops by the structure, so a point never met a structure
+    # larger than its crop and the model learned that a point means a small object.
+    labels = np.zeros((80, 160, 160), dtype=np.int64)
+    labels[20:60, 30:130, 30:130] = 1                        # 80 x 200 x 200 mm of 160 x 320 x 320
+    image = labels * 50.0 + np.random.default_rng(0).normal(0, 4, labels.shape)
+    big = Source("big", torch.tensor(image, dtype=torch.float32), torch.from_numpy(labels),
+                 (2.0, 2.0, 2.0), {1: "block"})
+    config = EngineConfig(size=16, prompt="point", interactive_fraction=1.0,
+                          shapes_fraction=0.0, pseudo_fraction=0.0)
+    batch = EpisodeEngine([big], config, seed=1).batch(0, 8)
+    masks = batch.target_mask[:, 0]
+    faces = [masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1], masks[:, :, :, 0],
+             masks[:, :, :, -1]]
+    touched = sum(face.flatten(1).any(1).int() for face in faces)
+    assert bool((touched >= 2).all()) and float(masks.mean()) > 0.3  # sized by it: 0, 0.22
+    overlap = (batch.prompts[:, 0] * masks).flatten(1).sum(1)
+    assert bool((overlap > 0).all())
+
+
 def test_batches_depend_only_on_seed_and_step(sources):
     config = EngineConfig(size=16)
     first = EpisodeEngine(sources, config, seed=5).batch(7, 2)

@@ -210,32 +210,40 @@ class EpisodeEngine:
             high.append(float(present[-1]) + 0.5)
         return np.array(low), np.array(high)
 
-    def _prompt_region(self, mask: torch.Tensor, slices: Sequence[int]
-                       ) -> Tuple[np.ndarray, np.ndarray]:
-        """The box spanned by 2D prompts on ``slices`` (thin along axis 0, as inference
-        sees a 2D box) in continuous voxel coordinates."""
-        lows, highs = [], []
+    def _anchors(self, mask: torch.Tensor, slices: Sequence[int], rng: np.random.Generator
+                 ) -> np.ndarray:
+        """Where the prompts on ``slices`` lie in the source, as inference sees them
+        (continuous voxel coordinates, ``[2 * len(slices), 3]``): a 2D box's two corners
+        (the structure's in-plane bounds on the slice) or a point (a random voxel of the
+        structure on the slice, given twice)."""
+        anchors = []
         for axial in slices:
-            plane_low, plane_high = self._bounds(mask[axial][None].expand(1, -1, -1))
-            lows.append([axial, *plane_low[1:]])
-            highs.append([axial, *plane_high[1:]])
-        return np.min(lows, axis=0), np.max(highs, axis=0)
+            if self.config.prompt == "box":
+                plane_low, plane_high = self._bounds(mask[axial][None].expand(1, -1, -1))
+                anchors += [[axial, *plane_low[1:]], [axial, *plane_high[1:]]]
+            else:
+                voxels = torch.nonzero(mask[axial])
+                point = [axial, *voxels[int(rng.integers(len(voxels)))].tolist()]
+                anchors += [point, point]
+        return np.asarray(anchors, dtype=float)
 
     def _region(self, source: Source, mask: torch.Tensor, rng: np.random.Generator,
-                around_prompts: Optional[Sequence[int]], whole: bool
-                ) -> Tuple[np.ndarray, np.ndarray]:
+                anchors: Optional[np.ndarray], whole: bool) -> Tuple[np.ndarray, np.ndarray]:
+        """The crop around prompt ``anchors`` (the inference rule: a point carries no extent,
+        so its crop is the point side wherever the structure ends) or, without anchors,
+        around a simulated first pass's mask."""
         shape = mask.shape
         if whole:
             return whole_region(shape)
         margin = float(rng.uniform(*self.config.margin))
-        if around_prompts is not None:
-            low, high = self._prompt_region(mask, around_prompts)
+        if anchors is not None:
+            low, high = anchors.min(axis=0), anchors.max(axis=0)
         else:  # a first pass's mask: the true box, each face moved by up to 15 % of its size
             low, high = self._bounds(mask)
             extent = high - low
             low = low + rng.normal(0, 0.08, 3) * extent
             high = np.maximum(high + rng.normal(0, 0.08, 3) * extent, low + 1)
-        min_side = MIN_SIDE_MM if self.config.prompt == "box" or around_prompts is None \
+        min_side = MIN_SIDE_MM if self.config.prompt == "box" or anchors is None \
             else POINT_SIDE_MM * float(rng.uniform(0.7, 1.4))
         shift = rng.normal(0, 0.04, 3) * np.array([0.3, 1, 1])  # sd 4 % of the side
         return crop_region(low, high, source.spacing, shape, margin, min_side, shift)
@@ -327,28 +335,19 @@ class EpisodeEngine:
         return robust_unit_range(image)
 
     # ---- prompts -----------------------------------------------------------------------
-    def _prompt_channel(self, mask: torch.Tensor, rng: np.random.Generator, count: int
-                        ) -> torch.Tensor:
-        """Prompts on ``count`` area-weighted axial slices of a crop's mask: a jittered
-        tight 2D box (3-slice slab) or a ball at a random voxel of the slice."""
-        size = mask.shape[0]
-        channel = torch.zeros_like(mask)
-        for axial in self._prompt_slices(mask, count, rng):
-            plane = mask[axial]
-            if self.config.prompt == "box":
-                low, high = self._bounds(plane[None].expand(1, -1, -1))
-                jitter = np.rint(rng.standard_normal(4)).astype(int)
-                b0 = int(np.clip(low[1] + 0.5 + jitter[0], 0, size - 1))
-                c0 = int(np.clip(low[2] + 0.5 + jitter[1], 0, size - 1))
-                b1 = int(np.clip(high[1] + 0.5 + jitter[2], b0 + 1, size))
-                c1 = int(np.clip(high[2] + 0.5 + jitter[3], c0 + 1, size))
-                a0 = min(max(axial - 1, 0), size - 3)
-                channel[a0:a0 + 3, b0:b1, c0:c1] = 1
-            else:
-                voxels = torch.nonzero(plane)
-                b, c = voxels[int(rng.integers(len(voxels)))].tolist()
-                self._stamp_ball(channel, (axial, b, c))
-        return channel
+    def _stamp_box(self, channel: torch.Tensor, plane: torch.Tensor, axial: int,
+                   rng: np.random.Generator) -> None:
+        """A 2D box on crop slice ``axial``: the tight in-plane box of ``plane`` (that
+        slice's mask) with each edge jittered by round(N(0, 1)) voxels, as a 3-slice slab."""
+        size = channel.shape[0]
+        low, high = self._bounds(plane[None].expand(1, -1, -1))
+        jitter = np.rint(rng.standard_normal(4)).astype(int)
+        b0 = int(np.clip(low[1] + 0.5 + jitter[0], 0, size - 1))
+        c0 = int(np.clip(low[2] + 0.5 + jitter[1], 0, size - 1))
+        b1 = int(np.clip(high[1] + 0.5 + jitter[2], b0 + 1, size))
+        c1 = int(np.clip(high[2] + 0.5 + jitter[3], c0 + 1, size))
+        a0 = min(max(axial - 1, 0), size - 3)
+        channel[a0:a0 + 3, b0:b1, c0:c1] = 1
 
     def _stamp_ball(self, channel: torch.Tensor, centre: Sequence[int]) -> None:
         target, source = ball_slices(centre, channel.shape, self.ball.shape[0] // 2)
@@ -366,11 +365,12 @@ class EpisodeEngine:
         if interactive:
             slices = self._prompt_slices(mask, 1 if rng.random() < 0.6 else
                                          int(rng.integers(2, 4)), rng)
-            region = self._region(source, mask, rng, slices, whole=False)
+            anchors = self._anchors(mask, slices, rng)
+            region = self._region(source, mask, rng, anchors, whole=False)
             image, crop_mask = self._subject(source, mask, region, rng, generator, 0.5, table)
             if not crop_mask.any():
                 return None
-            prompts = self._prompt_channel_on(crop_mask, rng, slices, region)
+            prompts = self._prompt_channel_on(crop_mask, rng, anchors, region)
             return image[None], crop_mask[None], image[None, None], prompts[None, None], name
         whole = rng.random() < config.whole_view_fraction
         region = self._region(source, mask, rng, None, whole)
@@ -384,30 +384,38 @@ class EpisodeEngine:
                 self._intensity_table(other, rng) if synthesis else None)
             slices = self._prompt_slices(other_mask, int(rng.integers(1, config.max_slices + 1)),
                                          rng)
-            context_region = self._region(other, other_mask, rng, slices, whole)
+            anchors = self._anchors(other_mask, slices, rng)
+            context_region = self._region(other, other_mask, rng, anchors, whole)
             image, context_mask = self._subject(other, other_mask, context_region, rng,
                                                 generator, 1.0, other_table)
             if not context_mask.any():
                 return None
             images.append(image)
-            channels.append(self._prompt_channel(context_mask, rng, len(slices)))
+            channels.append(self._prompt_channel_on(context_mask, rng, anchors, context_region))
         return (target[None], target_mask[None], torch.stack(images)[:, None],
                 torch.stack(channels)[:, None], name)
 
     def _prompt_channel_on(self, crop_mask: torch.Tensor, rng: np.random.Generator,
-                           slices: Sequence[int], region) -> torch.Tensor:
-        """Interactive prompts on the crop's slices nearest to the source slices the crop
-        was built around (so the crop is centred on them, as at inference)."""
+                           anchors: np.ndarray, region: Tuple[np.ndarray, np.ndarray]
+                           ) -> torch.Tensor:
+        """The prompts of source ``anchors`` on a crop made from ``region``: on the crop
+        slice nearest to each anchor's slice that shows the structure, a jittered tight box,
+        or a ball at the structure's voxel nearest to the anchor point."""
         size = self.config.size
         low, high = region
         channel = torch.zeros_like(crop_mask)
         present = torch.nonzero(crop_mask.flatten(1).any(1)).flatten()
-        for axial in slices:
-            crop_slice = int(np.clip((axial - low[0]) / (high[0] - low[0]) * size, 0, size - 1))
-            nearest = int(present[torch.argmin((present - crop_slice).abs())])
-            single = torch.zeros_like(crop_mask)
-            single[nearest] = crop_mask[nearest]
-            channel = torch.maximum(channel, self._prompt_channel(single, rng, 1))
+        for anchor in anchors[::2]:
+            at = np.clip((anchor - low) / (high - low) * size, 0, size - 1)
+            nearest = int(present[torch.argmin((present - int(at[0])).abs())])
+            if self.config.prompt == "box":
+                self._stamp_box(channel, crop_mask[nearest], nearest, rng)
+            else:
+                voxels = torch.nonzero(crop_mask[nearest]).float()
+                distance = (voxels - torch.tensor(at[1:], dtype=torch.float32,
+                                                  device=voxels.device)).square().sum(1)
+                b, c = voxels[int(torch.argmin(distance))].long().tolist()
+                self._stamp_ball(channel, (nearest, b, c))
         return channel
 
     def batch(self, step: int, batch_size: int) -> Batch:
