@@ -239,6 +239,10 @@ def test_crop_grows_towards_the_faces_the_answer_runs_into():
     assert np.allclose((low[1:] + high[1:]) / 2, [100.0, 20.0])
     at_border = (np.array([160.0, 80.0, 10.0]), np.array([199.5, 120.0, 30.0]))
     assert _grown(at_border, touching, oriented) is None        # that face is the image's
+    # an answer filling its crop (a point inside a large organ) grows on every side
+    low, high = _grown(region, np.ones((16, 16, 16), dtype=bool), oriented)
+    assert np.allclose((high - low) * oriented.spacing, 60.0)
+    assert np.allclose((low + high) / 2, [100.0, 100.0, 20.0])
 
 
 @pytest.mark.parametrize("direction", [tuple(np.eye(3).ravel()),

@@ -365,19 +365,23 @@ ZOOM_STEPS = 2
 
 def _grown(region: Region, mask: np.ndarray, oriented: Grid) -> Optional[Region]:
     """A crop 1.5 x larger, moved by a quarter of its side towards each face of ``region``
-    that ``mask`` (model-grid array order) touches, where that face is not the image's;
-    ``None`` when the mask touches no such face."""
+    that ``mask`` (model-grid array order) touches, where that face is not the image's (a
+    mask running into both faces of an axis grows on both sides); ``None`` when the mask
+    touches no such face."""
     low, high = region
     bound_low, bound_high = whole_region(oriented.size)
     shift = np.zeros(3)
+    touched = False
     for array_axis in range(3):
         axis = 2 - array_axis                      # array order (k, j, i) -> index (i, j, k)
         first, last = np.take(mask, 0, array_axis), np.take(mask, -1, array_axis)
         if first.any() and low[axis] > bound_low[axis] + 1e-6:
             shift[axis] -= 0.25 * (high[axis] - low[axis])
+            touched = True
         if last.any() and high[axis] < bound_high[axis] - 1e-6:
             shift[axis] += 0.25 * (high[axis] - low[axis])
-    if not shift.any():
+            touched = True
+    if not touched:
         return None
     centre, half = (low + high) / 2 + shift, 0.75 * (high - low)
     return crop_region(centre - half, centre + half, oriented.spacing, oriented.size,
