@@ -1,5 +1,7 @@
 """The crop rule, the episode engine, its training loop and crop-aware inference."""
 import dataclasses
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -170,6 +172,25 @@ def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sourc
     resumed = train(dataclasses.replace(config, steps=4), log=lambda message: None)
     assert resumed["step"] == 4
     assert read_training_state(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_the_first_interrupt_ends_training_after_the_step_with_a_checkpoint(tmp_path, sources):
+    bundle = save_bundle(sources, tmp_path / "sources.pt", ["test"])
+    config = RunConfig(output=str(tmp_path / "run"), sources=str(bundle), channels=[4, 8, 16],
+                       size=16, batch=1, steps=1000, minutes=30, max_context=2, device="cpu",
+                       bf16=False, validation_batches=1)
+    said = []
+
+    def log(message: str) -> None:                  # the rate line comes at step 20
+        said.append(message)
+        if "planning" in message:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    summary = train(config, log=log)
+    assert summary["step"] == 21 and any("stopping after this step" in m for m in said)
+    assert read_training_state(tmp_path / "run" / "last.pt")["step"] == 21
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ---- crop-aware inference -----------------------------------------------------------------

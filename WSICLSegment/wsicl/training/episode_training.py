@@ -5,7 +5,9 @@ of the network's output read as a logit, with Adam, a linear warm-up and cosine 
 the planned steps, gradient clipping, and bfloat16 autocast on CUDA (on the CPU only when
 asked). The run stops at ``steps`` or after ``minutes``, whichever comes first, writing
 ``last.pt`` (weights, metadata, optimiser, step, history) every ``checkpoint_seconds``
-and at the end; a run started on a folder holding ``last.pt`` resumes from it.
+and at the end; a run started on a folder holding ``last.pt`` resumes from it. The first
+Ctrl-C (or SIGTERM) ends the run after the current step with that final checkpoint; a
+second one interrupts at once.
 
 Usage (a bundle from ``scripts/make_sources_bundle.py``)::
 
@@ -13,12 +15,15 @@ Usage (a bundle from ``scripts/make_sources_bundle.py``)::
         --init box --prompt box --batch 32 --minutes 10
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +54,7 @@ class RunConfig:
     warmup: int = 50
     clip: float = 1.0
     max_context: int = 4
+    point_side_min: float = 0.7          # EngineConfig.point_side = (point_side_min, 1.4)
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
@@ -104,6 +110,35 @@ def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(scores))}
 
 
+@contextlib.contextmanager
+def stop_requests(log: Callable[[str], None]) -> Iterator[Callable[[], bool]]:
+    """Turns the first Ctrl-C or SIGTERM into a request to stop at the next step boundary
+    (the handlers before are back after it, so a second one interrupts at once); yields a
+    function saying whether a stop was requested. Outside the main thread signals cannot
+    be caught, and no stop is ever requested."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def request(number: int, frame: object) -> None:
+        requested.set()
+        restore()
+        log("stopping after this step, with a checkpoint; interrupt again to stop at once")
+
+    for number in previous:
+        signal.signal(number, request)
+    try:
+        yield requested.is_set
+    finally:
+        restore()
+
+
 def train(config: RunConfig, log: Callable[[str], None] = print,
           sources: Sequence[Source] = ()) -> Dict:
     """Runs or resumes ``config`` on the bundle ``config.sources`` names and/or
@@ -128,7 +163,8 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
     if not sources:
         raise ValueError("no training sources: give a sources bundle or datasets")
     engine_config = EngineConfig(size=config.size, prompt=config.prompt,
-                                 max_context=config.max_context)
+                                 max_context=config.max_context,
+                                 point_side=(config.point_side_min, 1.4))
     engine = EpisodeEngine(sources, engine_config, config.seed, device)
     held_out = EpisodeEngine(sources, engine_config, config.seed + 10 ** 6, device)
     started = time.perf_counter()
@@ -148,30 +184,31 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
                        dtype=torch.float16)
 
     first = step
-    while step < config.steps and time.perf_counter() < deadline:
-        if config.minutes > 0 and step - first == 20:
-            rate = (time.perf_counter() - started) / 20
-            planned = min(config.steps, step + int((deadline - time.perf_counter()) / rate))
-            log(f"{rate:.3f} s/step: planning {planned} steps")
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate(step, config, planned)
-        batch = engine.batch(step, config.batch)
-        with autocast(device, "bf16" if config.bf16 else "fp32"):
-            logits = _forward(network, batch)
-        loss = segmentation_loss(logits, batch.target_mask)
-        descend(loss, network, optimiser, config.clip)
-        step += 1
-        recent = (recent + [float(loss.detach())])[-50:]
-        if step % 50 == 0:
-            record = {"step": step, "loss": float(np.mean(recent)),
-                      "seconds": time.perf_counter() - started}
-            if step % 200 == 0:
-                record.update(validate(network, held_out, config, device))
-            history.append(record)
-            log(json.dumps(record))
-        if time.perf_counter() - last_save > config.checkpoint_seconds:
-            save()
-            last_save = time.perf_counter()
+    with stop_requests(log) as stopping:
+        while step < config.steps and time.perf_counter() < deadline and not stopping():
+            if config.minutes > 0 and step - first == 20:
+                rate = (time.perf_counter() - started) / 20
+                planned = min(config.steps, step + int((deadline - time.perf_counter()) / rate))
+                log(f"{rate:.3f} s/step: planning {planned} steps")
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(step, config, planned)
+            batch = engine.batch(step, config.batch)
+            with autocast(device, "bf16" if config.bf16 else "fp32"):
+                logits = _forward(network, batch)
+            loss = segmentation_loss(logits, batch.target_mask)
+            descend(loss, network, optimiser, config.clip)
+            step += 1
+            recent = (recent + [float(loss.detach())])[-50:]
+            if step % 50 == 0:
+                record = {"step": step, "loss": float(np.mean(recent)),
+                          "seconds": time.perf_counter() - started}
+                if step % 200 == 0:
+                    record.update(validate(network, held_out, config, device))
+                history.append(record)
+                log(json.dumps(record))
+            if time.perf_counter() - last_save > config.checkpoint_seconds:
+                save()
+                last_save = time.perf_counter()
     history.append({"step": step, "loss": float(np.mean(recent)) if recent else float("nan"),
                     "seconds": time.perf_counter() - started,
                     **validate(network, held_out, config, device)})

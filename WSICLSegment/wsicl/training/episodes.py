@@ -122,7 +122,10 @@ class EngineConfig:
     ``synthesis_fraction``: share of subjects drawn by label-to-image synthesis;
     ``shapes_fraction`` / ``pseudo_fraction``: share of episodes on random shapes /
     intensity pseudo-labels (the rest on labelled sources); ``whole_view_fraction``: share
-    of in-context episodes seen whole (the first pass); ``margin``: range of crop margins.
+    of in-context episodes seen whole (the first pass); ``margin``: range of crop margins;
+    ``point_side``: range of the point crop's side over ``POINT_SIDE_MM`` (drawn
+    log-uniformly; below 1 it stands for structures larger than the training sources hold,
+    so that points inside organs larger than their crop are common).
     """
 
     size: int = 64
@@ -136,6 +139,7 @@ class EngineConfig:
     whole_view_fraction: float = 0.2
     union_fraction: float = 0.2
     margin: Tuple[float, float] = (1.2, 2.4)
+    point_side: Tuple[float, float] = (0.7, 1.4)
 
 
 class EpisodeEngine:
@@ -244,7 +248,7 @@ class EpisodeEngine:
             low = low + rng.normal(0, 0.08, 3) * extent
             high = np.maximum(high + rng.normal(0, 0.08, 3) * extent, low + 1)
         min_side = MIN_SIDE_MM if self.config.prompt == "box" or anchors is None \
-            else POINT_SIDE_MM * float(rng.uniform(0.7, 1.4))
+            else POINT_SIDE_MM * float(np.exp(rng.uniform(*np.log(self.config.point_side))))
         shift = rng.normal(0, 0.04, 3) * np.array([0.3, 1, 1])  # sd 4 % of the side
         return crop_region(low, high, source.spacing, shape, margin, min_side, shift)
 
