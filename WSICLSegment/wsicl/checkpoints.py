@@ -263,7 +263,6 @@ def read_training_state(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return dict(content)
 
 
-
 def restore_training(path: Union[str, os.PathLike], network: WSICLNet,
                      optimiser: torch.optim.Optimizer) -> (int, List[Dict[str, Any]]):
     """Loads a training checkpoint's weights and optimiser state into ``network`` and
