@@ -225,11 +225,13 @@ class RemotePredictor:
         keys = []
         for entry in context_set.entries:
             check_cancel(cancel)
-            keys.append((image_digest(entry.image),
-                         None if entry.mask is None else image_digest(entry.mask)))
-            self._volume(entry.image, keys[-1][0])
+            image_key = image_digest(entry.image)
+            self._volume(entry.image, image_key)
+            mask_key = None
             if entry.mask is not None:
-                self._volume(entry.mask, keys[-1][1])
+                mask_key = image_digest(entry.mask)
+                self._volume(entry.mask, mask_key)
+            keys.append((image_key, mask_key))
         return RemoteContext(context_set, keys)
 
     def segment(self, target: sitk.Image, context: Union[ContextSet, RemoteContext],

@@ -216,19 +216,19 @@ class EpisodeEngine:
 
     def _anchors(self, mask: torch.Tensor, slices: Sequence[int], rng: np.random.Generator
                  ) -> np.ndarray:
-        """Where the prompts on ``slices`` lie in the source, as inference sees them
-        (continuous voxel coordinates, ``[2 * len(slices), 3]``): a 2D box's two corners
-        (the structure's in-plane bounds on the slice) or a point (a random voxel of the
-        structure on the slice, given twice)."""
+        """Where the prompts on ``slices`` lie in the source, as inference sees them:
+        ``[len(slices), 2, 3]``, each prompt's low and high corner in continuous voxel
+        coordinates; a 2D box spans the structure's in-plane bounds on its slice, a point
+        (both corners) is a random voxel of the structure on its slice."""
         anchors = []
         for axial in slices:
             if self.config.prompt == "box":
                 plane_low, plane_high = self._bounds(mask[axial][None].expand(1, -1, -1))
-                anchors += [[axial, *plane_low[1:]], [axial, *plane_high[1:]]]
+                anchors.append([[axial, *plane_low[1:]], [axial, *plane_high[1:]]])
             else:
                 voxels = torch.nonzero(mask[axial])
                 point = [axial, *voxels[int(rng.integers(len(voxels)))].tolist()]
-                anchors += [point, point]
+                anchors.append([point, point])
         return np.asarray(anchors, dtype=float)
 
     def _region(self, source: Source, mask: torch.Tensor, rng: np.random.Generator,
@@ -241,7 +241,7 @@ class EpisodeEngine:
             return whole_region(shape)
         margin = float(rng.uniform(*self.config.margin))
         if anchors is not None:
-            low, high = anchors.min(axis=0), anchors.max(axis=0)
+            low, high = anchors[:, 0].min(axis=0), anchors[:, 1].max(axis=0)
         else:  # a first pass's mask: the true box, each face moved by up to 15 % of its size
             low, high = self._bounds(mask)
             extent = high - low
@@ -409,8 +409,8 @@ class EpisodeEngine:
         low, high = region
         channel = torch.zeros_like(crop_mask)
         present = torch.nonzero(crop_mask.flatten(1).any(1)).flatten()
-        for anchor in anchors[::2]:
-            at = np.clip((anchor - low) / (high - low) * size, 0, size - 1)
+        for corner, _ in anchors:       # a box's low corner is on its slice; a point's is it
+            at = np.clip((corner - low) / (high - low) * size, 0, size - 1)
             nearest = int(present[torch.argmin((present - int(at[0])).abs())])
             if self.config.prompt == "box":
                 self._stamp_box(channel, crop_mask[nearest], nearest, rng)
