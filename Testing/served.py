@@ -15,8 +15,16 @@ from conftest import make_image, sphere_volume
 from wsicl import Box, ContextSet, Predictor
 from wsicl.checkpoints import ModelInfo, build_model, save_model
 
-TOKEN = "test-token-7f3a9c1e5b"
+TOKEN = "test-token-7f3a9c1e5b-0d2e4f6a8b1c3d5e"
 BOX = Box((12, 10, 12), (28, 26, 12))
+
+
+def write_token(folder: Path, token: str = TOKEN) -> Path:
+    """A token file as `wsicl serve` accepts it (private to its owner) in ``folder``."""
+    path = Path(folder) / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def blob(seed: int = 0, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
@@ -43,24 +51,29 @@ def write_served_model(path: Path) -> Path:
     return path
 
 class ServerProcess:
-    """`wsicl serve` in a child process; ``url`` once it said it listens (60 s at most)."""
+    """`wsicl serve` in a child process; ``url`` once it said it listens (60 s at most);
+    ``output`` collects its lines as they come."""
 
-    def __init__(self, *arguments: str) -> None:
+    def __init__(self, *arguments: str, env: dict = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wsicl.cli", "serve", "--device", "cpu",
              "--precision", "fp32", *arguments],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.output: list = []
         lines: "queue.Queue[str]" = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout],
-                         daemon=True).start()
-        self.output = []
+
+        def collect() -> None:
+            for line in self.process.stdout:
+                self.output.append(line)
+                lines.put(line)
+
+        threading.Thread(target=collect, daemon=True).start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            self.output.append(line)
             if line.startswith("listening on "):
                 self.url = line.split()[-1]
                 return
@@ -68,6 +81,17 @@ class ServerProcess:
         raise AssertionError(f"server did not start: {''.join(self.output)}")
 
     def stop(self) -> None:
+        """Stops the server as a service manager would (SIGTERM), killing it if it has not
+        finished within 10 s."""
         if self.process.poll() is None:
-            self.process.kill()
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.process.wait(10)
+
+    def peak_memory(self) -> int:
+        """The process's peak resident memory so far (VmHWM), in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) * 1024

@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image, rotation_direction
-from served import BOX, TOKEN, ServerProcess, blob, write_served_model
+from served import BOX, TOKEN, ServerProcess, blob, write_served_model, write_token
 from wsicl import Box, Cancelled, ContextSet, Predictor
 from wsicl.cli import main
 from wsicl.remote import RemoteError, RemotePredictor, check_server
@@ -36,9 +36,7 @@ def model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("token") / "token"
-    path.write_text(TOKEN + "\n")
-    return path
+    return write_token(tmp_path_factory.mktemp("token"))
 
 
 @pytest.fixture(scope="module")

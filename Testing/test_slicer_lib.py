@@ -21,7 +21,7 @@ from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
 from wsicl import Cancelled, Predictor  # noqa: E402
 from wsicl.contextfile import read_context_file  # noqa: E402
 from wsicl.remote import RemoteError, RemotePredictor  # noqa: E402
-from served import TOKEN, ServerProcess, write_served_model  # noqa: E402
+from served import TOKEN, ServerProcess, write_served_model, write_token  # noqa: E402
 
 AWKWARD = [rotation_direction(23.0, axis=2), (-1, 0, 0, 0, 1, 0, 0, 0, -1),
            rotation_direction(-35.0, axis=0)]
@@ -500,9 +500,8 @@ def test_run_settings_are_saved_with_the_scene(logics, tmp_path):
 def test_a_run_on_a_server_writes_what_a_local_run_writes(two_context_scene, tmp_path):
     logics, set_node, target = two_context_scene
     model = write_served_model(tmp_path / "tiny.pt")
-    (tmp_path / "token").write_text(TOKEN)
     server = ServerProcess("--port", "0", "--model", str(model), "--token-file",
-                           str(tmp_path / "token"))
+                           str(write_token(tmp_path)))
     try:
         logic = SegmentationLogic(logics.scene, logics.segmentations)
         remote = RunSettings(str(model), server=server.url)

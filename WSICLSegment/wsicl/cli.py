@@ -328,13 +328,18 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve the network over HTTP (for Slicer and `segment --server`)",
         description="Keep models loaded and segment for clients over HTTP (needs "
-                    "`pip install wsicl[server]`). Listens on loopback unless --host says "
-                    "otherwise; any other address needs --token-file. See the README for an "
-                    "SSH tunnel.")
+                    "`pip install '.[server]'` in the checkout). Listens on loopback unless "
+                    "--host says otherwise; any other address needs a token. See the README "
+                    "for an SSH tunnel or a TLS proxy.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
-    parser.add_argument("--token-file", type=Path, metavar="PATH",
-                        help="file holding the bearer token clients must send")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token-file", type=Path, metavar="PATH",
+                        help="file holding the bearer token clients must send (at least 32 "
+                             "characters, readable by its owner only)")
+    tokens.add_argument("--new-token", type=Path, metavar="PATH",
+                        help="write a new random token to PATH (private to you; never "
+                             "overwrites) and serve with it")
     parser.add_argument("--model", nargs="+", default=["box"], metavar="MODEL",
                         help="box, point or weights files; clients name them by the given "
                              "name or the file's stem")
@@ -351,14 +356,18 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        from .server import listening_socket, serve
+        from .server import listening_socket, read_server_token, serve, write_new_token
     except ImportError as error:
         raise ValueError(f"the server needs extra packages ({error.name} is missing); "
-                         "install them with: pip install 'wsicl[server]'") from None
+                         "install them from the checkout with: pip install '.[server]'"
+                         ) from None
     from .predictor import Predictor
-    from .remote import read_token, served_name
+    from .remote import served_name
     from .service import Service
-    token = read_token(args.token_file) if args.token_file else None
+    token = read_server_token(args.token_file) if args.token_file else None
+    if args.new_token:
+        token = write_new_token(args.new_token)
+        print(f"wrote a new token to {args.new_token} (give it to the clients)", flush=True)
     names = [served_name(model) for model in args.model]
     if len(set(names)) != len(names):
         raise ValueError(f"models {args.model} share a name; give files with distinct names")

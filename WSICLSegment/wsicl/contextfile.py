@@ -22,6 +22,7 @@ resampled by nearest neighbour); ``label`` picks the structure (any non-zero vox
 absent), see :mod:`wsicl.masks`.
 """
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -43,10 +44,19 @@ class ContextFileError(ValueError):
 
 
 def read_coordinates(value: Any, where: str) -> Tuple[float, float, float]:
+    """Three finite numbers (a JSON integer too large for a float is refused, shown cut)."""
+    def finite(v: Any) -> bool:
+        try:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                math.isfinite(float(v))
+        except OverflowError:
+            return False
+
     if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-            for v in value):
-        raise ContextFileError(f"{where}: expected 3 finite numbers, got {value!r}")
+            finite(v) for v in value):
+        shown = repr(value)
+        raise ContextFileError(f"{where}: expected 3 finite numbers, got "
+                               f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
     return tuple(float(v) for v in value)
 
 

@@ -1,6 +1,7 @@
 """Reading images (files and DICOM series) and writing masks atomically."""
 import gzip
 import re
+import struct
 import zlib
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -46,19 +47,30 @@ def dicom_series(folder: Path) -> List[str]:
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0])) if series else []
 
 
-def read_image(path: Union[str, Path]) -> sitk.Image:
-    """An image file (NIfTI, NRRD, MHA/MHD) or a DICOM series folder."""
+def read_image(path: Union[str, Path], untrusted: bool = False,
+               max_bytes: Optional[int] = None) -> sitk.Image:
+    """An image file (NIfTI, NRRD, MHA/MHD) or a DICOM series folder, checked first by
+    :func:`check_complete`.
+
+    Args:
+        untrusted: the file came from someone else (a server upload): it must be a single
+            file holding its own voxels and unpack to exactly what its header declares,
+            and only the reader its suffix names may open it (:func:`check_self_contained`).
+        max_bytes: the most memory its voxels may take; a header declaring more is refused
+            with :class:`TooLarge` before any voxel is read.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
+            if untrusted:
+                raise ValueError(f"{path}: is a folder; a single image file is expected")
             files = dicom_series(path)
             if not files:
                 raise ValueError(f"{path}: folder holds no DICOM series")
             return sitk.ReadImage(files)
-        check_complete(path)
-        return sitk.ReadImage(str(path))
+        return check_complete(path, untrusted, max_bytes).Execute()
     except RuntimeError as error:
         raise _unreadable(path, error) from None
 
@@ -67,17 +79,28 @@ MAX_VOXELS = 1_000_000_000
 """Largest image read (4 GB as float32): a header claiming more is refused unread."""
 
 
-def check_complete(path: Path) -> None:
-    """:class:`ValueError` for an image file whose header claims more than
-    :data:`MAX_VOXELS` voxels (a corrupt or hostile header, refused before allocating), or
-    that is shorter than its header promises (SimpleITK reads such files without complaint,
+class TooLarge(ValueError):
+    """An image whose header declares more voxel memory than the caller allows."""
+
+
+def check_complete(path: Path, untrusted: bool = False, max_bytes: Optional[int] = None
+                   ) -> sitk.ImageFileReader:
+    """A reader for ``path`` with its header read, after refusing (:class:`ValueError`) a
+    header that claims more than :data:`MAX_VOXELS` voxels or ``max_bytes`` bytes of
+    voxels (:class:`TooLarge`; a corrupt or hostile header, refused before allocating), and
+    a file shorter than its header promises (SimpleITK reads such files without complaint,
     the missing part as zeros, or fails with a misleading message): a ``.gz`` file must
-    reach its gzip end marker; an uncompressed NIfTI, NRRD or MHA must hold every voxel; a
-    gzip-encoded NRRD or compressed MHA stream must end and inflate to every voxel."""
+    reach its gzip end marker and inflate to every voxel; an uncompressed NIfTI, NRRD or
+    MHA must hold every voxel; a gzip-encoded NRRD or compressed MHA stream must end and
+    inflate to every voxel. ``untrusted`` (see :func:`read_image`) adds
+    :func:`check_self_contained` and refuses compressed data that inflates to more than
+    declared (a decompression bomb), stopping as soon as it does."""
     name = path.name.lower()
     remedy = "copy or download it again"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    if untrusted:
+        reader.SetImageIO(check_self_contained(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
@@ -87,31 +110,93 @@ def check_complete(path: Path) -> None:
         raise ValueError(f"{path}: its header claims {voxels:,} voxels (size "
                          f"{list(reader.GetSize())}), more than WSICL reads ({MAX_VOXELS:,}); "
                          "the header is corrupt or the image must be cropped first")
-    if name.endswith(".gz"):
-        try:
-            with gzip.open(path, "rb") as stream:
-                while stream.read(1 << 24):
-                    pass
-        except (EOFError, OSError, zlib.error) as error:
-            raise ValueError(f"{path}: truncated or corrupt compressed file ({error}); "
-                             f"{remedy}") from None
-        return
-    if not name.endswith((".nii", ".nrrd", ".mha")):
-        return
     needed = voxels * sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
+    if max_bytes is not None and needed > max_bytes:
+        raise TooLarge(f"{path}: its header declares {needed / 2 ** 20:,.0f} MB of voxels (size "
+                       f"{list(reader.GetSize())}, {reader.GetPixelIDTypeAsString()}), more "
+                       f"than the {max_bytes / 2 ** 20:,.0f} MB allowed")
+    if name.endswith(".gz"):
+        offset = _nifti_data_offset(_gunzip_head(path)) if name.endswith(".nii.gz") else 0
+        declared = None if offset is None else offset + needed
+        inflated = _gunzipped_size(path, declared if untrusted else None)
+        if inflated is None:
+            raise ValueError(f"{path}: truncated or corrupt compressed file; {remedy}")
+        _check_inflated(path, inflated, declared, untrusted)
+        return reader
+    if not name.endswith((".nii", ".nrrd", ".mha")):
+        return reader
     header = _header(path)
     offset, wbits = _inline_payload(name, header)
     if offset is None:
-        return   # data in a separate file, or an encoding its reader checks
+        return reader   # data in a separate file, or an encoding its reader checks
     if wbits is None:
-        if path.stat().st_size < needed:
+        if path.stat().st_size - offset < needed:
             raise ValueError(f"{path}: truncated: {path.stat().st_size} bytes for {voxels} "
                              f"voxels that need {needed}; {remedy}")
+        return reader
+    inflated = _inflated_size(path, offset, wbits, needed if untrusted else None)
+    if inflated is None:
+        raise ValueError(f"{path}: truncated or corrupt compressed data (the stream ends "
+                         f"early); {remedy}")
+    _check_inflated(path, inflated, needed, untrusted)
+    return reader
+
+
+def _check_inflated(path: Path, inflated: int, declared: Optional[int],
+                    untrusted: bool) -> None:
+    """Refuses compressed data that inflates to fewer bytes than its header declares (or,
+    ``untrusted``, to more)."""
+    if declared is None:
         return
-    inflated = _inflated_size(path, offset, wbits)
-    if inflated is None or inflated < needed:
-        found = "the stream ends early" if inflated is None else f"{inflated} of {needed} bytes"
-        raise ValueError(f"{path}: truncated or corrupt compressed data ({found}); {remedy}")
+    if inflated < declared:
+        raise ValueError(f"{path}: truncated or corrupt compressed data ({inflated} of "
+                         f"{declared} bytes); copy or download it again")
+    if untrusted and inflated > declared:
+        raise ValueError(f"{path}: its compressed data unpacks to more than the "
+                         f"{declared} bytes its header declares; refused unread")
+
+
+UPLOAD_READERS = {".mha": "MetaImageIO", ".nrrd": "NrrdImageIO", ".nii": "NiftiImageIO",
+                  ".nii.gz": "NiftiImageIO"}
+"""The one ITK reader each single-file format an untrusted file may have is opened with
+(ITK would otherwise pick a reader by probing the content)."""
+
+
+def check_self_contained(path: Path) -> str:
+    """The ITK reader for an untrusted image file, after refusing (:class:`ValueError`)
+    any file whose voxels would be read from another file: MetaImage only with
+    ``ElementDataFile = LOCAL``, NRRD only with attached data (no ``data file``), NIfTI only
+    single-file (magic ``n+1`` / ``n+2``, not a ``.hdr``/``.img`` pair or ANALYZE)."""
+    name = path.name.lower()
+    suffix = next((s for s in (".nii.gz", ".nii", ".nrrd", ".mha") if name.endswith(s)), None)
+    if suffix is None:
+        raise ValueError(f"{path}: only single-file .mha, .nrrd, .nii and .nii.gz images are "
+                         "accepted here")
+    fix = f"send a single {suffix} file that holds its own voxels"
+    if suffix == ".mha":
+        header = _header(path)
+        found = re.search(rb"elementdatafile", header, re.I)
+        line = re.match(rb"ElementDataFile[ \t]*=[ \t]*LOCAL[ \t\r]*\n",
+                        header[header.rfind(b"\n", 0, found.start()) + 1:], re.I) \
+            if found else None
+        if line is None:
+            raise ValueError(f"{path}: its header does not say that the voxels follow it "
+                             f"(ElementDataFile = LOCAL); {fix}")
+    elif suffix == ".nrrd":
+        header = _header(path)
+        end = re.search(rb"\r?\n\r?\n", header)
+        if not header.startswith(b"NRRD") or end is None:
+            raise ValueError(f"{path}: not an NRRD file with its header and voxels in one "
+                             f"file; {fix}")
+        if re.search(rb"data\s*file", header[:end.start()], re.I):
+            raise ValueError(f"{path}: a detached NRRD header (its voxels are in another "
+                             f"file); {fix}")
+    else:
+        head = _gunzip_head(path) if suffix == ".nii.gz" else _header(path, 544)
+        if _nifti_data_offset(head) is None:
+            raise ValueError(f"{path}: not a single-file NIfTI image (a .hdr/.img pair, "
+                             f"ANALYZE or another kind of file); {fix}")
+    return UPLOAD_READERS[suffix]
 
 
 def _unreadable(path: Path, error: Exception) -> ValueError:
@@ -131,11 +216,55 @@ def _header(path: Path, limit: int = 65536) -> bytes:
         return stream.read(limit)
 
 
+def _gunzip_head(path: Path, limit: int = 544) -> bytes:
+    """The first ``limit`` inflated bytes of a gzip file (fewer if it is shorter or
+    corrupt)."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            return stream.read(limit)
+    except (EOFError, OSError, zlib.error):
+        return b""
+
+
+def _nifti_data_offset(head: bytes) -> Optional[int]:
+    """Where a single-file NIfTI-1 or NIfTI-2 image's voxels start (``vox_offset``, in
+    bytes from the start of the inflated file), from its first 544 bytes; None if they
+    are not the header of one."""
+    if len(head) >= 348 and head[344:348] == b"n+1\x00":
+        for order in "<>":
+            if struct.unpack(f"{order}i", head[:4])[0] == 348:
+                offset = struct.unpack(f"{order}f", head[108:112])[0]
+                return int(offset) if np.isfinite(offset) and offset >= 348 else None
+    if len(head) >= 540 and head[4:12] == b"n+2\x00\r\n\x1a\n":
+        for order in "<>":
+            if struct.unpack(f"{order}i", head[:4])[0] == 540:
+                offset = struct.unpack(f"{order}q", head[168:176])[0]
+                return offset if offset >= 540 else None
+    return None
+
+
+def _gunzipped_size(path: Path, cap: Optional[int]) -> Optional[int]:
+    """Bytes a gzip file inflates to (all its members; reading stops once past ``cap``);
+    None if it is cut short or corrupt."""
+    size = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while cap is None or size <= cap:
+                chunk = stream.read(1 << 22)
+                if not chunk:
+                    break
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return None
+    return size
+
+
 def _inline_payload(name: str, header: bytes) -> Tuple[Optional[int], Optional[int]]:
     """Where a NIfTI, NRRD or MHA file's voxels start and their zlib ``wbits`` (None: raw);
     ``(None, None)`` for data kept in another file or an encoding not checked here."""
     if name.endswith(".nii"):
-        return 0, None         # the size check covers header + voxels
+        offset = _nifti_data_offset(header[:544])
+        return (0 if offset is None else offset), None
     if name.endswith(".nrrd"):
         end = header.find(b"\n\n")
         if end < 0 or re.search(rb"^data ?file:", header[:end], re.M | re.I):
@@ -151,19 +280,27 @@ def _inline_payload(name: str, header: bytes) -> Tuple[Optional[int], Optional[i
     return found.end(), 15 if compressed else None
 
 
-def _inflated_size(path: Path, offset: int, wbits: int) -> Optional[int]:
-    """Bytes a zlib / gzip stream starting at ``offset`` inflates to; None if it is cut
-    short or corrupt."""
+def _inflated_size(path: Path, offset: int, wbits: int, cap: Optional[int] = None
+                   ) -> Optional[int]:
+    """Bytes a zlib / gzip stream starting at ``offset`` inflates to, inflating at most
+    4 MB at a time and stopping once past ``cap``; None if it is cut short or corrupt."""
     inflater = zlib.decompressobj(wbits)
     size = 0
     try:
         with open(path, "rb") as stream:
             stream.seek(offset)
-            while not inflater.eof:
-                chunk = stream.read(1 << 22)
-                if not chunk:
-                    return None
-                size += len(inflater.decompress(chunk))
+            pending = b""
+            while not inflater.eof and (cap is None or size <= cap):
+                if not pending:
+                    pending = stream.read(1 << 22)
+                if not pending:                   # the file ended: what zlib still holds
+                    held = len(inflater.decompress(b"", 1 << 22))
+                    if not held:
+                        return None
+                    size += held
+                    continue
+                size += len(inflater.decompress(pending, 1 << 22))
+                pending = inflater.unconsumed_tail
     except zlib.error:
         return None
     return size

@@ -93,9 +93,9 @@ class Connection:
         times)."""
         target = self.prefix + API + path + (
             "?" + urllib.parse.urlencode(query) if query else "")
-        headers = {"Content-Type": content_type} if body is not None else {}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers: Dict[str, Any] = {"Content-Type": content_type} if body is not None else {}
+        if self.token:              # UTF-8, as the server reads it (http.client: Latin-1)
+            headers["Authorization"] = f"Bearer {self.token}".encode("utf-8")
         for attempt in range(BUSY_RETRIES + 1):
             status, answer, payload = self._once(method, target, body, headers,
                                                  timeout or self.timeout)
@@ -110,7 +110,7 @@ class Connection:
                 _detail(payload, status, self.url))
         return status, answer, payload
 
-    def _once(self, method: str, target: str, body: Optional[bytes], headers: Dict[str, str],
+    def _once(self, method: str, target: str, body: Optional[bytes], headers: Dict[str, Any],
               timeout: float) -> Tuple[int, Dict[str, str], bytes]:
         kind = http.client.HTTPSConnection if self._parsed.scheme == "https" else \
             http.client.HTTPConnection

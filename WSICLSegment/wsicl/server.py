@@ -1,14 +1,15 @@
 """``wsicl serve``: the inference service over HTTP (FastAPI on uvicorn; ``pip install
-wsicl[server]``).
+".[server]"`` from the checkout).
 
 Endpoints (all under ``/v1``; a bearer token is required on all but ``/v1/health`` when the
 server has one; ``/openapi.json`` describes them):
 
 * ``GET /v1/health``: ``{"status": "ok", "version": ...}``.
-* ``GET /v1/info``: version, device, precision, models and limits.
-* ``POST /v1/volumes?format=mha|nrrd|nii|nii.gz``: the body is one image file; answers
-  ``{"id": ...}`` (201). Header checks run before any voxel is allocated; the file only
-  passes through the server's private temporary folder.
+* ``GET /v1/info``: version, device, precision, models (by name) and limits.
+* ``POST /v1/volumes?format=mha|nrrd|nii|nii.gz``: the body is one self-contained image
+  file; answers ``{"id": ...}`` (201). Its header is checked before any voxel is read
+  (:func:`wsicl.imageio.read_image` with ``untrusted``); the file only passes through the
+  server's private temporary folder, under a random name.
 * ``POST /v1/jobs?wait=S``: a job request (:mod:`wsicl.service`); answers its state (202).
 * ``GET /v1/jobs/{id}?wait=S``: its state, once changed or after ``S`` seconds.
 * ``GET /v1/jobs/{id}/mask?wait=S``: 200 with the mask (:func:`wsicl.wire.mask_to_bytes`)
@@ -16,61 +17,152 @@ server has one; ``/openapi.json`` describes them):
 * ``DELETE /v1/jobs/{id}``: cancel.
 
 Errors are JSON ``{"detail": message}``; a full queue answers 503 with Retry-After.
+
+Threat model (the README's server section says the same for users): whoever can reach the
+port and holds the token may use the models, upload volumes and read the results of jobs
+whose ids they know; nothing else. Uploads cannot name other files, every body is bounded
+as it streams, a volume's memory is checked against the cache budget before it is read,
+decompression stops at the size the header declares, connections are capped and must send
+their headers within :data:`HEADER_SECONDS`, and long polls hold no thread. On loopback,
+requests must be addressed to a loopback name (no DNS rebinding from a web page).
 """
 import asyncio
 import hmac
 import ipaddress
-import itertools
 import json
 import math
 import os
+import re
+import resource
+import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import __version__
-from .imageio import read_image
-from .service import Busy, Service, ServiceError
+from .imageio import TooLarge, read_image
+from .service import Busy, Job, Service, ServiceError, scrub
 from .wire import API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, UPLOAD_FORMATS
 
-MAX_JSON_BYTES = 16 * 2 ** 20
-"""Largest job request (a context set of a few hundred prompts is a few kB)."""
+MAX_JSON_BYTES = 4 * 2 ** 20
+"""Largest body of any request but an upload (a context set of 128 images with a few
+prompts each is about 50 kB), counted as it streams, chunked or not."""
 MAX_WAIT_SECONDS = 30.0
 """Longest a request waits for a job to change."""
+POLL_SECONDS = 0.025
+"""How often a waiting request looks at its job (it holds no thread while it waits)."""
+HEADER_SECONDS = 10.0
+"""A connection must send a request's headers within this long (after connecting, or
+after the keep-alive wait that follows an answer), or it is closed."""
+KEEP_ALIVE_SECONDS = 5
+"""An idle connection is kept this long for the client's next request."""
+MAX_CONNECTIONS = 64
+"""Open connections at most (fewer when the process may open few files); more are closed
+as soon as they are accepted."""
+MAX_DECODES = 2
+"""Uploads decoded at once; each may take up to the volume cache's budget in memory."""
+TOKEN_CHARS = 32
+"""Shortest token ``wsicl serve`` accepts."""
+
+
+def connection_cap() -> int:
+    """:data:`MAX_CONNECTIONS`, or half the files this process may open if that is fewer
+    (the rest are for uploads, logs and the models)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else \
+        max(4, min(MAX_CONNECTIONS, soft // 2))
 
 
 class Guard:
-    """ASGI middleware: the bearer token (constant-time comparison) on every path but the
-    health check, and body-size limits declared by Content-Length (uploads are also
-    counted as they stream)."""
+    """ASGI middleware, in front of every request: the ``Host`` header on a loopback
+    server, the bearer token (constant-time comparison, scheme case-insensitive) on every
+    path but the health check, and the body size: uploads up to ``max_upload_bytes``
+    (declared or counted as they stream), every other body read here up to
+    :data:`MAX_JSON_BYTES` before the application sees it."""
 
-    def __init__(self, app: Any, token: Optional[str], max_upload_bytes: int) -> None:
+    def __init__(self, app: Any, token: Optional[str], max_upload_bytes: int,
+                 loopback: bool) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.token = token.encode("utf-8") if token else None
         self.max_upload_bytes = max_upload_bytes
+        self.loopback = loopback
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         path = scope["path"]
-        if self.expected is not None and path != f"{API}/health" and not hmac.compare_digest(
-                headers.get(b"authorization", b""), self.expected):
-            return await JSONResponse(
-                {"detail": "missing or wrong bearer token"}, 401,
-                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-        limit = self.max_upload_bytes if path == f"{API}/volumes" else MAX_JSON_BYTES
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > limit:
-            return await JSONResponse({"detail": too_large(limit)}, 413)(scope, receive, send)
-        await self.app(scope, receive, send)
+        if self.loopback and not loopback_host(headers.get(b"host")):
+            return await refuse(421, "this server answers only requests addressed to "
+                                     "localhost or a loopback address; connect to it as such "
+                                     "(an SSH tunnel or proxy must pass Host: localhost)",
+                                scope, receive, send)
+        if self.token is not None and path != f"{API}/health" and \
+                not self.authorised(headers.get(b"authorization", b"")):
+            return await refuse(401, "missing or wrong bearer token", scope, receive, send,
+                                {"WWW-Authenticate": "Bearer"})
+        upload = path == f"{API}/volumes"
+        limit = self.max_upload_bytes if upload else MAX_JSON_BYTES
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await refuse(413, too_large(limit), scope, receive, send)
+        if upload:                  # streamed to disk and counted by the endpoint
+            return await self.app(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return                                  # the client went away
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await refuse(413, too_large(limit), scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def authorised(self, header: bytes) -> bool:
+        scheme, _, credentials = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(),
+                                                                    self.token)
+
+
+async def refuse(status: int, detail: str, scope: Dict[str, Any], receive: Callable,
+                 send: Callable, headers: Optional[Dict[str, str]] = None) -> None:
+    await JSONResponse({"detail": detail}, status, headers)(scope, receive, send)
+
+
+def loopback_host(host: Optional[bytes]) -> bool:
+    """Whether a ``Host`` header names this machine by loopback (``localhost``,
+    ``127.x.x.x``, ``[::1]``, any port); a request without one (HTTP/1.0) passes."""
+    if host is None:
+        return True
+    name = host.decode("latin-1").strip().lower()
+    name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] \
+        if name.count(":") == 1 else name
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def too_large(limit: int) -> str:
@@ -83,13 +175,26 @@ def wait_seconds(wait: float) -> float:
     return min(max(wait, 0.0), MAX_WAIT_SECONDS) if math.isfinite(wait) else 0.0
 
 
+async def settled(service: Service, job_id: str, wait: float,
+                  seen: Optional[Tuple[str, float]] = None) -> Job:
+    """The job once finished, or changed from ``seen`` (state, progress), or after
+    ``wait`` seconds (see :func:`wait_seconds`), whichever comes first; the wait polls
+    and holds no thread."""
+    job = service.job(job_id)
+    deadline = asyncio.get_running_loop().time() + wait_seconds(wait)
+    while not Service.changed(job, seen) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+    return job
+
+
 def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
-               folder: Path) -> Any:
+               folder: Path, loopback: bool = True) -> Any:
     """The ASGI application: ``service``'s endpoints behind :class:`Guard`; uploads pass
-    through ``folder`` (private to this process)."""
+    through ``folder`` (private to this process); ``loopback``: the server listens on a
+    loopback address only (requests must be addressed to one)."""
     app = FastAPI(title="WSICL inference server", version=__version__, docs_url=None,
                   redoc_url=None)
-    uploads = itertools.count()
+    decoding = asyncio.Semaphore(MAX_DECODES)
 
     @app.exception_handler(ServiceError)
     async def refused(request: Request, error: ServiceError) -> JSONResponse:
@@ -97,18 +202,18 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
         return JSONResponse({"detail": str(error)}, error.status, headers)
 
     @app.get(f"{API}/health")
-    def health() -> Dict[str, str]:
+    async def health() -> Dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     @app.get(f"{API}/info")
-    def info() -> Dict[str, Any]:
+    async def info() -> Dict[str, Any]:
         return {**service.info(), "max_upload_mb": max_upload_bytes / 2 ** 20}
 
     @app.post(f"{API}/volumes", status_code=201)
     async def upload(request: Request, format: str = "mha") -> Dict[str, Any]:
         if format not in UPLOAD_FORMATS:
             raise ServiceError(422, f"format must be one of {', '.join(UPLOAD_FORMATS)}")
-        path = folder / f"upload-{next(uploads)}.{format}"
+        path = folder / f"{secrets.token_hex(16)}.{format}"
         try:
             received = 0
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
@@ -119,28 +224,29 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
                     file.write(chunk)
             if received == 0:
                 raise ServiceError(422, "the upload is empty; send the image file as the body")
-            image = await run_in_threadpool(_read_upload, path)
+            async with decoding:
+                image = await run_in_threadpool(_read_upload, path, service.volumes.max_bytes)
         finally:
             path.unlink(missing_ok=True)
         return {"id": service.volumes.add(image), "size": list(image.GetSize()),
                 "bytes": received}
 
     @app.post(f"{API}/jobs", status_code=202)
-    def submit(request_json: Dict[str, Any], wait: float = 0.0) -> Dict[str, Any]:
+    async def submit(request_json: Dict[str, Any], wait: float = 0.0) -> Dict[str, Any]:
         job = service.submit(request_json)
-        return service.wait(job.id, wait_seconds(wait)).describe()
+        return (await settled(service, job.id, wait)).describe()
 
     @app.get(f"{API}/jobs/{{job_id}}")
-    def state(job_id: str, wait: float = 0.0, seen_state: str = "",
-              seen_progress: float = -1.0) -> Dict[str, Any]:
-        return service.wait(job_id, wait_seconds(wait),
-                            (seen_state, seen_progress) if seen_state else None).describe()
+    async def state(job_id: str, wait: float = 0.0, seen_state: str = "",
+                    seen_progress: float = -1.0) -> Dict[str, Any]:
+        return (await settled(service, job_id, wait,
+                              (seen_state, seen_progress) if seen_state else None)).describe()
 
     @app.get(f"{API}/jobs/{{job_id}}/mask")
-    def mask(job_id: str, wait: float = 0.0, seen_state: str = "",
-             seen_progress: float = -1.0) -> Response:
-        job = service.wait(job_id, wait_seconds(wait),
-                           (seen_state, seen_progress) if seen_state else None)
+    async def mask(job_id: str, wait: float = 0.0, seen_state: str = "",
+                   seen_progress: float = -1.0) -> Response:
+        job = await settled(service, job_id, wait,
+                            (seen_state, seen_progress) if seen_state else None)
         if job.state == "done":
             payload, size = job.result
             return Response(payload, 200, {SIZE_HEADER: size,
@@ -152,21 +258,81 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
         return JSONResponse(job.describe(), status)
 
     @app.delete(f"{API}/jobs/{{job_id}}")
-    def cancel(job_id: str) -> Dict[str, Any]:
+    async def cancel(job_id: str) -> Dict[str, Any]:
         return service.cancel(job_id).describe()
 
-    return Guard(app, token, max_upload_bytes)
+    return Guard(app, token, max_upload_bytes, loopback)
 
 
-def _read_upload(path: Path):
+def _read_upload(path: Path, max_bytes: int):
+    """The uploaded image at ``path`` (self-contained, at most ``max_bytes`` of voxels), or
+    a ServiceError whose message names no server path or address."""
     try:
-        image = read_image(path)
+        image = read_image(path, untrusted=True, max_bytes=max_bytes)
+    except TooLarge as error:
+        raise ServiceError(413, scrub(str(error).replace(str(path), "the uploaded volume")) +
+                           " (--cache-mb on the server)") from None
     except (ValueError, FileNotFoundError) as error:
-        raise ServiceError(422, str(error).replace(str(path), "the uploaded volume")) from None
+        raise ServiceError(422, scrub(str(error).replace(str(path), "the uploaded volume"))
+                           ) from None
     if image.GetDimension() != 3:
         raise ServiceError(422, f"the uploaded volume is {image.GetDimension()}D; WSICL "
                                 "segments 3D volumes")
     return image
+
+
+class BoundedProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the two bounds it lacks: at most ``cap`` open
+    connections (more are closed on arrival, without a log line), and a deadline for each
+    request's headers (:data:`HEADER_SECONDS`; a client that connects and sends nothing,
+    or its headers a byte at a time, is cut off)."""
+
+    cap = MAX_CONNECTIONS
+    header_seconds = HEADER_SECONDS
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._started = None
+        self._deadline = None
+        if len(self.connections) > self.cap:
+            transport.abort()
+            return
+        self._arm(self.header_seconds)
+
+    def _arm(self, seconds: float) -> None:
+        """Closes the connection in ``seconds`` unless a new request has begun by then."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._started = self.cycle
+        self._deadline = self.loop.call_later(seconds, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if self.cycle is self._started and self.transport is not None:
+            self.transport.close()          # no new request began in time
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._deadline is not None and self.cycle is not self._started:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def on_response_complete(self) -> None:
+        answered = self.cycle
+        super().on_response_complete()        # may start a pipelined request at once
+        if self.cycle is answered and not self.transport.is_closing():
+            self._arm(self.timeout_keep_alive + self.header_seconds)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    """Whether ``sock`` is bound to a loopback address."""
+    return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
 
 
 def listening_socket(host: str, port: int, token: Optional[str]) -> socket.socket:
@@ -193,17 +359,75 @@ def listening_socket(host: str, port: int, token: Optional[str]) -> socket.socke
     return sock
 
 
+def read_server_token(path: Path) -> str:
+    """The token a server is started with: the file must be private to its owner (on
+    POSIX systems) and the token at least :data:`TOKEN_CHARS` characters; a ValueError
+    says how to fix either."""
+    from .remote import read_token
+    path = Path(path).expanduser()
+    token = read_token(path)
+    mode = path.stat().st_mode & 0o777
+    if os.name == "posix" and mode & 0o077:
+        raise ValueError(f"{path}: the token file can be read by other users (mode "
+                         f"{mode:03o}); make it private: chmod 600 {path}")
+    if len(token) < TOKEN_CHARS:
+        raise ValueError(f"{path}: the token is {len(token)} characters; use at least "
+                         f"{TOKEN_CHARS} (`wsicl serve --new-token FILE` writes a good one)")
+    return token
+
+
+def write_new_token(path: Path) -> str:
+    """Writes a new random token (256 bits, URL-safe) to ``path``, readable by its owner
+    only, and returns it; a ValueError if the file exists (a token in use is never
+    overwritten) or cannot be written."""
+    path = Path(path).expanduser()
+    token = secrets.token_urlsafe(32)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ValueError(f"{path}: exists; use it with --token-file, or name a new file for "
+                         "--new-token") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot write the token there ({error.strerror or error}); "
+                         "choose a writable folder") from None
+    try:
+        with open(handle, "w", encoding="ascii") as stream:
+            stream.write(token + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        if path.read_text(encoding="ascii").strip() != token:
+            raise OSError(5, "it did not read back as written")
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{path}: the token could not be written ({error.strerror or error}); "
+                         "check the free disk space") from None
+    return token
+
+
+class Stopped(Exception):
+    """SIGTERM reached the server (``kill``, systemd, docker stop): it shuts down cleanly."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
 def serve(service: Service, sock: socket.socket, token: Optional[str],
           max_upload_bytes: int, say: Callable[[str], None] = print) -> None:
     """Serves ``service`` on ``sock`` (from :func:`listening_socket`, which the caller
-    closes) until interrupted (Ctrl-C or SIGTERM); says ``listening on URL`` once
-    requests are accepted."""
+    closes) until interrupted (Ctrl-C or SIGTERM: both finish the requests in flight, remove
+    the private upload folder and return); says ``listening on URL`` once requests are
+    accepted."""
     import uvicorn
+    previous = signal.signal(signal.SIGTERM, _stop)     # uvicorn raises it again at its end
     folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))      # mode 0700
     try:
-        app = create_app(service, token, max_upload_bytes, folder)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                               timeout_keep_alive=30))
+        app = create_app(service, token, max_upload_bytes, folder, is_loopback(sock))
+        BoundedProtocol.cap = connection_cap()
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning", lifespan="off", http=BoundedProtocol,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=BoundedProtocol.cap + 1,
+            h11_max_incomplete_event_size=64 * 1024))
 
         async def run() -> None:
             task = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -216,7 +440,11 @@ def serve(service: Service, sock: socket.socket, token: Optional[str],
                 sys.stdout.flush()
             await task
 
-        asyncio.run(run())
+        try:
+            asyncio.run(run())
+        except Stopped:
+            pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         service.close()
         shutil.rmtree(folder, ignore_errors=True)

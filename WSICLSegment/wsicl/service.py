@@ -23,12 +23,14 @@ import dataclasses
 import logging
 import math
 import queue
+import re
 import secrets
 import threading
 import time
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import SimpleITK as sitk
@@ -183,7 +185,8 @@ class Service:
         return {"version": __version__, "device": label, "precision": first.precision,
                 "queue_size": self.queue_size,
                 "models": {name: {"prompt_kinds": p.kinds, "input_size": p.size,
-                                  "refine": p.refine, "source": p.metadata.source}
+                                  "refine": p.refine,
+                                  "source": Path(p.metadata.source).name}
                            for name, p in self.predictors.items()}}
 
     def submit(self, request: Any) -> Job:
@@ -207,19 +210,11 @@ class Service:
                                         "or the server restarted)")
             return self._jobs[job_id]
 
-    def wait(self, job_id: str, seconds: float, seen: Optional[Tuple[str, float]] = None
-             ) -> Job:
-        """The job once it has finished, or its state changed from ``seen`` (state,
-        progress), or after ``seconds``, whichever comes first."""
-        job = self.job(job_id)
-        deadline = time.monotonic() + max(0.0, seconds)
-        with self._changed:
-            while not job.finished and (seen is None or seen == job.observed()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-        return job
+    @staticmethod
+    def changed(job: Job, seen: Optional[Tuple[str, float]]) -> bool:
+        """Whether a client that last saw ``seen`` (state, progress; None: nothing) has
+        something new to learn: the job finished or looks different."""
+        return job.finished or (seen is not None and seen != job.observed())
 
     def cancel(self, job_id: str) -> Job:
         """Asks a job to stop: a queued job will not run; a running one stops at its next
@@ -275,11 +270,11 @@ class Service:
             except Cancelled:
                 self._update(job, state="cancelled", message="cancelled")
             except ValueError as error:
-                self._update(job, state="failed", error=str(error), error_kind="input",
+                self._update(job, state="failed", error=scrub(str(error)), error_kind="input",
                              message="failed")
             except RuntimeError as error:       # out of memory, device errors
-                self._update(job, state="failed", error=str(error), error_kind="runtime",
-                             message="failed")
+                self._update(job, state="failed", error=scrub(str(error)),
+                             error_kind="runtime", message="failed")
             except Exception as error:          # a bug: logged here, one line to the client
                 LOG.exception("job %s failed", job.id)
                 self._update(job, state="failed", error_kind="internal", message="failed",
@@ -288,8 +283,9 @@ class Service:
             job.seconds = job.seconds or time.perf_counter() - started
             self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * job.seconds
             LOG.info("job %s (%s, %s, %s): %s in %.2f s%s", job.id, job.model,
-                     "interactive" if job.interactive_entry else "in context", job.name,
-                     job.state, job.seconds, f": {job.error}" if job.error else "")
+                     "interactive" if job.interactive_entry else "in context",
+                     printable(job.name), job.state, job.seconds,
+                     f": {printable(job.error)}" if job.error else "")
 
     def _run(self, job: Job) -> sitk.Image:
         predictor = self.predictors[job.model]
@@ -324,6 +320,10 @@ def _options(predictor: Predictor, refine: Optional[bool], kinds: Optional[List[
         predictor.refine, predictor.kinds = saved
 
 
+MAX_CONTEXT_ENTRIES = 128
+"""Context images one job may name."""
+MAX_PROMPTS = 512
+"""Boxes and points on one image (a box on every slice of a large organ is a few hundred)."""
 JOB_KEYS = {"model", "mode", "target", "name", "context", "boxes", "points", "refine",
             "prompt_kinds"}
 ENTRY_KEYS = {"image", "boxes", "points", "mask", "name"}
@@ -342,8 +342,11 @@ def parse_job(request: Any, predictors: Dict[str, Predictor], volumes: VolumeSto
             raise ValueError(f"job: refine must be true, false or null, got {refine!r}")
         kinds = request.get("prompt_kinds")
         kinds = check_kinds(kinds, "job: prompt_kinds") if kinds is not None else None
-        name = str(request.get("name", "target"))[:500]
+        name = _text(request.get("name", "target"), "job: 'name'")[:500]
         model = request.get("model")
+        if not isinstance(model, str):
+            raise ValueError(f"job: 'model' must be a string naming one of "
+                             f"{', '.join(predictors)}")
     except ValueError as error:
         raise ServiceError(422, str(error)) from None
     if model not in predictors:
@@ -353,8 +356,7 @@ def parse_job(request: Any, predictors: Dict[str, Predictor], volumes: VolumeSto
     context, entry = None, None
     try:
         if mode == "interactive":
-            entry = ContextEntry(target, boxes_from_json(request.get("boxes")),
-                                 points_from_json(request.get("points")), name)
+            entry = ContextEntry(target, *_prompts(request, "job"), name)
             if entry.prompt_kind not in ("box", "point"):
                 raise ValueError("interactive job: give boxes or points on the target, of "
                                  "one kind")
@@ -370,12 +372,46 @@ def _context_set(raw: Any, volumes: VolumeStore) -> ContextSet:
             not raw["entries"]:
         raise ValueError("job: 'context' must be an object with a non-empty 'entries' list")
     check_object(raw, {"name", "entries"}, "context")
-    context = ContextSet(name=str(raw.get("name", "structure"))[:200])
+    if len(raw["entries"]) > MAX_CONTEXT_ENTRIES:
+        raise ValueError(f"context: {len(raw['entries'])} entries; a job takes at most "
+                         f"{MAX_CONTEXT_ENTRIES} context images")
+    context = ContextSet(name=_text(raw.get("name", "structure"), "context: 'name'")[:200])
     for index, item in enumerate(raw["entries"]):
-        check_object(item, ENTRY_KEYS, f"context entry {index}")
-        name = str(item.get("name", f"context[{index}]"))[:500]
+        where = f"context entry {index}"
+        check_object(item, ENTRY_KEYS, where)
+        name = _text(item.get("name", f"context[{index}]"), f"{where}: 'name'")[:500]
         mask = volumes.get(item["mask"]) if "mask" in item else None
-        context.add(volumes.get(item.get("image")), boxes_from_json(item.get("boxes")),
-                    points_from_json(item.get("points")), name, mask=mask)
+        context.add(volumes.get(item.get("image")), *_prompts(item, where), name, mask=mask)
     context.kinds()
     return context
+
+
+def _prompts(raw: Dict[str, Any], where: str) -> Tuple[List[Any], List[Any]]:
+    """The boxes and points of a job or context entry, at most :data:`MAX_PROMPTS` in all."""
+    boxes, points = boxes_from_json(raw.get("boxes")), points_from_json(raw.get("points"))
+    if len(boxes) + len(points) > MAX_PROMPTS:
+        raise ValueError(f"{where}: {len(boxes) + len(points)} prompts; an image takes at most "
+                         f"{MAX_PROMPTS}")
+    return boxes, points
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, for one log line
+    (a client's string can never start a line of its own)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_PATH = re.compile(r"(?<![\w.])(?:/[^/\s:'\"()\[\],]+){2,}/?")
+
+
+def scrub(text: str) -> str:
+    """An error message for a client without the server's internals: memory addresses
+    (``0x...``) and absolute paths (``/a/b...``) become ``<address>`` and ``<path>``."""
+    return _PATH.sub("<path>", _ADDRESS.sub("<address>", text))
