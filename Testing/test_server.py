@@ -273,13 +273,15 @@ class InProcessServer:
     """The HTTP app around ``service`` on a free loopback port, in a thread."""
 
     def __init__(self, service: Service, token: str = TOKEN,
-                 max_upload_bytes: int = 2 ** 30, folder: Path = None) -> None:
+                 max_upload_bytes: int = 2 ** 30, folder: Path = None,
+                 protocol: type = None) -> None:
         import uvicorn
         from wsicl.server import create_app, listening_socket
         self.socket = listening_socket("127.0.0.1", 0, token)
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         app = create_app(service, token, max_upload_bytes, folder)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                                    http=protocol or "h11"))
         self.thread = threading.Thread(target=self.server.run,
                                        kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()

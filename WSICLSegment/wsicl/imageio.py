@@ -112,9 +112,10 @@ def check_complete(path: Path, untrusted: bool = False, max_bytes: Optional[int]
                          "the header is corrupt or the image must be cropped first")
     needed = voxels * sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     if max_bytes is not None and needed > max_bytes:
+        kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
         raise TooLarge(f"{path}: its header declares {needed / 2 ** 20:,.0f} MB of voxels (size "
-                       f"{list(reader.GetSize())}, {reader.GetPixelIDTypeAsString()}), more "
-                       f"than the {max_bytes / 2 ** 20:,.0f} MB allowed")
+                       f"{list(reader.GetSize())}, {kind}), more than the "
+                       f"{max_bytes / 2 ** 20:,.0f} MB allowed")
     if name.endswith(".gz"):
         offset = _nifti_data_offset(_gunzip_head(path)) if name.endswith(".nii.gz") else 0
         declared = None if offset is None else offset + needed

@@ -32,7 +32,6 @@ import ipaddress
 import json
 import math
 import os
-import re
 import resource
 import secrets
 import shutil

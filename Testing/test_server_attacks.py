@@ -1,0 +1,394 @@
+"""`wsicl serve` attacked as a client (with or without the token) would attack it: each
+finding of the server-hardening review as a test, on loopback only, every request loop
+bounded in count and time. `Testing/README.md` lists the attacks and the answers expected.
+
+Memory is measured on real `wsicl serve` processes as the growth of their peak resident
+memory (VmHWM) across the attack.
+"""
+import gzip
+import http.client
+import json
+import logging
+import random
+import re
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from served import BOX, TOKEN, ServerProcess, blob, write_served_model, write_token
+from test_server import Gated, InProcessServer, raw
+from wsicl.cli import main
+from wsicl.remote import RemotePredictor, check_server
+from wsicl.server import BoundedProtocol, HEADER_SECONDS, write_new_token
+from wsicl.service import MAX_CONTEXT_ENTRIES, MAX_PROMPTS, Service
+
+MB = 2 ** 20
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return write_served_model(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    """A real `wsicl serve` with a token and a 64 MB volume cache."""
+    running = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                            str(write_token(tmp_path_factory.mktemp("token"))),
+                            "--cache-mb", "64")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def in_process(model_file, tmp_path):
+    running = InProcessServer(Service({"tiny": Gated(str(model_file), "cpu",
+                                                     precision="fp32")}, queue_size=2),
+                              folder=tmp_path)
+    Gated.gate = threading.Event()
+    yield running
+    Gated.gate.set()
+    running.stop()
+
+
+def upload(url: str, body: bytes, fmt: str, token: str = TOKEN):
+    return raw(f"{url}/v1/volumes?format={fmt}", "POST", body, token,
+               "application/octet-stream")
+
+
+def nifti_header(size=(1, 1, 1), magic: bytes = b"n+1\x00") -> bytes:
+    """A float32 NIfTI-1 header (with its 4-byte extension flag) declaring ``size``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "template.nii"
+        sitk.WriteImage(sitk.Image([1, 1, 1], sitk.sitkFloat32), str(path))
+        header = bytearray(path.read_bytes()[:352])
+    header[40:56] = struct.pack("<8h", 3, *size, 1, 1, 1, 1)
+    header[344:348] = magic
+    return bytes(header)
+
+
+# 1. Uploads that name other files on the server
+
+def test_an_upload_cannot_make_the_server_read_another_file(server, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\x07S3CRET")
+    secret.chmod(0o600)
+    attacks = {
+        "mha": b"ObjectType = Image\nNDims = 3\nDimSize = 1 1 1\nElementType = MET_UCHAR\n"
+               b"HeaderSize = 1\nElementDataFile = " + str(secret).encode() + b"\n",
+        "nrrd": b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nencoding: raw\n"
+                b"data file: " + str(secret).encode() + b"\n\n",
+    }
+    attacks["nrrd2"] = attacks["nrrd"].replace(b"data file:", b"datafile:")
+    attacks["mha2"] = attacks["mha"].replace(b"ElementDataFile", b"elementdatafile")
+    for name, body in attacks.items():
+        status, _, answer = upload(server.url, body, name.rstrip("2"))
+        assert status == 422, (name, status, answer)
+        assert "S3CRET" not in json.dumps(answer) and str(secret) not in json.dumps(answer)
+    status, _, answer = upload(server.url, nifti_header(magic=b"ni1\x00") + bytes(4), "nii")
+    assert status == 422 and "single-file NIfTI" in answer["detail"]
+
+
+def test_a_self_contained_upload_of_each_format_is_still_accepted(server, tmp_path):
+    image = blob(0)
+    for fmt, compress in (("mha", True), ("mha", False), ("nrrd", True), ("nrrd", False),
+                          ("nii", False), ("nii.gz", True)):
+        path = tmp_path / f"volume.{fmt}"
+        sitk.WriteImage(image, str(path), compress)
+        status, _, answer = upload(server.url, path.read_bytes(), fmt)
+        assert status == 201, (fmt, compress, answer)
+        assert answer["size"] == list(image.GetSize())
+
+
+def test_uploads_stream_into_private_files_with_random_names(in_process, tmp_path):
+    seen = []
+
+    def body():
+        sitk.WriteImage(blob(0), str(tmp_path / "v.mha"), True)
+        data = (tmp_path / "v.mha").read_bytes()
+        yield data[:100]
+        for _ in range(20):                     # the server holds the first part by now
+            found = [p for p in tmp_path.iterdir() if p.suffix == ".mha" and p.name != "v.mha"]
+            if found:
+                seen.extend((p.name, p.stat().st_mode & 0o777) for p in found)
+                break
+            time.sleep(0.1)
+        yield data[100:]
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(in_process.url.rsplit(":", 1)[1]),
+                                            timeout=20)
+    connection.request("POST", "/v1/volumes?format=mha", body(),
+                       {"Authorization": f"Bearer {TOKEN}"}, encode_chunked=True)
+    assert connection.getresponse().status == 201
+    connection.close()
+    assert seen and all(re.fullmatch(r"[0-9a-f]{32}\.mha", name) and mode == 0o600
+                        for name, mode in seen), seen
+
+
+# 2. Tiny uploads that would allocate gigabytes
+
+def test_a_header_declaring_more_than_the_cache_is_refused_before_any_voxel_is_read(server):
+    before = server.peak_memory()
+    for body, fmt in ((gzip.compress(nifti_header((600, 600, 500))), "nii.gz"),   # 720 MB
+                      (b"ObjectType = Image\nNDims = 3\nDimSize = 400 400 400\n"   # 512 MB as
+                       b"ElementType = MET_DOUBLE\nElementDataFile = LOCAL\n", "mha")):  # f64
+        started = time.monotonic()
+        status, _, answer = upload(server.url, body, fmt)
+        assert status == 413 and "64 MB" in answer["detail"], answer
+        assert time.monotonic() - started < 5
+    assert server.peak_memory() - before < 32 * MB
+
+
+def test_a_decompression_bomb_is_refused_at_its_declared_size(server, tmp_path):
+    bomb = tmp_path / "bomb.nii.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as stream:    # declares 16 MB, holds 256
+        stream.write(nifti_header((256, 256, 64)))
+        zeros = bytes(4 * MB)
+        for _ in range(64):
+            stream.write(zeros)
+    before = server.peak_memory()
+    started = time.monotonic()
+    status, _, answer = upload(server.url, bomb.read_bytes(), "nii.gz")
+    assert status == 422 and "more than" in answer["detail"], answer
+    assert time.monotonic() - started < 5
+    assert server.peak_memory() - before < 32 * MB
+
+
+def test_concurrent_hostile_uploads_stay_within_their_budget(server):
+    body = gzip.compress(nifti_header((300, 300, 150)))           # 54 MB declared, 64 allowed
+    before = server.peak_memory()
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(upload(server.url, body,
+                                                                      "nii.gz")[0]))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == [422] * 3                                     # shorter than declared
+    assert server.peak_memory() - before < 32 * MB
+
+
+# 3. Bodies without Content-Length
+
+def test_a_chunked_request_body_is_bounded_as_it_streams(server):
+    before = server.peak_memory()
+    host, port = server.url.rsplit("//", 1)[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=20)
+    chunk = b" " * MB
+
+    def body():
+        for _ in range(128):
+            yield chunk
+
+    try:
+        connection.request("POST", "/v1/jobs", body(), {"Authorization": f"Bearer {TOKEN}",
+                                                        "Content-Type": "application/json"},
+                           encode_chunked=True)
+        status = connection.getresponse().status
+    except (BrokenPipeError, ConnectionResetError):
+        status = 413                        # the server answered and closed mid-body
+    finally:
+        connection.close()
+    assert status == 413
+    assert server.peak_memory() - before < 32 * MB
+
+
+# 4. Connections that never finish their headers
+
+class Tight(BoundedProtocol):
+    cap = 8
+    header_seconds = 1.0
+
+
+def test_idle_and_slow_header_connections_are_capped_and_cut_off(model_file, tmp_path,
+                                                                 caplog):
+    running = InProcessServer(Service({"tiny": Gated(str(model_file), "cpu",
+                                                     precision="fp32")}),
+                              folder=tmp_path, protocol=Tight)
+    try:
+        port = int(running.url.rsplit(":", 1)[1])
+        caplog.set_level(logging.INFO)
+        sockets = []
+        for index in range(20):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" if index % 2 else b"")
+            sockets.append(sock)
+        time.sleep(0.3)
+        assert len(running.server.server_state.connections) <= Tight.cap
+        time.sleep(Tight.header_seconds + 0.7)
+        assert len(running.server.server_state.connections) == 0
+        for sock in sockets:                    # each was closed by the server
+            sock.settimeout(2)
+            try:
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+            sock.close()
+        assert raw(running.url + "/v1/health")[0] == 200
+        assert len(caplog.records) < 5
+    finally:
+        running.stop()
+
+
+def test_wsicl_serve_closes_a_connection_that_sends_nothing(server):
+    host, port = server.url.rsplit("//", 1)[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=HEADER_SECONDS + 5)
+    started = time.monotonic()
+    try:
+        assert sock.recv(1024) == b""
+    except ConnectionResetError:
+        pass
+    sock.close()
+    assert HEADER_SECONDS - 1 < time.monotonic() - started < HEADER_SECONDS + 4
+
+
+# 5. Long polls, caps and types
+
+def test_long_polls_never_hold_up_other_requests(in_process):
+    image_id = RemotePredictor(in_process.url, TOKEN, "tiny")._volume(blob(0))
+    job = in_process.service.submit({"model": "tiny", "target": image_id, "context": {
+        "entries": [{"image": image_id, "boxes": [{"min": list(BOX.min),
+                                                   "max": list(BOX.max)}]}]}})
+    pollers = [threading.Thread(target=raw, args=(f"{in_process.url}/v1/jobs/{job.id}?wait=30",),
+                                daemon=True) for _ in range(45)]
+    for poller in pollers:
+        poller.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert raw(in_process.url + "/v1/health")[0] == 200
+    assert raw(in_process.url + "/v1/info")[0] == 200
+    assert time.monotonic() - started < 2.0
+    Gated.gate.set()
+    for poller in pollers:
+        poller.join(30)
+
+
+def test_malformed_jobs_are_refused_with_422_never_500(in_process):
+    image_id = RemotePredictor(in_process.url, TOKEN, "tiny")._volume(blob(0))
+    box = {"min": list(BOX.min), "max": list(BOX.max)}
+    entry = {"image": image_id, "boxes": [box]}
+    valid = {"model": "tiny", "target": image_id, "context": {"entries": [entry]}}
+    cases = [
+        {**valid, "model": ["tiny"]}, {**valid, "model": {"a": 1}}, {**valid, "model": 7},
+        {**valid, "name": {"x": 1}}, {**valid, "mode": 3},
+        {**valid, "context": {"entries": [{**entry, "boxes": [
+            {"min": [int("9" * 4000), 1, 1], "max": [5, 5, 5]}]}]}},
+        {**valid, "context": {"entries": [entry] * (MAX_CONTEXT_ENTRIES + 1)}},
+        {**valid, "context": {"entries": [{**entry, "boxes": [box] * (MAX_PROMPTS + 1)}]}},
+        {**valid, "context": {"entries": [{**entry, "name": ["x"]}]}},
+        {**valid, "context": {"name": 5, "entries": [entry]}},
+    ]
+    rng = random.Random(0)
+    strange = [None, True, -1, 1e308, "x" * 600, [], {}, [[]], [None], {"min": None},
+               [1, 2], "\n", [{"min": "a", "max": "b"}]]
+    paths = [("model",), ("target",), ("mode",), ("name",), ("refine",), ("prompt_kinds",),
+             ("boxes",), ("context",), ("context", "entries"), ("context", "name")]
+    for _ in range(60):
+        job = json.loads(json.dumps(valid))
+        *parents, key = rng.choice(paths)
+        holder = job
+        for parent in parents:
+            holder = holder[parent]
+        holder[key] = rng.choice(strange)
+        cases.append(job)
+    for case in cases:                  # well-formed ones queue (202) or find it full (503)
+        status, _, answer = raw(in_process.url + "/v1/jobs", "POST", json.dumps(case).encode())
+        assert status in (202, 404, 422, 503), (case, status, answer)
+    Gated.gate.set()
+
+
+# 6. Logs, error texts, /v1/info, the token and the Host header
+
+def test_client_strings_cannot_forge_log_lines(server):
+    remote = RemotePredictor(server.url, TOKEN, "tiny")
+    remote.segment_interactive(blob(0), [BOX], name="case7\n00:00:00 job FORGED: done")
+    deadline = time.monotonic() + 10
+    while not any("case7" in line for line in server.output) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any("case7" in line for line in server.output)
+    assert not any(line.startswith("00:00:00 job FORGED") for line in server.output)
+
+
+def test_errors_name_no_server_path_or_address_and_info_names_no_path(server):
+    broken = bytearray(nifti_header() + bytes(4))
+    broken[70:72] = struct.pack("<h", 9999)                         # an unknown data type
+    status, _, answer = upload(server.url, bytes(broken), "nii")
+    assert status == 422 and "uploaded volume" in answer["detail"]
+    assert not re.search(r"0x[0-9a-f]{6,}|/tmp|wsicl-serve", answer["detail"]), answer
+    info = raw(server.url + "/v1/info")[2]
+    assert info["models"]["tiny"]["source"] == "tiny.pt" and "/" not in json.dumps(info)
+
+
+def test_serve_refuses_weak_or_exposed_token_files(model_file, tmp_path, capsys):
+    exposed = write_token(tmp_path)
+    exposed.chmod(0o644)
+    assert main(["serve", "--port", "0", "--model", str(model_file), "--token-file",
+                 str(exposed)]) == 1
+    assert f"chmod 600 {exposed}" in capsys.readouterr().err
+    (tmp_path / "short").mkdir()
+    short = write_token(tmp_path / "short", "abc")
+    assert main(["serve", "--port", "0", "--model", str(model_file), "--token-file",
+                 str(short)]) == 1
+    assert "at least 32" in capsys.readouterr().err
+    token = write_new_token(tmp_path / "new")
+    assert len(token) >= 32 and (tmp_path / "new").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "new").read_text().strip() == token
+    assert main(["serve", "--port", "0", "--model", str(model_file), "--new-token",
+                 str(tmp_path / "new")]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert (tmp_path / "new").read_text().strip() == token          # never overwritten
+
+
+def test_bearer_is_case_insensitive_and_tokens_are_utf8_on_both_sides(model_file, tmp_path):
+    token = "tökén-" + "ß" * 30
+    running = InProcessServer(Service({"tiny": Gated(str(model_file), "cpu",
+                                                     precision="fp32")}),
+                              token=token, folder=tmp_path)
+    try:
+        assert "tiny" in check_server(running.url, token)
+        request = http.client.HTTPConnection("127.0.0.1", int(running.url.rsplit(":", 1)[1]),
+                                             timeout=10)
+        request.request("GET", "/v1/info", headers={
+            "Authorization": f"bEaReR {token}".encode("utf-8")})
+        assert request.getresponse().status == 200
+        request.close()
+    finally:
+        running.stop()
+
+
+def test_a_loopback_server_answers_only_requests_addressed_to_loopback(server):
+    port = server.url.rsplit(":", 1)[1]
+
+    def with_host(host: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+        connection.putrequest("GET", "/v1/info", skip_host=True)
+        connection.putheader("Host", host)
+        connection.putheader("Authorization", f"Bearer {TOKEN}")
+        connection.endheaders()
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    assert with_host("attacker.example:8000") == 421
+    assert with_host("127.0.0.1.attacker.example") == 421
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost:9999", "[::1]:80"):
+        assert with_host(host) == 200, host
+
+
+def test_sigterm_stops_the_server_cleanly_and_removes_its_folder(model_file, tmp_path):
+    import os
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    running = ServerProcess("--port", "0", "--model", str(model_file),
+                            env={**os.environ, "TMPDIR": str(temporary)})
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("wsicl-serve-")]
+    running.process.terminate()
+    assert running.process.wait(20) == 0
+    assert not [p for p in temporary.iterdir() if p.name.startswith("wsicl-serve-")]
