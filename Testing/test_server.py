@@ -204,7 +204,8 @@ def test_an_oversized_upload_is_refused_before_it_is_read(model_file, token_file
 
 def test_killed_and_restarted_servers(model_file, token_file, tmp_path):
     first = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
-                          str(token_file))
+                          str(token_file),      # killed below: its upload folder stays here
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
     port = first.url.rsplit(":", 1)[1]
     remote = RemotePredictor(first.url, TOKEN, "tiny", timeout=60)
     context = ContextSet(name="blob").add(blob(0), [BOX])
