@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from wsicl import Predictor
 from wsicl.checkpoints import ModelInfo, build_model
 
 DATA = Path(__file__).resolve().parent / "Data"
@@ -25,6 +26,17 @@ def make_image(array_kji: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)
     image.SetOrigin([float(o) for o in origin])
     image.SetDirection([float(d) for d in direction])
     return image
+
+
+CPU_FP32 = ["--device", "cpu", "--precision", "fp32"]
+"""The command-line options of :func:`cpu_fp32`."""
+
+
+def cpu_fp32(model, **options) -> Predictor:
+    """A predictor on the CPU in fp32. Tests that compare numbers state their precision:
+    ``auto`` is bfloat16 on CPUs with AMX or AVX512-BF16 and fp32 elsewhere, and CI's
+    machines are of either kind (see Testing/README.md)."""
+    return Predictor(model, device="cpu", precision="fp32", **options)
 
 
 def rotation_direction(angle_degrees: float, axis: int = 2) -> Tuple[float, ...]:

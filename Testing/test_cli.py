@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image, rotation_direction, sphere_volume
+from conftest import CPU_FP32, make_image, rotation_direction, sphere_volume
 from wsicl import save_model
 from wsicl.cli import main
 from wsicl.geometry import Grid
@@ -52,7 +52,7 @@ def physical_box(folder, space):
 
 def run(folder, context_path, output, *extra):
     return main(["segment", "--context-set", str(context_path), "--output-dir", str(output),
-                 "--model", str(folder / "tiny.pt"), "--device", "cpu", "--quiet", *extra])
+                 "--model", str(folder / "tiny.pt"), *CPU_FP32, "--quiet", *extra])
 
 
 def test_voxel_lps_ras_and_markups_give_the_same_result(workspace):
@@ -205,7 +205,7 @@ def test_refine_flags_reach_the_predictor(workspace):
     for flags, expected in (([], False), (["--refine"], True), (["--no-refine"], False)):
         args = build_parser().parse_args(["segment", "--context-set", "c.json",
                                           "--output-dir", "out", "--model",
-                                          str(workspace / "tiny.pt"), "--device", "cpu", *flags])
+                                          str(workspace / "tiny.pt"), *CPU_FP32, *flags])
         assert make_predictor(args).refine is expected  # the tiny model is whole-view
     path = write_context(workspace, {"context": [{"image": "context.nii.gz",
                                                   "boxes": [VOXEL_BOX]}]})

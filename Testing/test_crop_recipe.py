@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_image, sphere_volume
-from wsicl import Box, ContextSet, Point, Predictor
+from conftest import cpu_fp32, make_image, sphere_volume
+from wsicl import Box, ContextSet, Point
 from wsicl.checkpoints import ModelInfo, build_model, read_training_state
 from wsicl.crops import crop_region, robust_unit_range, whole_region
 from wsicl.training.episode_training import RunConfig, train
@@ -166,7 +166,7 @@ def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sourc
                        validation_batches=1, export=str(tmp_path / "model.pt"))
     summary = train(config, log=lambda message: None)
     assert summary["step"] == 3 and "val_dice" in summary["history"][-1]
-    exported = Predictor(str(tmp_path / "model.pt"), device="cpu")
+    exported = cpu_fp32(str(tmp_path / "model.pt"))
     assert exported.metadata.input_policy == "crop" and exported.metadata.output == "logit"
     assert exported.metadata.normalisation == "robust" and exported.refine
     resumed = train(dataclasses.replace(config, steps=4), log=lambda message: None)
@@ -212,7 +212,7 @@ def wide_image():
 
 def test_interactive_crop_is_zero_outside_the_crop_and_sees_finer_voxels(crop_network,
                                                                           wide_image):
-    predictor = Predictor(crop_network, device="cpu")
+    predictor = cpu_fp32(crop_network)
     box = Box((55, 45, 15), (65, 55, 15))
     result = predictor.segment_interactive(wide_image, boxes=[box])
     probability = sitk.GetArrayFromImage(result.probability)
@@ -221,14 +221,14 @@ def test_interactive_crop_is_zero_outside_the_crop_and_sees_finer_voxels(crop_ne
     inside = np.argwhere(probability > 0)  # a sigmoid is > 0 wherever the network ran
     extent_mm = (inside.max(0) - inside.min(0) + 1) * np.array([3.0, 1.0, 1.0])
     assert np.all(extent_mm <= 40 + 2 * 3.0) and np.all(extent_mm >= 30)  # the 40 mm cube
-    whole = Predictor(crop_network, device="cpu", refine=False).segment_interactive(
+    whole = cpu_fp32(crop_network, refine=False).segment_interactive(
         wide_image, boxes=[box])
     assert np.count_nonzero(sitk.GetArrayFromImage(whole.probability)) > len(inside)
 
 
 def test_two_pass_in_context_refines_around_the_first_answer(crop_network, wide_image):
     calls = []
-    predictor = Predictor(crop_network, device="cpu")
+    predictor = cpu_fp32(crop_network)
     context = ContextSet(name="ball").add(wide_image, [Box((55, 45, 15), (65, 55, 15))])
     prepared = predictor.prepare_context(context)
     assert prepared.crops is not None and prepared.crops.images.shape == prepared.images.shape
@@ -240,7 +240,7 @@ def test_two_pass_in_context_refines_around_the_first_answer(crop_network, wide_
 
 def test_points_get_the_larger_point_crop(crop_network, wide_image):
     points = ContextSet(name="ball").add(wide_image, points=[Point((60, 50, 15))])
-    region = Predictor(crop_network, device="cpu")._prompt_region(points.entries[0],
+    region = cpu_fp32(crop_network)._prompt_region(points.entries[0],
                                                                    Grid.of(wide_image))
     assert np.allclose((region[1] - region[0]) * np.array([1, 1, 3]), [96, 96, 90])
 
@@ -277,7 +277,7 @@ def test_crops_land_around_the_prompt_in_physical_space(crop_network, direction)
     centre = image.TransformContinuousIndexToPhysicalPoint(
         [(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, 14.0])
     entry = ContextSet(name="s").add(image, [Box(low, high)]).entries[0]
-    predictor = Predictor(crop_network, device="cpu")
+    predictor = cpu_fp32(crop_network)
     region = predictor._prompt_region(entry, canonical_grid(image))
     prepared = prepare(image, 16, "image", region, "robust")
     middle = prepared.grid.index_to_lps(np.array([[7.5, 7.5, 7.5]]))[0]
@@ -301,8 +301,8 @@ def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
     ball = sphere_volume((40, 256, 256), (20, 120, 140), 6.0, spacing)  # 12 mm in 180 mm
     image = make_image(ball.astype(np.float32) * 100, spacing)
     box = Box((133, 113, 20), (147, 127, 20))
-    crop = Predictor(oracle, device="cpu").segment_interactive(image, boxes=[box]).mask
-    whole = Predictor(oracle, device="cpu", refine=False).segment_interactive(image,
+    crop = cpu_fp32(oracle).segment_interactive(image, boxes=[box]).mask
+    whole = cpu_fp32(oracle, refine=False).segment_interactive(image,
                                                                              boxes=[box]).mask
     assert dice(sitk.GetArrayFromImage(crop), ball) > 0.97
     assert dice(sitk.GetArrayFromImage(whole), ball) < dice(sitk.GetArrayFromImage(crop), ball)
@@ -323,8 +323,8 @@ def test_when_refining_cannot_help_the_predictor_says_why(wide_image):
                                normalisation="robust", input_policy="crop", output="logit")
     context = ContextSet(name="ball").add(wide_image, [Box((55, 45, 15), (65, 55, 15))])
     with pytest.warns(RefineNote, match="scan.nii: the whole-view pass found nothing"):
-        result = Predictor(blind, device="cpu").segment(wide_image, context, name="scan.nii")
+        result = cpu_fp32(blind).segment(wide_image, context, name="scan.nii")
     assert not sitk.GetArrayFromImage(result.mask).any()
     everything = Box((0, 0, 15), (119, 99, 15))
     with pytest.warns(RefineNote, match="the prompts span the whole image"):
-        Predictor(blind, device="cpu").segment_interactive(wide_image, boxes=[everything])
+        cpu_fp32(blind).segment_interactive(wide_image, boxes=[everything])

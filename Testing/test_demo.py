@@ -3,6 +3,7 @@ import json
 
 import SimpleITK as sitk
 
+from conftest import CPU_FP32, cpu_fp32
 from wsicl import load_model
 from wsicl.cli import main
 
@@ -15,7 +16,7 @@ def test_bundled_box_model_loads():
 
 def test_demo_writes_masks_context_picture_and_dice(tmp_path, capsys):
     output = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(output), "--device", "cpu"]) == 0
+    assert main(["demo", "--output-dir", str(output), *CPU_FP32]) == 0
     printed = capsys.readouterr().out
     assert "in-context" in printed and "interactive" in printed and "Dice" in printed
     scores = json.loads((output / "dice.json").read_text(encoding="utf-8"))
@@ -33,13 +34,12 @@ def test_bundled_box_model_follows_the_prompted_structure():
     """Changing the prompted structure changes the answer to that structure (sample MR;
     its organs were seen in training, so this checks use of the prompts, not accuracy)."""
     import numpy as np
-    from wsicl import Predictor
     from wsicl.demo import boxes_on_slices, sample, to_boxes
     from wsicl.metrics import dice
     image = sitk.ReadImage(str(sample("example_mr_sm.nii.gz")))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz"))))
     organs = {5: "liver", 1: "spleen", 2: "right kidney", 3: "left kidney"}
-    predictor = Predictor("box", device="cpu")
+    predictor = cpu_fp32("box")
     for value, name in organs.items():
         boxes = to_boxes(boxes_on_slices(labels == value, 1))
         mask = sitk.GetArrayFromImage(predictor.segment_interactive(image, boxes=boxes).mask)
@@ -53,7 +53,7 @@ def test_bundled_box_model_follows_the_context_structure_across_modalities():
     """In context, boxes on a structure of the sample CT segment that structure in the
     sample MR and not another one: the network uses its context (organs seen in training;
     this checks the use of the context, not accuracy)."""
-    from wsicl import ContextSet, Predictor
+    from wsicl import ContextSet
     from wsicl.demo import boxes_on_slices, sample, to_boxes
     from wsicl.metrics import dice
     ct = sitk.ReadImage(str(sample("example_ct_sm.nii.gz")))
@@ -61,7 +61,7 @@ def test_bundled_box_model_follows_the_context_structure_across_modalities():
     mr = sitk.ReadImage(str(sample("example_mr_sm.nii.gz")))
     mr_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz"))))
     organs = {"liver": 5, "left kidney": 3}        # the same values in both label maps
-    predictor = Predictor("box", device="cpu")
+    predictor = cpu_fp32("box")
     for name, value in organs.items():
         context = ContextSet(name=name).add(ct, to_boxes(boxes_on_slices(ct_labels == value, 5)))
         mask = sitk.GetArrayFromImage(predictor.segment(mr, context).mask)

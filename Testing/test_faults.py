@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_image, sphere_volume
+from conftest import CPU_FP32, make_image, sphere_volume
 from wsicl import save_model
 from wsicl.cli import main
 
@@ -330,7 +330,7 @@ ALL = IMAGE_FAULTS + CONTEXT_FAULTS + WEIGHT_FAULTS + WRITER_FAULTS
 def segment(ws: Path, arranged: Arranged, output: Path) -> int:
     return main(["segment", *[str(ws / t) for t in arranged.targets], "--context-set",
                  str(ws / arranged.context), "--output-dir", str(output), "--model",
-                 str(ws / arranged.model), "--device", "cpu", "--quiet"])
+                 str(ws / arranged.model), *CPU_FP32, "--quiet"])
 
 
 def check(capfd, status: int, culprit: str, output: Path, good_kept: bool) -> None:

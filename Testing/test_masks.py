@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import DATA, make_image, rotation_direction, sphere_volume
+from conftest import CPU_FP32, DATA, cpu_fp32, make_image, rotation_direction, sphere_volume
 from wsicl import ContextSet, Predictor, load_model, save_model
 from wsicl.checkpoints import kinds_from_name
 from wsicl.cli import main
@@ -25,7 +25,7 @@ def reference():
 def neuroverse_predictor(mini_context: int = 1) -> Predictor:
     network = load_model(NEUROVERSE)
     network.metadata.input_size = 32           # the fixture's grid
-    return Predictor(network, device="cpu", mini_context=mini_context)
+    return cpu_fp32(network, mini_context=mini_context)
 
 
 def test_neuroverse3d_checkpoint_reads_masks_by_its_name():
@@ -121,10 +121,10 @@ def test_model_kinds_decide_which_context_sets_run(tiny_network, blob_image):
     masked = ContextSet(name="ball").add(blob_image, mask=mask)
     with pytest.raises(ContextError, match="has mask prompts but the model tiny test network "
                                            "was trained for box prompts"):
-        Predictor(tiny_network, device="cpu").segment(blob_image, masked)
+        cpu_fp32(tiny_network).segment(blob_image, masked)
     mixed = ContextSet(name="ball").add(blob_image, mask=mask).add(
         blob_image, [Box((10, 10, 12), (30, 26, 12))])
-    stated = Predictor(tiny_network, device="cpu", prompt_kinds=["box", "mask"])
+    stated = cpu_fp32(tiny_network, prompt_kinds=["box", "mask"])
     assert stated.segment(blob_image, mixed).mask.GetSize() == blob_image.GetSize()
     with pytest.raises(ContextError, match="interactive mode needs boxes or points"):
         stated.segment_interactive(blob_image)
@@ -183,7 +183,7 @@ def test_cli_runs_a_mask_context_set_and_refuses_a_box_model(mask_context_file, 
     save_model(tiny_network, tmp_path / "tiny_box.pt", tiny_network.metadata)
     target = mask_context_file.parent / "case1.nii.gz"
     common = ["segment", str(target), "--context-set", str(mask_context_file),
-              "--device", "cpu", "--quiet"]
+              *CPU_FP32, "--quiet"]
     assert main(common + ["--output-dir", str(tmp_path / "a"), "--model",
                           str(tmp_path / "tiny_box.pt")]) == 1
     error = capsys.readouterr().err
@@ -204,7 +204,7 @@ def test_cli_notes_a_resampled_mask_once_on_stderr(mask_context_file, tmp_path, 
     sitk.WriteImage(coarse, str(mask_context_file.parent / "case0_seg.nii.gz"))
     assert main(["segment", str(mask_context_file.parent / "case1.nii.gz"), "--context-set",
                  str(mask_context_file), "--output-dir", str(tmp_path / "out"), "--model",
-                 str(NEUROVERSE), "--device", "cpu", "--quiet"]) == 0
+                 str(NEUROVERSE), *CPU_FP32, "--quiet"]) == 0
     error = capsys.readouterr().err
     assert error.count("wsicl: note:") == 1 and "resampled onto the image" in error
 

@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DATA, make_image, rotation_direction
+from conftest import DATA, cpu_fp32, make_image, rotation_direction
 from wsicl import Box, Cancelled, ContextError, ContextSet, Point, Predictor, load_model
 from wsicl.geometry import Grid
 
@@ -19,7 +19,7 @@ BOX = Box((12, 10, 8), (28, 26, 8))
 def test_mask_is_uint8_on_the_target_grid(tiny_network, blob_image):
     target = make_image(sitk.GetArrayFromImage(blob_image), (1.2, 0.7, 2.0), (3, 4, 5),
                         rotation_direction(25.0))
-    result = Predictor(tiny_network, device="cpu").segment(target, context_of(blob_image, [BOX]))
+    result = cpu_fp32(tiny_network).segment(target, context_of(blob_image, [BOX]))
     assert result.mask.GetPixelID() == sitk.sitkUInt8
     assert Grid.of(result.mask) == Grid.of(target)
     assert Grid.of(result.probability) == Grid.of(target)
@@ -28,7 +28,7 @@ def test_mask_is_uint8_on_the_target_grid(tiny_network, blob_image):
 
 
 def test_segment_equals_the_network_on_prepared_arrays(tiny_network, blob_image):
-    predictor = Predictor(tiny_network, device="cpu")
+    predictor = cpu_fp32(tiny_network)
     context = predictor.prepare_context(context_of(blob_image, [BOX]))
     assert context.images.shape == (1, 1, 1, 32, 32, 32)
     assert context.prompts.sum() > 0
@@ -39,7 +39,7 @@ def test_segment_equals_the_network_on_prepared_arrays(tiny_network, blob_image)
 
 
 def test_interactive_equals_own_context(tiny_network, blob_image):
-    predictor = Predictor(tiny_network, device="cpu")
+    predictor = cpu_fp32(tiny_network)
     interactive = predictor.segment_interactive(blob_image, boxes=[BOX])
     explicit = predictor.segment(blob_image, context_of(blob_image, [BOX]))
     assert np.allclose(sitk.GetArrayFromImage(interactive.probability),
@@ -47,7 +47,7 @@ def test_interactive_equals_own_context(tiny_network, blob_image):
 
 
 def test_segment_many_reports_progress_and_cancels(tiny_network, blob_image):
-    predictor = Predictor(tiny_network, device="cpu")
+    predictor = cpu_fp32(tiny_network)
     context = ContextSet(name="blob").add(blob_image, [BOX]).add(blob_image, [BOX])
     reports = []
     results = list(predictor.segment_many([blob_image] * 3, context,
@@ -80,7 +80,7 @@ def test_segment_many_reports_progress_and_cancels(tiny_network, blob_image):
 ])
 def test_context_problems_are_named(tiny_network, blob_image, build, message):
     with pytest.raises(ContextError, match=message):
-        Predictor(tiny_network, device="cpu").segment(blob_image, build(blob_image))
+        cpu_fp32(tiny_network).segment(blob_image, build(blob_image))
 
 
 def test_unavailable_device_is_an_error(tiny_network):
@@ -107,7 +107,7 @@ def test_reduced_precision_keeps_the_mask():
 
 def test_out_of_memory_suggests_a_smaller_mini_context(tiny_network, blob_image, monkeypatch):
     from wsicl import OutOfMemory
-    predictor = Predictor(tiny_network, device="cpu", mini_context=4)
+    predictor = cpu_fp32(tiny_network, mini_context=4)
 
     def exhausted(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
@@ -150,6 +150,22 @@ def test_automatic_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypa
     assert not device.native_bf16_cpu()
 
 
+def test_auto_precision_is_what_this_cpu_computes_natively(tiny_network, blob_image):
+    """On the machine the test runs on, ``auto`` is bf16 exactly where the CPU has AMX or
+    AVX512-BF16, and its output agrees with fp32: identical where ``auto`` is fp32, within
+    1e-2 where it is bf16."""
+    from wsicl.device import native_bf16_cpu
+    automatic = Predictor(tiny_network, device="cpu")
+    assert automatic.precision == ("bf16" if native_bf16_cpu() else "fp32")
+    context = context_of(blob_image, [BOX])
+    outputs = [sitk.GetArrayFromImage(predictor.segment(blob_image, context).probability)
+               for predictor in (automatic, cpu_fp32(tiny_network))]
+    if automatic.precision == "fp32":
+        assert np.array_equal(*outputs)
+    else:
+        assert np.abs(outputs[0] - outputs[1]).max() < 1e-2
+
+
 def test_bfloat16_path_stays_close_to_fp32(tiny_network, blob_image):
     """The bf16 path through the predictor (autocast, channels-last) on a small network:
     outputs within 1e-2 of fp32 (a check of the path; mask agreement of trained models is
@@ -166,7 +182,7 @@ def test_target_features_are_computed_once_per_target(tiny_network, blob_image, 
     """Several context sets on one target, and prompt updates on an unchanged view, reuse
     the target encoder's features; results equal a fresh predictor's, and the cached
     features are not modified by use."""
-    predictor = Predictor(tiny_network, device="cpu")
+    predictor = cpu_fp32(tiny_network)
     calls = []
     encode = tiny_network.encode_target
     monkeypatch.setattr(tiny_network, "encode_target",
@@ -181,7 +197,7 @@ def test_target_features_are_computed_once_per_target(tiny_network, blob_image, 
     other = make_image(np.flip(sitk.GetArrayFromImage(blob_image), 0).copy(), (0.9, 0.9, 1.5))
     predictor.segment(other, first)
     assert len(calls) == 2
-    fresh = Predictor(tiny_network, device="cpu").segment(blob_image, second).probability
+    fresh = cpu_fp32(tiny_network).segment(blob_image, second).probability
     assert np.array_equal(sitk.GetArrayFromImage(results[1]), sitk.GetArrayFromImage(fresh))
     assert np.array_equal(sitk.GetArrayFromImage(results[0]), sitk.GetArrayFromImage(results[2]))
 
@@ -192,7 +208,7 @@ def test_a_context_set_used_again_is_not_resampled_again(tiny_network, blob_imag
     prepared = []
     real = module.prepare
     monkeypatch.setattr(module, "prepare", lambda *a, **k: prepared.append(1) or real(*a, **k))
-    predictor = Predictor(tiny_network, device="cpu")
+    predictor = cpu_fp32(tiny_network)
     first = predictor.prepare_context(context_of(blob_image, [BOX]))
     count = len(prepared)
     again = predictor.prepare_context(context_of(blob_image, [BOX]))     # a new, equal set

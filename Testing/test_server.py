@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image, rotation_direction
+from conftest import CPU_FP32, make_image, rotation_direction
 from served import BOX, TOKEN, ServerProcess, blob, write_served_model, write_token
 from wsicl import Box, Cancelled, ContextSet, Predictor
 from wsicl.cli import main
@@ -85,7 +85,7 @@ def test_cli_segment_with_server_writes_what_a_local_run_writes(server, model_fi
     common = ["segment", str(tmp_path / "target.nii.gz"), "--context-set",
               str(tmp_path / "set.json"), "--quiet"]
     assert main(common + ["--output-dir", str(tmp_path / "local"), "--model", str(model_file),
-                          "--device", "cpu", "--precision", "fp32"]) == 0
+                          *CPU_FP32]) == 0
     assert main(common + ["--output-dir", str(tmp_path / "remote"), "--model", "tiny",
                           "--server", server.url, "--token-file", str(token_file)]) == 0
     same(sitk.ReadImage(str(tmp_path / "remote" / "target.nii.gz")),

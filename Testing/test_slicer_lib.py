@@ -10,7 +10,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from conftest import make_image, rotation_direction, sphere_volume  # noqa: E402
+from conftest import cpu_fp32, make_image, rotation_direction, sphere_volume  # noqa: E402
 from WSICLSegmentLib import context_sets as sets  # noqa: E402
 from WSICLSegmentLib.logic import SegmentationLogic, non_context_volumes  # noqa: E402
 from slicer_scene import new_scene  # noqa: E402
@@ -18,7 +18,7 @@ from WSICLSegmentLib.settings import RunSettings, load_settings, save_settings  
 from WSICLSegmentLib.segments import SEGMENT_ID_PREFIX, segment_array, write_structure  # noqa: E402,E501
 from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E402
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
-from wsicl import Cancelled, Predictor  # noqa: E402
+from wsicl import Cancelled  # noqa: E402
 from wsicl.contextfile import read_context_file  # noqa: E402
 from wsicl.remote import RemoteError, RemotePredictor  # noqa: E402
 from served import TOKEN, ServerProcess, write_served_model, write_token  # noqa: E402
@@ -89,7 +89,7 @@ def test_markups_become_the_same_model_prompts_as_the_json(logics, tmp_path, tin
         path = tmp_path / f"{kind}.json"
         path.write_text(json.dumps({"name": kind, "context": [{"image": "ctx.nrrd", **prompts}]}), encoding="utf-8")
         tiny_network.metadata.prompt_kinds = [kind]
-        predictor = Predictor(tiny_network, device="cpu")
+        predictor = cpu_fp32(tiny_network)
         from_json = predictor.prepare_context(read_context_file(path))
         set_node = sets.import_json(logics.scene, path)
         from_mrml = predictor.prepare_context(sets.to_engine(set_node))
@@ -228,13 +228,13 @@ def test_full_run_on_mrml_nodes(two_context_scene, tiny_network):
                           progress=lambda f, m: reports.append(f))
     segmentation = nodes["target"]
     result = segment_array(segmentation, "WSICL_ball", target)
-    expected = Predictor(tiny_network, device="cpu").segment(volume_to_image(target),
+    expected = cpu_fp32(tiny_network).segment(volume_to_image(target),
                                                              sets.to_engine(set_node)).mask
     assert np.array_equal(result, sitk.GetArrayFromImage(expected))
     assert reports[-1] == pytest.approx(1.0)
     refined = logic.process([set_node], [target], RunSettings(tiny_network, "cpu", refine=True))
     assert logic.predictor(RunSettings(tiny_network, "cpu", refine=True)).refine
-    expected = Predictor(tiny_network, device="cpu", refine=True).segment(
+    expected = cpu_fp32(tiny_network, refine=True).segment(
         volume_to_image(target), sets.to_engine(set_node)).mask
     assert np.array_equal(segment_array(refined["target"], "WSICL_ball",
                                         target), sitk.GetArrayFromImage(expected))
@@ -253,7 +253,7 @@ def test_cancel_leaves_the_scene_unchanged(two_context_scene, tiny_network):
         started.set()
         while not cancelled():
             time.sleep(0.01)
-        return logic.compute(job, Predictor(tiny_network, device="cpu"), progress, cancelled)
+        return logic.compute(job, cpu_fp32(tiny_network), progress, cancelled)
 
     worker.submit(work, lambda r: outcome.update(result=r), lambda e: outcome.update(error=e))
     started.wait(5)

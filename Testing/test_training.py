@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_image, sphere_volume
+from conftest import CPU_FP32, make_image, sphere_volume
 from wsicl import load_model
 from wsicl.checkpoints import read_training_state
 from wsicl.cli import main
@@ -119,7 +119,7 @@ def test_resume_continues_bit_exactly(tmp_path, dataset):
 
 def test_train_command_writes_a_loadable_model(tmp_path, dataset, capsys):
     assert main(["train", "--synthetic", "--steps", "2", "--channels", "4,8,16", "--size", "32",
-                 "--output", str(tmp_path / "run"), "--device", "cpu", "--quiet",
+                 "--output", str(tmp_path / "run"), *CPU_FP32, "--quiet",
                  "--val-dataset", str(dataset), "--val-every", "2",
                  "--prompt", "point"]) == 0
     network = load_model(tmp_path / "run" / "last.pt")
@@ -129,7 +129,7 @@ def test_train_command_writes_a_loadable_model(tmp_path, dataset, capsys):
 
 def test_train_command_crop_recipe_trains_for_refinement(tmp_path, dataset, capsys):
     common = ["train", "--steps", "2", "--channels", "4,8,16", "--size", "16", "--batch", "1",
-              "--max-context", "2", "--output", str(tmp_path / "run"), "--device", "cpu",
+              "--max-context", "2", "--output", str(tmp_path / "run"), *CPU_FP32,
               "--quiet"]
     assert main(common + ["--recipe", "crop", "--dataset", str(dataset)]) == 0
     network = load_model(tmp_path / "run" / "last.pt")
@@ -150,7 +150,7 @@ def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, c
     output = tmp_path / "evaluation"
     assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
                  "--context-sizes", "1,2", "--prompts-per-image", "1,2", "--draws", "2",
-                 "--output", str(output), "--device", "cpu", "--quiet"]) == 0
+                 "--output", str(output), *CPU_FP32, "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "average" in table and "baseline" in table and "+/-" in table
     result = json.loads((output / "evaluation.json").read_text(encoding="utf-8"))
@@ -160,14 +160,14 @@ def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, c
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
                  "--mode", "interactive", "--prompts-per-image", "1", "--draws", "1",
-                 "--output", str(output), "--device", "cpu", "--quiet"]) == 0
+                 "--output", str(output), *CPU_FP32, "--quiet"]) == 0
 
 
 def test_evaluate_with_dense_mask_context(tmp_path, dataset, tiny_network, capsys):
     from wsicl import save_model
     save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)
     common = ["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
-              "--mode", "mask", "--context-sizes", "1,2", "--draws", "1", "--device", "cpu",
+              "--mode", "mask", "--context-sizes", "1,2", "--draws", "1", *CPU_FP32,
               "--quiet"]
     assert main(common + ["--output", str(tmp_path / "refused")]) == 1
     assert "has mask prompts but the model" in capsys.readouterr().err
@@ -217,7 +217,7 @@ def test_evaluate_runs_the_full_path_with_refine(tmp_path, dataset, tiny_network
         output = tmp_path / mode
         assert main(["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
                      "--refine", "--mode", mode, "--context-sizes", "1", "--prompts-per-image",
-                     "1", "--draws", "1", "--output", str(output), "--device", "cpu",
+                     "1", "--draws", "1", "--output", str(output), *CPU_FP32,
                      "--quiet", *extra]) == 0, capsys.readouterr().err
         records = json.loads((output / "evaluation.json").read_text(encoding="utf-8"))["records"]
         assert len(records) == 2 * 3 and all(0 <= r["dice"] <= 1 for r in records)
