@@ -226,16 +226,63 @@ def test_interactive_crop_is_zero_outside_the_crop_and_sees_finer_voxels(crop_ne
     assert np.count_nonzero(sitk.GetArrayFromImage(whole.probability)) > len(inside)
 
 
-def test_two_pass_in_context_refines_around_the_first_answer(crop_network, wide_image):
+def test_in_context_the_context_prompts_guide_the_first_crop(crop_network, wide_image):
+    """A context box that covers most of its image guides nothing: two passes (whole
+    view, then refined); a small one: one pass where it points."""
     calls = []
     predictor = cpu_fp32(crop_network)
     context = ContextSet(name="ball").add(wide_image, [Box((55, 45, 15), (65, 55, 15))])
     prepared = predictor.prepare_context(context)
     assert prepared.crops is not None and prepared.crops.images.shape == prepared.images.shape
     assert not torch.equal(prepared.crops.prompts, prepared.prompts)
-    predictor.segment(wide_image, prepared, progress=lambda f, m: calls.append(m))
-    first = [m for m in calls if m.startswith("pass 1/2")]
-    assert first, calls
+    predictor.segment(wide_image, prepared, progress=lambda f, m: calls.append((f, m)))
+    assert calls[0][1].startswith("where the context points")
+    everything = ContextSet(name="all").add(wide_image, [Box((2, 2, 15), (117, 97, 15))])
+    assert predictor.prepare_context(everything).guide.region(canonical_grid(wide_image)) \
+        is None
+    calls.clear()
+    with pytest.warns(Warning):          # the random network finds nothing in the whole view
+        predictor.segment(wide_image, everything, progress=lambda f, m: calls.append((f, m)))
+    assert calls[0][1].startswith("whole view") and calls[-1][0] <= 0.5
+
+
+def test_the_guide_maps_each_prompt_box_by_its_place_in_the_image_extent(crop_network):
+    """Context boxes as fractions of their own image's extent, their union mapped into a
+    target of another size, spacing and orientation, then the crop rule (40 mm at least)."""
+    noise = np.random.default_rng(0).normal(size=(20, 80, 100)).astype(np.float32)
+    context_image, other = (make_image(noise, (2.0, 2.0, 6.0)) for _ in range(2))
+    context = ContextSet(name="s").add(context_image, [Box((27, 29, 10), (33, 35, 10))])
+    context.add(other, [Box((30, 30, 12), (40, 36, 12))])
+    guide = cpu_fp32(crop_network).prepare_context(context).guide
+    # in-plane the boxes' outer voxel faces, through-plane their slices' centres
+    assert np.allclose(guide.low, [27 / 100, 29 / 80, 10.5 / 20])
+    assert np.allclose(guide.high, [41 / 100, 37 / 80, 12.5 / 20])
+    target = Grid((200, 160, 40), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    low, high = guide.region(target)
+    centre = (low + high) / 2
+    assert np.allclose(centre, ((guide.low + guide.high) / 2) * [200, 160, 40] - 0.5)
+    extent_mm = (guide.high - guide.low) * [200, 160, 40] * [1.0, 1.0, 3.0]
+    assert np.allclose((high - low) * [1.0, 1.0, 3.0], max(40.0, 1.6 * extent_mm.max()))
+
+
+def test_an_oracle_in_context_finds_the_structure_where_the_context_points():
+    """Two bright balls in the target; the context marks the one at the same place in its
+    own (coarser) image: the guided crop segments that one and not the other, where a
+    whole-view first pass would have taken both."""
+    oracle = Oracle([2, 4])
+    oracle.metadata = ModelInfo(channels=[2, 4], input_size=32, prompt_kinds=["box"],
+                                normalisation="robust", input_policy="crop", output="logit")
+    context_ball = sphere_volume((20, 80, 100), (10, 32, 30), 6.0, (2.0, 2.0, 6.0))
+    context_image = make_image(context_ball.astype(np.float32) * 100, (2.0, 2.0, 6.0))
+    context = ContextSet(name="ball").add(context_image, [Box((27, 29, 10), (33, 35, 10))])
+    marked = sphere_volume((40, 160, 200), (20, 64, 60), 6.0, (1.0, 1.0, 3.0))
+    other = sphere_volume((40, 160, 200), (20, 130, 160), 6.0, (1.0, 1.0, 3.0))
+    target = make_image((marked | other).astype(np.float32) * 100, (1.0, 1.0, 3.0))
+    calls = []
+    mask = sitk.GetArrayFromImage(cpu_fp32(oracle).segment(
+        target, context, progress=lambda f, m: calls.append(m)).mask)
+    assert dice(mask, marked) > 0.9 and not mask[other].any()
+    assert all(m.startswith("where the context points") for m in calls)
 
 
 def test_points_get_the_larger_point_crop(crop_network, wide_image):
@@ -286,14 +333,15 @@ def test_crops_land_around_the_prompt_in_physical_space(crop_network, direction)
     assert np.allclose(np.array(prepared.grid.spacing) * 16, 40.0)
 
 
+class Oracle(WSICLNet):
+    """Answers 'bright' as a logit: what a perfect network would say here."""
+
+    def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None,
+                encoded=None):
+        return (target - 0.5) * 40
+
+
 def test_an_oracle_through_the_crop_path_recovers_a_small_sphere():
-    class Oracle(WSICLNet):
-        """Answers 'bright' as a logit: what a perfect network would say here."""
-
-        def forward(self, target, context_in, context_out, mini_context=1, after_chunk=None,
-                    encoded=None):
-            return (target - 0.5) * 40
-
     oracle = Oracle([2, 4])
     oracle.metadata = ModelInfo(channels=[2, 4], input_size=32, prompt_kinds=["box"],
                                 normalisation="robust", input_policy="crop", output="logit")

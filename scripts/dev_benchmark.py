@@ -4,6 +4,7 @@ Usage::
 
     python scripts/dev_benchmark.py SHARED_DATA_DIR OUTPUT_DIR [--model NAME=PATH ...]
         [--prompt box|point] [--draws 3] [--seed 0] [--refine | --no-refine]
+        [--modes interactive,context]
 
 Tasks (none of these structures or images is trained on; see Resources/MODEL_CARD.md):
 
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="box", choices=("box", "point"))
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default="interactive,context",
+                        help="which task families to run: interactive, context or both")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="crop / two-pass inference on or off (default: each model's own)")
     args = parser.parse_args()
@@ -179,7 +182,7 @@ def main() -> None:
     for name, source in models.items():
         predictor = Predictor(source, device="cpu", refine=args.refine)
         started = time.perf_counter()
-        for task, (image, mask) in cases.items():
+        for task, (image, mask) in cases.items() if "interactive" in args.modes else ():
             axis = 2 - axial_axis(image)
             for draw in range(args.draws):
                 rng = np.random.default_rng([args.seed, draw, len(task)])
@@ -195,7 +198,7 @@ def main() -> None:
                 if draw == 0:
                     pictures[(name, task)] = (sitk.GetArrayFromImage(image), mask, predicted,
                                               axis, slices[0])
-        for context_task, target_task in pairs:
+        for context_task, target_task in pairs if "context" in args.modes else ():
             context_image, context_mask = cases[context_task]
             target_image, target_mask = cases[target_task]
             axis = 2 - axial_axis(context_image)
@@ -218,7 +221,9 @@ def main() -> None:
     for method, tasks in results.items():
         for mode in ("interactive", "in context"):
             means = [np.mean(v) for t, v in tasks.items() if t.startswith(mode)]
-            summary[method][f"{mode}: average"] = [float(np.mean(means)), float(np.std(means))]
+            if means:
+                summary[method][f"{mode}: average"] = [float(np.mean(means)),
+                                                       float(np.std(means))]
     (args.output / "dev_benchmark.json").write_text(json.dumps(
         {"prompt": args.prompt, "draws": args.draws, "seed": args.seed, "models": models,
          "scores": results, "summary": summary}, indent=1), encoding="utf-8")
@@ -230,7 +235,8 @@ def main() -> None:
         print(f"{task[:58]:58s}" + "".join(
             f"{summary[m][task][0]:9.3f}+-{summary[m][task][1]:.2f}" if task in summary[m]
             else f"{'':>16s}" for m in methods))
-    draw_picture(pictures, list(models), args.output / "dev_benchmark.png")
+    if pictures:
+        draw_picture(pictures, list(models), args.output / "dev_benchmark.png")
 
 
 def draw_picture(pictures, models: List[str], path: Path) -> None:

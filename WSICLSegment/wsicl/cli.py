@@ -301,8 +301,9 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                              "elsewhere")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="work at the structure's scale: interactive on a crop around "
-                             "the prompts, in context in two passes (default: what the "
-                             "model was trained for; on for the bundled models)")
+                             "the prompts, in context on a crop where the context's prompts "
+                             "lie, else in two passes (default: what the model was trained "
+                             "for; on for the bundled models)")
     parser.add_argument("--context-kind", type=kinds_argument, metavar="KIND[,KIND]",
                         help="prompt kinds the model was trained for (box, point, mask), when "
                              "its file does not say or its name misleads (default: from the "

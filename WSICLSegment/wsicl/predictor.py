@@ -41,6 +41,27 @@ class Cancelled(Exception):
     """Raised when the caller's cancel check returned True."""
 
 
+@dataclasses.dataclass
+class Guide:
+    """Where the context's prompts lie, as a location prior for the target: the union of
+    their bounding boxes over all context images, each as fractions ``[0, 1]`` of its own
+    canonically oriented image's extent (axis order of the oriented grid's index), and the
+    crop rule's smallest side for the prompt kind (mm)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    min_side_mm: float
+
+    def region(self, oriented: Grid) -> Optional[Region]:
+        """The first-pass crop on a target's oriented grid: the fractions mapped into its
+        extent, then the crop rule (:data:`CROP_MARGIN`); None where that crop would be
+        nearly the whole view anyway (at least 90 % of every axis)."""
+        size = np.asarray(oriented.size, dtype=float)
+        region = crop_region(self.low * size - 0.5, self.high * size - 0.5, oriented.spacing,
+                             oriented.size, CROP_MARGIN, self.min_side_mm)
+        return None if np.all(region[1] - region[0] >= 0.9 * size) else region
+
+
 class RefineNote(UserWarning):
     """Refining at the structure's scale could not help this time (said, not raised)."""
 
@@ -55,6 +76,7 @@ class PreparedContext:
     prompts: torch.Tensor
     name: str
     crops: Optional["PreparedContext"] = None
+    guide: Optional["Guide"] = None
 
     @classmethod
     def of(cls, images: Sequence[np.ndarray], prompts: Sequence[np.ndarray], name: str
@@ -88,9 +110,11 @@ class Predictor:
             emulated and slower), ``"fp32"`` or ``"bf16"``. ``self.precision`` says which
             runs.
         refine: work at the structure's own scale (:mod:`wsicl.crops`): interactive mode
-            on a crop around the prompts, in-context mode in two passes (whole view, then
-            a crop around the first answer with each context image cropped around its
-            prompts). ``None`` follows the model (``metadata.input_policy == "crop"``).
+            on a crop around the prompts; in-context mode with each context image cropped
+            around its prompts and the target first on a crop where the context's prompts
+            lie (:class:`Guide`), then, only if that finds nothing, in two passes (whole
+            view, then a crop around the first answer). ``None`` follows the model
+            (``metadata.input_policy == "crop"``).
         prompt_kinds: the context kinds the model reads (``"box"``, ``"point"``,
             ``"mask"``), when its file does not say or says it wrongly; ``None`` takes
             ``metadata.prompt_kinds``.
@@ -136,9 +160,24 @@ class Predictor:
             if self.refine:
                 cropped.append(entry_crop)
         result = PreparedContext.of(*zip(*whole), context_set.name)
-        result.crops = PreparedContext.of(*zip(*cropped), context_set.name) \
-            if self.refine else None
+        if self.refine:
+            result.crops = PreparedContext.of(*zip(*cropped), context_set.name)
+            result.guide = self._guide(context_set.entries)
         return result
+
+    def _guide(self, entries: Sequence[ContextEntry]) -> Guide:
+        """The context-guided first-pass prior of ``entries`` (see :class:`Guide`)."""
+        lows, highs = [], []
+        for entry in entries:
+            oriented = canonical_grid(entry.image)
+            low, high = self._prompt_extent(entry, oriented)
+            size = np.asarray(oriented.size, dtype=float)
+            lows.append((low + 0.5) / size)
+            highs.append((high + 0.5) / size)
+        points_only = all(entry.points and not entry.boxes and entry.mask is None
+                          for entry in entries)
+        return Guide(np.clip(np.min(lows, 0), 0, 1), np.clip(np.max(highs, 0), 0, 1),
+                     POINT_SIDE_MM if points_only else MIN_SIDE_MM)
 
     def _prepared_entry(self, entry: ContextEntry
                         ) -> Tuple[ModelInputs, Optional[ModelInputs]]:
@@ -168,17 +207,23 @@ class Predictor:
                  ) -> PreparedImage:
         return prepare(image, self.size, name, region, self.metadata.normalisation)
 
-    def _prompt_region(self, entry: ContextEntry, oriented: Grid) -> Region:
-        """The crop around an entry's prompts, in index coordinates of the reoriented
-        image."""
+    @staticmethod
+    def _prompt_extent(entry: ContextEntry, oriented: Grid) -> Region:
+        """The bounding box of an entry's prompts (boxes, points, mask), in index
+        coordinates of the reoriented image."""
         corners = [box_corners_lps(b.min, b.max, b.space, Grid.of(entry.image))
                    for b in entry.boxes]
         corners += [to_lps(p.position, p.space, Grid.of(entry.image)) for p in entry.points]
         corners += [mask_corners(entry.mask)] if entry.mask is not None else []
         index = oriented.lps_to_index(np.concatenate(corners))
+        return index.min(0), index.max(0)
+
+    def _prompt_region(self, entry: ContextEntry, oriented: Grid) -> Region:
+        """The crop around an entry's prompts, in index coordinates of the reoriented
+        image."""
         min_side = POINT_SIDE_MM if entry.points else MIN_SIDE_MM
-        return crop_region(index.min(0), index.max(0), oriented.spacing, oriented.size,
-                           CROP_MARGIN, min_side)
+        return crop_region(*self._prompt_extent(entry, oriented), oriented.spacing,
+                           oriented.size, CROP_MARGIN, min_side)
 
     def _mask_region(self, mask: np.ndarray, prepared: PreparedImage) -> Region:
         """The crop around a model-grid mask's bounding box, in index coordinates of the
@@ -228,20 +273,30 @@ class Predictor:
         if not (self.refine and context.crops is not None):
             return self.segment_prepared(target, prepared, context, progress, cancel)
 
-        def half(offset: float):
+        def part(start: float, share: float, label: str) -> ProgressCallback:
             def report(fraction: float, message: str) -> None:
                 if progress is not None:
-                    progress(offset + fraction / 2, f"pass {int(offset * 2) + 1}/2: {message}")
+                    progress(start + share * fraction, f"{label}: {message}")
             return report
 
-        first = self._run(prepared.array, context, half(0.0), cancel)
+        region = context.guide.region(prepared.oriented) if context.guide else None
+        if region is not None:     # first, where the context's prompts say the structure is
+            guided = self._prepare(target, name, region)
+            output = self._run(guided.array, context.crops,
+                               part(0.0, 0.5, "where the context points"), cancel)
+            if (output >= 0.5).any():
+                return _on_target(output, guided, target)
+        start, share = (0.5, 0.25) if region is not None else (0.0, 0.5)
+        first = self._run(prepared.array, context, part(start, share, "whole view"), cancel)
         if not (first >= 0.5).any():
             warnings.warn(f"{name}: the whole-view pass found nothing, so there is no region "
                           "to refine and the result is empty; check that the context marks "
                           "this structure, or add context images", RefineNote, stacklevel=2)
             return _on_target(first, prepared, target)
         cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared))
-        return self.segment_prepared(target, cropped, context.crops, half(0.5), cancel)
+        return self.segment_prepared(target, cropped, context.crops,
+                                     part(start + share, 1.0 - start - share, "refined"),
+                                     cancel)
 
     def segment_prepared(self, target: sitk.Image, prepared: PreparedImage,
                           context: PreparedContext, progress: Optional[ProgressCallback] = None,
