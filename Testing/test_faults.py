@@ -301,6 +301,9 @@ WEIGHT_FAULTS = [
     Fault("weights empty", weights(lambda path, ws: path.write_bytes(b""))),
     Fault("weights a folder", weights(lambda path, ws: path.mkdir())),
     Fault("weights garbage", weights(lambda path, ws: path.write_bytes(os.urandom(5000)))),
+    Fault("weights a saved link", weights(lambda path, ws: path.write_text(
+        "https://example.org/releases/box.pt\n"))),
+    Fault("weights a JSON file", weights(lambda path, ws: path.write_text('{"model": "box"}'))),
     Fault("weights truncated", weights(truncated_weights)),
     Fault("weights run code", weights(lambda path, ws: path.write_bytes(pickle.dumps(Shell())))),
     Fault("weights wrong architecture", weights(wrong_architecture)),

@@ -86,6 +86,13 @@ def _read(path: Path) -> Any:
                               f"({', '.join(BUNDLED_MODELS)})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: is empty (0 bytes); download or copy it again")
+    with open(path, "rb") as stream:
+        head = stream.read(512)
+    if _is_text(head):
+        first = head.decode("utf-8", "replace").strip().splitlines()[0][:60]
+        raise CheckpointError(f"{path}: is a text file ({first!r}), not weights: a saved "
+                              "download link or another document? Download the weights "
+                              "themselves") from None
     try:
         with warnings.catch_warnings():      # torch's notes on pickle protocols: noise here
             warnings.simplefilter("ignore")
@@ -98,11 +105,24 @@ def _read(path: Path) -> Any:
                 "you trust, saved as a state_dict.") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (a corrupt download or "
                               "another kind of file); download it again") from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as error:
         reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() \
             else type(error).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
                               f"corrupt download?): {reason}; download it again") from None
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are plain UTF-8 text (weights are a zip archive or a
+    pickle, both binary from their first bytes)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head[:-3].decode("utf-8", "ignore") if len(head) == 512 else ""
+        if not text:
+            return False
+    return bool(text.strip()) and all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
