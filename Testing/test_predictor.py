@@ -220,3 +220,21 @@ def test_a_context_set_used_again_is_not_resampled_again(tiny_network, blob_imag
     edited[5, 5, 5] = 1000.0                                             # one voxel changed
     predictor.prepare_context(context_of(edited, [BOX]))
     assert len(prepared) == count + 2
+
+
+def test_the_api_takes_images_and_says_how_to_read_a_file(tiny_network, blob_image):
+    """A file name where an image belongs is refused where it is given, with the fix."""
+    from wsicl import ContextSet, ImageError
+    with pytest.raises(ImageError, match="context set 'liver', context 1: expected a "
+                                         "SimpleITK image, got str 'ct1.nii.gz'; read files"):
+        ContextSet(name="liver").add("ct1.nii.gz", boxes=[BOX])
+    with pytest.raises(ImageError, match="mask: expected a SimpleITK image, got str"):
+        ContextSet(name="liver").add(blob_image, mask="ct1_seg.nii.gz")
+    predictor = cpu_fp32(tiny_network)
+    context = context_of(blob_image, [BOX])
+    for call in (lambda: predictor.segment("ct3.nii.gz", context),
+                 lambda: list(predictor.segment_many(["ct3.nii.gz"], context)),
+                 lambda: predictor.segment_interactive("ct3.nii.gz", boxes=[BOX])):
+        with pytest.raises(ImageError, match="got str 'ct3.nii.gz'; read files first: "
+                                             r"wsicl.read_image\(path\)"):
+            call()

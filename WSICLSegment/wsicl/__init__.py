@@ -10,6 +10,7 @@ _EXPORTS = {
     "save_model": "checkpoints", "Box": "context", "ContextEntry": "context",
     "ContextError": "context", "ContextSet": "context", "Point": "context",
     "OutOfMemory": "device", "keep_freed_memory": "device", "ImageError": "geometry",
+    "read_image": "imageio",
     "MaskError": "masks",
     "WSICLNet": "network", "Cancelled": "predictor", "Predictor": "predictor",
     "Segmentation": "predictor", "PromptOutsideError": "prompts",
@@ -31,5 +32,5 @@ __all__ = [
     "Box", "Cancelled", "CheckpointError", "ContextEntry", "ContextError", "ContextSet",
     "ImageError", "MaskError", "ModelInfo", "OutOfMemory", "Point", "Predictor",
     "PromptOutsideError", "Segmentation", "WSICLNet", "keep_freed_memory", "load_model",
-    "render_boxes", "render_points", "save_model",
+    "read_image", "render_boxes", "render_points", "save_model",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import distance_transform_edt
 
-from .geometry import SPACES
+from .geometry import SPACES, require_image
 from .masks import Label, context_mask
 
 PROMPT_KINDS = ("box", "point", "mask")
@@ -111,7 +111,9 @@ class ContextSet:
         the image's grid or covering its extent; ``label``: the value or ``.seg.nrrd``
         segment name of the structure, any non-zero voxel when None)."""
         name = name or f"context {len(self.entries) + 1}"
+        require_image(image, f"context set '{self.name}', {name}")
         if mask is not None:
+            require_image(mask, f"context set '{self.name}', {name}: mask")
             mask = context_mask(mask, image, label, f"context set '{self.name}', {name}")
         self.entries.append(ContextEntry(image, list(boxes), list(points), name, mask=mask))
         return self

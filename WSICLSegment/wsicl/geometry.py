@@ -18,6 +18,7 @@ linear interpolation and thresholded afterwards.
 import dataclasses
 import hashlib
 import math
+import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,11 +35,23 @@ LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
 """Multiplying LPS coordinates by this gives RAS, and RAS by it gives LPS."""
 
 
+def require_image(value: object, name: str = "image") -> sitk.Image:
+    """``value`` if it is a SimpleITK image, else :class:`ImageError` saying how to get one
+    (the API takes images, not file names)."""
+    if not isinstance(value, sitk.Image):
+        shown = f" {str(value)[:80]!r}" if isinstance(value, (str, os.PathLike)) else ""
+        raise ImageError(f"{name}: expected a SimpleITK image, got {type(value).__name__}"
+                         f"{shown}; read files first: wsicl.read_image(path) or "
+                         "SimpleITK.ReadImage(path)")
+    return value
+
+
 def image_digest(image: sitk.Image) -> bytes:
     """A 20-byte digest of an image's voxels, pixel type and geometry (equal digests: the
     same image for every purpose here). Safe while other threads read ``image``: the voxels
     are viewed through a private copy, because an array view makes its image unique in
     place, and two threads doing that to one image crash the process."""
+    require_image(image)
     digest = hashlib.blake2b(digest_size=20)
     digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(),
                         image.GetDirection(), image.GetPixelIDValue())).encode())
@@ -112,8 +125,7 @@ def check_volume(image: sitk.Image, name: str = "image") -> sitk.Image:
     NaN and infinite voxels (common outside a brain mask) are replaced by the smallest
     finite value of the volume; a volume with no finite voxel is an error.
     """
-    if not isinstance(image, sitk.Image):
-        raise ImageError(f"{name}: expected a SimpleITK image, got {type(image).__name__}")
+    require_image(image, name)
     dimension = image.GetDimension()
     if dimension != 3:
         fix = ("pick one volume (e.g. the first time point) before segmenting"
