@@ -69,3 +69,23 @@ def test_bundled_box_model_follows_the_context_structure_across_modalities():
                   for other, other_value in organs.items()}
         assert scores[name] > 0.3, scores
         assert all(scores[name] > 5 * score for other, score in scores.items() if other != name)
+
+
+def test_the_demo_folder_is_self_contained_and_never_overwritten_silently(tmp_path, capsys):
+    """The demo's context set names the CT copied beside it (not the installed package),
+    so it works after the package moves; a second run refuses without --overwrite."""
+    import shutil
+    output = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(output), *CPU_FP32, "--quiet"]) == 0
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(output), str(moved))
+    assert main(["segment", str(moved / "example_mr_sm.nii.gz"), "--context-set",
+                 str(moved / "context_liver.json"), "--output-dir", str(tmp_path / "liver"),
+                 *CPU_FP32, "--quiet"]) == 0
+    assert (tmp_path / "liver" / "example_mr_sm.nii.gz").is_file()
+    before = (moved / "dice.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["demo", "--output-dir", str(moved), *CPU_FP32, "--quiet"]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (moved / "dice.json").stat().st_mtime_ns == before
+    assert main(["demo", "--output-dir", str(moved), *CPU_FP32, "--quiet", "--overwrite"]) == 0

@@ -58,14 +58,21 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
         description="Segment the liver of the sample MR from boxes on the sample CT (in "
                     "context) and from boxes on the MR itself (interactive); write the masks "
                     "and an overview PNG and print Dice against the sample labels.")
-    parser.add_argument("--output-dir", type=Path, default=Path("wsicl-demo-output"))
-    parser.add_argument("--model", default="box", help="box or a box-prompt weights file")
+    parser.add_argument("--output-dir", type=Path, default=Path("wsicl-demo-output"),
+                        help="folder for the results (default: %(default)s)")
+    parser.add_argument("--model", default="box",
+                        help="box or a box-prompt weights file (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier demo in the folder")
     add_runtime_options(parser)
     parser.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo as demo
+    from .demo import check_demo_outputs, run_demo as demo
+    from .files import check_writable_folder
+    check_demo_outputs(args.output_dir, args.overwrite)
+    check_writable_folder(args.output_dir)        # before the model loads
     demo(args.output_dir, make_predictor(args), say=(lambda line: None) if args.quiet else print)
     return 0
 

@@ -6,7 +6,6 @@ with boxes on itself (interactive mode). Writes the context-set file, both masks
 overview, and prints Dice against the sample labels.
 """
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -49,6 +48,23 @@ def to_boxes(entries: Sequence[Dict[str, List[int]]]) -> List[Box]:
     return [Box(tuple(b["min"]), tuple(b["max"])) for b in entries]
 
 
+DEMO_OUTPUTS = ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz", "context_liver.json",
+                "mr_liver_in_context.nii.gz", "mr_liver_interactive.nii.gz", "overview.png",
+                "dice.json")
+"""What the demo writes into its folder: the sample CT and MR (so that the context-set
+file, which names the CT beside it, keeps working wherever the folder goes), the context
+set, the two masks, the picture and the scores."""
+
+
+def check_demo_outputs(output: Path, overwrite: bool) -> None:
+    """A ValueError naming the first demo output already in ``output``, unless
+    ``overwrite``."""
+    existing = [output / name for name in DEMO_OUTPUTS if (output / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]}: exists ({len(existing)} demo output(s) in all); "
+                         "pass --overwrite to replace, or choose another --output-dir")
+
+
 def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
     """Runs the demo into ``output`` with a box-prompt predictor; returns the Dice scores."""
     output.mkdir(parents=True, exist_ok=True)
@@ -57,11 +73,12 @@ def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
     ct_liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg.nii.gz")))) == LIVER
     mr_liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz")))) \
         == LIVER
+    write_atomic(ct, output / "example_ct_sm.nii.gz")
+    write_atomic(mr, output / "example_mr_sm.nii.gz")
     context_boxes = boxes_on_slices(ct_liver, 5)
     context_file = write_context_file(
         output / "context_liver.json", "liver", "voxel",
-        [{"image": os.path.relpath(sample("example_ct_sm.nii.gz"), output),
-          "boxes": context_boxes}])
+        [{"image": "example_ct_sm.nii.gz", "boxes": context_boxes}])
     say(f"model: {predictor.metadata.source} ({', '.join(predictor.kinds)} prompts, "
         f"{predictor.size}^3 grid) on {predictor.device.type}")
     context_set = read_context_file(context_file)
