@@ -239,3 +239,120 @@ def test_flag_names_in_messages_bom_files_and_interactive_with_targets(workspace
     bom = workspace / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert run(workspace, bom, workspace / "out", "--interactive") == 0
+
+
+@pytest.fixture
+def two_structures(tmp_path):
+    """A served tiny model (half of the blob in its mask), a context image, two context
+    sets on it with different boxes, and two targets in a folder."""
+    from served import blob, write_served_model
+    write_served_model(tmp_path / "m.pt")
+    sitk.WriteImage(blob(0), str(tmp_path / "context.nii.gz"))
+    (tmp_path / "scans").mkdir()
+    for seed in (1, 2):
+        sitk.WriteImage(blob(seed), str(tmp_path / "scans" / f"case{seed}.nii.gz"))
+    sets = []
+    for name, low, high in (("core", [12, 10, 12], [28, 26, 12]),
+                            ("rim", [6, 6, 12], [34, 30, 12])):
+        sets.append(write_context(tmp_path, {"name": name, "context": [
+            {"image": "context.nii.gz", "boxes": [{"min": low, "max": high}]}]},
+            f"{name}.json"))
+    return tmp_path, sets
+
+
+def segment_with(folder, sets, output, *extra):
+    arguments = ["segment", str(folder / "scans"), "--output-dir", str(output), "--model",
+                 str(folder / "m.pt"), *CPU_FP32, "--quiet", *extra]
+    for path in sets:
+        arguments += ["--context-set", str(path)]
+    return main(arguments)
+
+
+def test_several_context_sets_give_one_file_per_structure_or_one_label_image(two_structures):
+    folder, sets = two_structures
+    for path in sets:                                # one structure per run, as before
+        assert segment_with(folder, [path], folder / path.stem) == 0
+    single = {(case, path.stem): sitk.GetArrayFromImage(sitk.ReadImage(
+        str(folder / path.stem / f"{case}.nii.gz"))) for case in ("case1", "case2")
+        for path in sets}
+    assert all(mask.any() for mask in single.values())
+    assert segment_with(folder, sets, folder / "both") == 0
+    assert sorted(p.name for p in (folder / "both").iterdir()) == [
+        "case1_core.nii.gz", "case1_rim.nii.gz", "case2_core.nii.gz", "case2_rim.nii.gz"]
+    for (case, structure), mask in single.items():
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(
+            str(folder / "both" / f"{case}_{structure}.nii.gz"))), mask)
+    assert segment_with(folder, sets, folder / "labels", "--output-type", "multilabel") == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels" / "case1.nii.gz")))
+    core, rim = single[("case1", "core")] > 0, single[("case1", "rim")] > 0
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    assert np.array_equal(labels > 0, core | rim)
+    assert np.all(labels[core & ~rim] == 1) and np.all(labels[rim & ~core] == 2)
+    assert json.loads((folder / "labels" / "case1.labels.json").read_text()) == {
+        "1": "core", "2": "rim"}
+    assert segment_with(folder, sets, folder / "seg", "--output-type", "multilabel",
+                        "--format", "seg.nrrd") == 0
+    written = sitk.ReadImage(str(folder / "seg" / "case2.seg.nrrd"))
+    assert [written.GetMetaData(f"Segment{n}_Name") for n in (0, 1)] == ["core", "rim"]
+    assert written.GetMetaData("Segment1_LabelValue") == "2"
+
+
+def test_overlapping_structures_go_to_the_more_probable_one_in_a_label_image(tmp_path):
+    from wsicl.cli import _write_results
+    from wsicl.predictor import Segmentation
+    first, second = np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 4), np.float32)
+    first[0], second[:, 0] = 0.9, 0.7          # they overlap on row 0 of slice 0
+    second[0, 0, 0] = 0.95
+
+    def result(probability):
+        images = [sitk.GetImageFromArray(a) for a in ((probability >= 0.5).astype(np.uint8),
+                                                       probability)]
+        return Segmentation(*images)
+
+    paths = [tmp_path / "t.nii.gz", tmp_path / "t.labels.json"]
+    _write_results([result(first), result(second)], paths, ["a", "b"], "multilabel", "nii.gz")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))
+    assert labels[0, 0, 0] == 2 and labels[0, 0, 1] == 1 and labels[1, 0, 0] == 2
+    assert labels[0, 1, 0] == 1 and labels[1, 1, 0] == 0
+
+
+def test_a_folder_target_skips_label_maps_and_the_context_images(two_structures, capsys):
+    folder, sets = two_structures
+    scans = folder / "scans"
+    labels = np.zeros((24, 36, 40), np.uint8)
+    labels[5:15, 10:20, 10:30] = 3
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(scans / "case1_seg.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(scans / "atlas.nrrd"))   # by values
+    sitk.WriteImage(sitk.ReadImage(str(folder / "context.nii.gz")), str(scans / "ctx.nii.gz"))
+    (folder / "in-folder.json").write_text(json.dumps({"name": "core", "context": [
+        {"image": "scans/ctx.nii.gz", "boxes": [{"min": [12, 10, 12], "max": [28, 26, 12]}]}]}))
+    arguments = ["segment", str(scans), "--context-set", str(folder / "in-folder.json"),
+                 "--output-dir", str(folder / "out"), "--model", str(folder / "m.pt"),
+                 *CPU_FP32]
+    assert main(arguments) == 0
+    assert sorted(p.name for p in (folder / "out").iterdir()) == ["case1.nii.gz",
+                                                                  "case2.nii.gz"]
+    printed = capsys.readouterr().out
+    for name, reason in (("case1_seg.nii.gz", "its name marks a label map"),
+                         ("atlas.nrrd", "only 2 distinct values"),
+                         ("ctx.nii.gz", "a context image")):
+        assert printed.count(f"skipping {scans / name}: ") == 1 and reason in printed
+
+
+def test_targets_whose_headers_show_a_problem_fail_before_the_model_loads(two_structures,
+                                                                          capsys):
+    folder, sets = two_structures
+    flat = folder / "flat.nrrd"
+    sitk.WriteImage(sitk.Image(30, 30, sitk.sitkFloat32), str(flat))
+    arguments = ["segment", str(flat), "--context-set", str(sets[0]), "--output-dir",
+                 str(folder / "out"), "--model", str(folder / "absent.pt"), *CPU_FP32]
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert "flat.nrrd: is 2D" in error and "absent.pt" not in error
+    assert not (folder / "out").exists()
+
+
+def test_context_sets_must_have_distinct_names(two_structures, capsys):
+    folder, sets = two_structures
+    assert segment_with(folder, [sets[0], sets[0]], folder / "out") == 1
+    assert "share a name" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .options import DEVICE_CHOICES, PRECISIONS
+from .options import DEVICE_CHOICES, OUTPUT_FORMATS, OUTPUT_TYPES, PRECISIONS
 
 
 def int_list(text: str) -> List[int]:
@@ -171,13 +171,28 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
         description="Segment every TARGET (image files, DICOM series folders or folders of "
                     "images) with the structure defined by the context-set file. Results are "
                     "uint8 0/1 masks on each target's exact grid.")
-    parser.add_argument("targets", nargs="*", metavar="TARGET")
-    parser.add_argument("--context-set", required=True, type=Path, metavar="CTX.json")
-    parser.add_argument("--output-dir", required=True, type=Path, metavar="OUT")
-    parser.add_argument("--model", default="box", help="box, point or a weights file")
+    parser.add_argument("targets", nargs="*", metavar="TARGET",
+                        help="image files (NIfTI, NRRD, MHA), DICOM series folders, or folders "
+                             "of them (label maps and the context images inside are skipped)")
+    parser.add_argument("--context-set", required=True, type=Path, metavar="CTX.json",
+                        action="append",
+                        help="context-set file defining one structure (named by its 'name' or "
+                             "the file's stem); repeat for several structures in one run")
+    parser.add_argument("--output-dir", required=True, type=Path, metavar="OUT",
+                        help="folder for the results (created if needed)")
+    parser.add_argument("--model", default="box",
+                        help="box, point or a weights file (default: %(default)s)")
     parser.add_argument("--interactive", action="store_true",
                         help="segment each context image from its own prompts")
-    parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
+    parser.add_argument("--format", default="nii.gz", choices=OUTPUT_FORMATS,
+                        help="file format of the results (default: %(default)s)")
+    parser.add_argument("--output-type", choices=OUTPUT_TYPES, default=None,
+                        help="with several context sets: one file per target and structure, "
+                             "TARGET_STRUCTURE.FORMAT (per-structure, the default), or one "
+                             "label image per target, TARGET.FORMAT, labels 1, 2, ... in the "
+                             "order of --context-set, an overlap going to the more probable "
+                             "structure, with the names in TARGET.labels.json or as named "
+                             "segments of a .seg.nrrd (multilabel)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--server", metavar="URL",
                         help="run the network on a `wsicl serve` server (http://HOST:PORT); "
@@ -188,52 +203,77 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_segment)
 
 
+COLOURS = ((0.9, 0.3, 0.2), (0.2, 0.6, 0.9), (0.3, 0.8, 0.3), (0.95, 0.8, 0.2),
+           (0.7, 0.4, 0.9), (0.2, 0.85, 0.8), (0.95, 0.55, 0.75), (0.6, 0.45, 0.3))
+"""Segment colours (RGB in [0, 1]) by structure, in the order of --context-set."""
+
+
 def run_segment(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
     from .contextfile import read_context_file
-    from .imageio import case_name, list_targets, output_path, read_image
-    from .files import WriteError, check_writable_folder
-    context_set = read_context_file(args.context_set)
-    if args.interactive and args.targets:
-        raise ValueError("--interactive segments the context images themselves; drop the "
-                         f"TARGET arguments ({args.targets[0]}, ...) or drop --interactive")
+    from .imageio import case_name, check_target_header, list_targets, read_image
+    from .files import check_writable_folder
+    context_sets = [read_context_file(path) for path in args.context_set]
+    structures = [context_set.name for context_set in context_sets]
+    if len(set(structures)) != len(structures):
+        raise ValueError(f"context sets {structures} share a name; give each a distinct "
+                         "'name' (or file name)")
+    if args.interactive and (args.targets or len(context_sets) > 1):
+        raise ValueError("--interactive segments the context images of one context set "
+                         "themselves; drop the TARGET arguments and extra --context-set")
     if args.interactive:
-        jobs = [(case_name(Path(entry.source)), entry) for entry in context_set.entries]
+        jobs = [(case_name(Path(entry.source)), entry) for entry in context_sets[0].entries]
     elif not args.targets:
         raise ValueError("no TARGET given; name image files or folders to segment, or use "
                          "--interactive")
     else:
-        jobs = list_targets(args.targets)
+        context_images = [Path(entry.source) for context_set in context_sets
+                          for entry in context_set.entries if entry.source]
+        jobs = list_targets(args.targets, context_images, lambda line: _say(args, line))
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise ValueError(f"{args.output_dir}: exists and is not a folder; choose another "
                          "--output-dir")
-    outputs = [output_path(args.output_dir, name, args.format) for name, _ in jobs]
-    existing = [str(p) for p in outputs if p.exists()]
+    kind = args.output_type or "per-structure"
+    outputs = {name: _outputs(args.output_dir, name, structures, kind, args.format)
+               for name, _ in jobs}
+    existing = [str(p) for paths in outputs.values() for p in paths if p.exists()]
     if existing and not args.overwrite:
         raise ValueError(f"{existing[0]}: exists ({len(existing)} output(s) in all); pass "
                          "--overwrite to replace")
+    failures, usable = 0, []
+    for index, (name, job) in enumerate(jobs):         # before the model loads
+        try:
+            if not args.interactive:
+                check_target_header(Path(job))
+            usable.append((index, name, job))
+        except ValueError as error:
+            failures += 1
+            print(f"wsicl: [{index + 1}/{len(jobs)}] {name}: {error}", file=sys.stderr)
+    if not usable:
+        return 1
     check_writable_folder(args.output_dir)  # before the model loads, not after the work
     predictor = make_predictor(args) if not args.server else remote_predictor(args)
-    context = None if args.interactive else predictor.prepare_context(context_set)
-    try:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise WriteError(f"{args.output_dir}: cannot create it ({error.strerror or error}); "
-                         "choose a writable folder") from None
-    failures = 0
-    for index, ((name, job), path) in enumerate(zip(jobs, outputs)):
+    contexts = None if args.interactive else \
+        [predictor.prepare_context(context_set) for context_set in context_sets]
+    for index, name, job in usable:
         label = f"[{index + 1}/{len(jobs)}] {name}"
         try:
-            with _progress_bar(label, args.quiet) as report:
-                if args.interactive:
-                    mask = predictor.segment_interactive(job.image, job.boxes, job.points,
-                                                         name=job.source).mask
-                else:
-                    mask = predictor.segment(read_image(job), context, progress=report,
-                                             name=str(job)).mask
-            _write_mask(mask, path, args.format, context_set.name)
-            voxels = int(sitk.GetArrayViewFromImage(mask).sum())
-            _say(args, f"{label}: {voxels} voxels -> {path}")
+            if args.interactive:
+                results = [predictor.segment_interactive(job.image, job.boxes, job.points,
+                                                         name=job.source)]
+            else:
+                image = read_image(job)                 # read once for every structure
+                results = []
+                for number, context in enumerate(contexts):
+                    part = f"{label}" if len(contexts) == 1 else \
+                        f"{label} {structures[number]}"
+                    with _progress_bar(part, args.quiet) as report:
+                        results.append(predictor.segment(image, context, progress=report,
+                                                         name=str(job)))
+            written = _write_results(results, outputs[name], structures, kind, args.format)
+            voxels = ", ".join(f"{int(sitk.GetArrayViewFromImage(r.mask).sum())}"
+                               for r in results)
+            _say(args, f"{label}: {voxels} voxels -> {', '.join(map(str, written))}")
         except (ValueError, RuntimeError) as error:
             failures += 1
             print(f"wsicl: {label}: {error}", file=sys.stderr)
@@ -246,11 +286,58 @@ def _say(args: argparse.Namespace, line: str) -> None:
         print(line)
 
 
-def _write_mask(mask, path: Path, output_format: str, structure: str) -> None:
+def _outputs(folder: Path, target: str, structures: List[str], kind: str,
+             output_format: str) -> List[Path]:
+    """The files one target's results go to: ``TARGET.FORMAT`` for one structure or a
+    multilabel image (and ``TARGET.labels.json`` beside a multilabel NIfTI / NRRD), else
+    ``TARGET_STRUCTURE.FORMAT`` per structure."""
+    if kind == "multilabel" or len(structures) == 1:
+        main_file = folder / f"{target}.{output_format}"
+        names = folder / f"{target}.labels.json"
+        return [main_file] + ([names] if kind == "multilabel" and output_format != "seg.nrrd"
+                              else [])
+    return [folder / f"{target}_{_file_part(s)}.{output_format}" for s in structures]
+
+
+def _file_part(name: str) -> str:
+    """A structure's name as part of a file name (letters, digits, ``-`` and ``_``)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+    return cleaned or "structure"
+
+
+def _write_results(results, paths: List[Path], structures: List[str], kind: str,
+                   output_format: str) -> List[Path]:
+    """Writes one target's masks (one per structure, in order) as ``kind`` says; returns
+    the files written. The output folder is made by the first write."""
+    import numpy as np
+    import SimpleITK as sitk
+    from .files import WriteError, write_text
     from .imageio import segmentation_metadata, write_atomic
+    try:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(f"{paths[0].parent}: cannot create it ({error.strerror or error}); "
+                         "choose a writable folder") from None
+    segments = [(name, COLOURS[index % len(COLOURS)]) for index, name in enumerate(structures)]
+    if kind != "multilabel":
+        for result, path, segment in zip(results, paths, segments):
+            if output_format == "seg.nrrd":
+                segmentation_metadata(result.mask, [segment])
+            write_atomic(result.mask, path)
+        return paths[:len(results)]
+    masks = np.stack([sitk.GetArrayViewFromImage(r.mask) > 0 for r in results])
+    chances = np.stack([sitk.GetArrayViewFromImage(r.probability) if r.probability is not None
+                        else mask for r, mask in zip(results, masks)])   # a server's: masks
+    labels = np.where(masks.any(0), np.argmax(np.where(masks, chances, -1.0), 0) + 1, 0)
+    image = sitk.GetImageFromArray(labels.astype(np.uint8))
+    image.CopyInformation(results[0].mask)
     if output_format == "seg.nrrd":
-        segmentation_metadata(mask, structure, (0.9, 0.3, 0.2))
-    write_atomic(mask, path)
+        segmentation_metadata(image, segments)
+    write_atomic(image, paths[0])
+    if len(paths) > 1:
+        write_text(paths[1], json.dumps({str(n + 1): s for n, s in enumerate(structures)},
+                                        indent=1) + "\n")
+    return paths
 
 
 class _progress_bar:

@@ -119,6 +119,20 @@ class Grid:
         return image
 
 
+def check_shape(size: Sequence[int], components: int, name: str = "image") -> None:
+    """:class:`ImageError` unless an image of ``size`` (i, j, k, ...) with ``components``
+    per voxel is a non-empty 3D scalar volume (checkable from a file's header alone)."""
+    if len(size) != 3:
+        fix = ("pick one volume (e.g. the first time point) before segmenting"
+               if len(size) == 4 else "WSICL segments 3D volumes; stack the slices into a volume")
+        raise ImageError(f"{name}: is {len(size)}D with size {list(size)}; {fix}")
+    if components != 1:
+        raise ImageError(f"{name}: has {components} components per voxel (colour or vector "
+                         "image); convert it to one scalar channel")
+    if min(size) < 1:
+        raise ImageError(f"{name}: is empty (size {list(size)})")
+
+
 def check_volume(image: sitk.Image, name: str = "image") -> sitk.Image:
     """``image`` as a float32 3D scalar volume, or :class:`ImageError` naming the problem.
 
@@ -126,16 +140,7 @@ def check_volume(image: sitk.Image, name: str = "image") -> sitk.Image:
     finite value of the volume; a volume with no finite voxel is an error.
     """
     require_image(image, name)
-    dimension = image.GetDimension()
-    if dimension != 3:
-        fix = ("pick one volume (e.g. the first time point) before segmenting"
-               if dimension == 4 else "WSICL segments 3D volumes; stack the slices into a volume")
-        raise ImageError(f"{name}: is {dimension}D with size {list(image.GetSize())}; {fix}")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per "
-                         "voxel (colour or vector image); convert it to one scalar channel")
-    if min(image.GetSize()) < 1:
-        raise ImageError(f"{name}: is empty (size {list(image.GetSize())})")
+    check_shape(image.GetSize(), image.GetNumberOfComponentsPerPixel(), name)
     volume = sitk.Cast(image, sitk.sitkFloat32)
     array = sitk.GetArrayViewFromImage(volume)
     finite = np.isfinite(array)

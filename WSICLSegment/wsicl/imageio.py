@@ -4,16 +4,15 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .files import WriteError, atomic_write
-from .geometry import Grid
+from .geometry import Grid, check_shape
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 
 
 def image_files(folder: Path) -> List[Path]:
@@ -307,9 +306,44 @@ def _inflated_size(path: Path, offset: int, wbits: int, cap: Optional[int] = Non
     return size
 
 
-def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
+LABEL_NAME_ENDINGS = ("_label", "_labels", "_seg", "_mask")
+"""File-name endings (before the extension) of label maps kept beside their images."""
+LABEL_MAP_MAX_VALUES = 64
+"""An integer image with at most this many distinct values is taken for a label map."""
+
+
+def label_map_reason(path: Path) -> Optional[str]:
+    """Why an image file looks like a label map rather than a scan (its name, or an
+    integer type with few distinct values); None if it does not."""
+    if case_name(path).lower().endswith(LABEL_NAME_ENDINGS) or \
+            path.name.lower().endswith(".seg.nrrd"):
+        return "its name marks a label map"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        if reader.GetPixelID() not in INTEGER_PIXELS:
+            return None
+        image = reader.Execute()        # kept alive while its voxels are viewed
+        values = np.unique(sitk.GetArrayViewFromImage(image))
+    except RuntimeError:
+        return None                       # unreadable: the run reports it as a target
+    if len(values) <= LABEL_MAP_MAX_VALUES:
+        return f"integer voxels with only {len(values)} distinct values (a label map)"
+    return None
+
+
+INTEGER_PIXELS = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+                  sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64)
+
+
+def list_targets(paths: Sequence[Union[str, Path]], exclude: Sequence[Path] = (),
+                 say: Optional[Callable[[str], None]] = None) -> List[Tuple[str, Path]]:
     """``(name, path)`` for each target: image files, DICOM series folders, and the image
-    files (or DICOM series sub-folders) inside plain folders."""
+    files (or DICOM series sub-folders) inside plain folders. Inside folders, files in
+    ``exclude`` (the context images) and files that look like label maps
+    (:func:`label_map_reason`) are skipped, each named once through ``say``."""
+    excluded = {Path(p).resolve() for p in exclude}
     targets = []
     for raw in paths:
         path = Path(raw)
@@ -320,11 +354,20 @@ def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
         elif dicom_series(path):
             targets.append((path.name, path))
         else:
-            inside = [(case_name(p), p) for p in sorted(path.iterdir()) if is_image_file(p)]
+            inside = []
+            for item in sorted(path.iterdir()):
+                if is_image_file(item):
+                    reason = "a context image" if item.resolve() in excluded else \
+                        label_map_reason(item)
+                    if reason is None:
+                        inside.append((case_name(item), item))
+                    elif say is not None:
+                        say(f"skipping {item}: {reason}")
             inside += [(p.name, p) for p in sorted(path.iterdir())
                        if p.is_dir() and dicom_series(p)]
             if not inside:
-                raise FileNotFoundError(f"{path}: folder holds no image files or DICOM series")
+                raise FileNotFoundError(f"{path}: folder holds no image files or DICOM series "
+                                        "to segment")
             targets.extend(inside)
     names = [name for name, _ in targets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -334,24 +377,34 @@ def list_targets(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, Path]]:
     return targets
 
 
-def output_path(folder: Path, name: str, output_format: str) -> Path:
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {output_format!r}; use one of {OUTPUT_FORMATS}")
-    return folder / f"{name}.{output_format}"
+def check_target_header(path: Path) -> None:
+    """A ValueError if an image file's header alone shows it cannot be segmented (not a
+    readable image, not a 3D scalar volume), so a run can say so before the model loads;
+    DICOM folders and everything else are checked when read."""
+    if path.is_dir():
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise _unreadable(path, error) from None
+    check_shape(reader.GetSize(), reader.GetNumberOfComponents(), str(path))
 
 
-def segmentation_metadata(mask: sitk.Image, segment_name: str,
-                          colour: Tuple[float, float, float]) -> None:
-    """Adds the 3D Slicer segmentation fields for one segment (label 1) to ``mask``."""
+def segmentation_metadata(mask: sitk.Image,
+                          segments: Sequence[Tuple[str, Tuple[float, float, float]]]) -> None:
+    """Adds the 3D Slicer segmentation fields to ``mask``: segment ``n`` (from 0) is label
+    value ``n + 1`` with its name and colour (RGB in [0, 1]), all in one layer."""
     size = mask.GetSize()
-    fields = {
-        "Segment0_ID": "Segment_1", "Segment0_Name": segment_name,
-        "Segment0_Color": " ".join(f"{c:g}" for c in colour), "Segment0_LabelValue": "1",
-        "Segment0_Layer": "0",
-        "Segment0_Extent": " ".join(f"0 {s - 1}" for s in size),
-        "Segmentation_MasterRepresentation": "Binary labelmap",
-        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
-    }
+    fields = {"Segmentation_MasterRepresentation": "Binary labelmap",
+              "Segmentation_ContainedRepresentationNames": "Binary labelmap|"}
+    for index, (name, colour) in enumerate(segments):
+        fields.update({
+            f"Segment{index}_ID": f"Segment_{index + 1}", f"Segment{index}_Name": name,
+            f"Segment{index}_Color": " ".join(f"{c:g}" for c in colour),
+            f"Segment{index}_LabelValue": str(index + 1), f"Segment{index}_Layer": "0",
+            f"Segment{index}_Extent": " ".join(f"0 {s - 1}" for s in size)})
     for key, value in fields.items():
         mask.SetMetaData(key, value)
 
