@@ -1,5 +1,6 @@
 """The crop rule, the episode engine, its training loop and crop-aware inference."""
 import dataclasses
+import json
 import os
 import signal
 
@@ -162,7 +163,7 @@ def test_loss_is_low_for_confident_correct_logits():
 def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sources):
     bundle = save_bundle(sources, tmp_path / "sources.pt", ["test"])
     config = RunConfig(output=str(tmp_path / "run"), sources=str(bundle), channels=[4, 8, 16],
-                       size=16, batch=2, steps=3, max_context=2, device="cpu", bf16=False,
+                       size=16, batch=2, steps=3, max_context=2, device="cpu", precision="fp32",
                        validation_batches=1, export=str(tmp_path / "model.pt"))
     summary = train(config, log=lambda message: None)
     assert summary["step"] == 3 and "val_dice" in summary["history"][-1]
@@ -174,11 +175,40 @@ def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sourc
     assert read_training_state(tmp_path / "run" / "last.pt")["step"] == 4
 
 
+def test_training_reports_its_throughput_and_profiles_its_parts(tmp_path, sources):
+    """The run says episodes/s, L = 1-equivalent episodes/s, the share of time spent making
+    data and the achieved TFLOP/s at its end; --profile measures engine, network and whole
+    steps apart and writes nothing. FLOPs per step are counted, so they grow with L."""
+    from wsicl.training.episode_training import StepCost
+    bundle = save_bundle(sources, tmp_path / "sources.pt", ["test"])
+    config = RunConfig(output=str(tmp_path / "run"), sources=str(bundle), channels=[4, 8, 16],
+                       size=16, batch=2, steps=2, max_context=2, device="cpu", precision="fp32",
+                       validation_batches=1)
+    said = []
+    train(config, log=said.append)
+    rates = [json.loads(line) for line in said if "episodes_per_s" in line]
+    assert rates and rates[-1]["step"] == 2
+    assert rates[-1]["episodes_per_s"] > 0 and 0 < rates[-1]["data_wait"] < 1
+    assert rates[-1]["l1_episodes_per_s"] >= rates[-1]["episodes_per_s"] * 0.99
+    assert rates[-1]["tflops"] > 0
+    said.clear()
+    profiled = train(dataclasses.replace(config, output=str(tmp_path / "profiled"), profile=2),
+                     log=said.append)["profile"]
+    for key in ("engine_episodes_per_s", "network_steps_per_s", "network_tflops",
+                "run_data_wait", "run_l1_episodes_per_s"):
+        assert profiled[key] > 0, key
+    assert json.loads(said[-1])["profile"] == profiled
+    assert not (tmp_path / "profiled" / "last.pt").exists()
+    cost = StepCost(build_model(ModelInfo(channels=[4, 8, 16], input_size=16)), 16,
+                    torch.device("cpu"), "fp32")
+    assert 0 < cost.context < cost.flops(1, 1) < cost.flops(1, 2) < cost.flops(2, 2)
+
+
 def test_the_first_interrupt_ends_training_after_the_step_with_a_checkpoint(tmp_path, sources):
     bundle = save_bundle(sources, tmp_path / "sources.pt", ["test"])
     config = RunConfig(output=str(tmp_path / "run"), sources=str(bundle), channels=[4, 8, 16],
                        size=16, batch=1, steps=1000, minutes=30, max_context=2, device="cpu",
-                       bf16=False, validation_batches=1)
+                       precision="fp32", validation_batches=1)
     said = []
 
     def log(message: str) -> None:                  # the rate line comes at step 20

@@ -106,23 +106,26 @@ def test_every_script_the_readme_names_exists_and_starts(tmp_path):
 
 
 def test_the_segment_examples_run_on_the_sample_data(scans, capsys):
-    """The command-line block's two ``segment`` lines, run as written on copies of the
-    sample CT (``scans/``, a folder of images for ``dicom_folder/``)."""
+    """The command-line block's ``segment`` lines, run as written on copies of the sample
+    CT (``scans/``, a folder of images for ``dicom_folder/``; ``spleen.json``: the context
+    example under another name)."""
     import glob
     import shlex
     from wsicl.cli import main
-    write_context_example(scans)
+    liver = json.loads(write_context_example(scans).read_text(encoding="utf-8"))
+    (scans / "spleen.json").write_text(json.dumps({**liver, "name": "spleen"}),
+                                       encoding="utf-8")
     image = sitk.ReadImage(str(scans / "case3.nii.gz"))
     for folder, name in (("scans", "ct7.nii.gz"), ("dicom_folder", "ct8.nrrd")):
         (scans / folder).mkdir()
         sitk.WriteImage(image, str(scans / folder / name))
     (block,) = [b for b in blocks("bash") if "wsicl segment --context-set liver.json" in b]
     lines = [line for line in commands(block) if line.startswith("wsicl segment")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     for line in lines:
         argv = [match for part in shlex.split(line)[1:]
                 for match in (sorted(glob.glob(part)) if "*" in part else [part])]
         assert main(argv + ["--quiet", *CPU_FP32]) == 0, capsys.readouterr().err
     written = sorted(p.name for p in (scans / "results").iterdir())
     assert written == ["case1.nii.gz", "case2.nii.gz", "case3.nii.gz", "ct7.nii.gz",
-                       "ct8.nii.gz"]
+                       "ct7_liver.nii.gz", "ct7_spleen.nii.gz", "ct8.nii.gz"]

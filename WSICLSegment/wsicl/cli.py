@@ -144,7 +144,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_crop_training(args: argparse.Namespace) -> int:
-    from .device import pick_device, resolve_precision
     from .training.episode_training import RunConfig, train
     from .training.sources import dataset_sources
     if args.synthetic or args.val_dataset:
@@ -154,12 +153,11 @@ def run_crop_training(args: argparse.Namespace) -> int:
         raise ValueError("the crop recipe needs labelled volumes: --dataset DIR and/or "
                          "--sources BUNDLE")
     sources = [source for folder in args.dataset for source in dataset_sources(folder)]
-    precision = resolve_precision(pick_device(args.device), args.precision)
     config = RunConfig(output=args.output, sources=str(args.sources or ""),
                        prompt=args.prompt, init=args.init, channels=args.channels,
                        size=args.size, batch=args.batch, steps=args.steps,
                        minutes=args.minutes, lr=args.lr, max_context=args.max_context,
-                       seed=args.seed, device=args.device, bf16=precision == "bf16")
+                       seed=args.seed, device=args.device, precision=args.precision)
     result = train(config, (lambda line: None) if args.quiet else print, sources)
     print(f"trained to step {result['step']}: {result['checkpoint']}")
     return 0

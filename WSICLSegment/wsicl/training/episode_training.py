@@ -2,8 +2,9 @@
 
 Each step draws a batch of episodes (:mod:`wsicl.episodes`) and minimises BCE + soft Dice
 of the network's output read as a logit, with Adam, a linear warm-up and cosine decay over
-the planned steps, gradient clipping, and bfloat16 autocast on CUDA (on the CPU only when
-asked). The run stops at ``steps`` or after ``minutes``, whichever comes first, writing
+the planned steps, gradient clipping, and the precision of inference (``auto``: bfloat16
+autocast on CUDA and on CPUs with AMX or AVX512-BF16, which compute it natively, fp32 on
+other CPUs, where bfloat16 is emulated and slower). The run stops at ``steps`` or after ``minutes``, whichever comes first, writing
 ``last.pt`` (weights, metadata, optimiser, step, history) every ``checkpoint_seconds``
 and at the end; a run started on a folder holding ``last.pt`` resumes from it. The first
 Ctrl-C (or SIGTERM) ends the run after the current step with that final checkpoint; a
@@ -57,10 +58,11 @@ class RunConfig:
     point_side_min: float = 0.7          # EngineConfig.point_side = (point_side_min, 1.4)
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True
+    precision: str = "auto"
     checkpoint_seconds: float = 120.0
     export: Optional[str] = None
     validation_batches: int = 4
+    profile: int = 0                       # > 0: measure this many steps of each part, then stop
 
 
 def batch_dice(logits: torch.Tensor, mask: torch.Tensor) -> List[float]:
@@ -95,12 +97,123 @@ def _forward(network: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return network(batch.target, batch.context, batch.prompts, batch.context.shape[1]).float()
 
 
+class StepCost:
+    """FLOPs of one training step (forward and backward) of ``B`` episodes with ``L``
+    context images, ``B * (target + L * context)``, the two per-episode terms counted once
+    by :class:`torch.utils.flop_counter.FlopCounterMode` on one episode with one and with
+    two context images of the real size."""
+
+    def __init__(self, network: torch.nn.Module, size: int, device: torch.device,
+                 precision: str) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+        counts = []
+        for context_size in (1, 2):
+            cube = torch.zeros((1, 1, size, size, size), device=device)
+            images = torch.zeros((1, context_size, 1, size, size, size), device=device)
+            counter = FlopCounterMode(display=False)
+            with counter, autocast(device, precision):
+                output = network(cube, images, images, context_size).float()
+            with counter:
+                output.mean().backward()
+            counts.append(counter.get_total_flops())
+        network.zero_grad(set_to_none=True)
+        self.context = float(counts[1] - counts[0])
+        self.target = float(counts[0]) - self.context
+
+    def flops(self, batch_size: int, context_size: int) -> float:
+        return batch_size * (self.target + context_size * self.context)
+
+    def l1_episodes(self, batch_size: int, context_size: int) -> float:
+        """The step as a number of ``L = 1`` episodes of equal cost."""
+        return self.flops(batch_size, context_size) / (self.target + self.context)
+
+
+class Throughput:
+    """Episodes, FLOPs and time waiting for data since the last report; ``report()``
+    gives episodes/s, L = 1-equivalent episodes/s, the share of wall time spent making
+    data, and achieved TFLOP/s, then starts again."""
+
+    def __init__(self, cost: StepCost) -> None:
+        self.cost = cost
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started = time.perf_counter()
+        self.episodes = self.equivalents = self.flops = self.waiting = 0.0
+
+    def add(self, batch: Batch, waited: float) -> None:
+        size, context = batch.target.shape[0], batch.context.shape[1]
+        self.episodes += size
+        self.equivalents += self.cost.l1_episodes(size, context)
+        self.flops += self.cost.flops(size, context)
+        self.waiting += waited
+
+    def report(self) -> Dict[str, float]:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        figures = {"episodes_per_s": self.episodes / seconds,
+                   "l1_episodes_per_s": self.equivalents / seconds,
+                   "data_wait": self.waiting / seconds, "tflops": self.flops / seconds / 1e12}
+        self._reset()
+        return {key: round(value, 4) for key, value in figures.items()}
+
+
+def profile(network: torch.nn.Module, optimiser: torch.optim.Optimizer, engine: EpisodeEngine,
+            config: RunConfig, device: torch.device, cost: StepCost,
+            log: Callable[[str], None]) -> Dict[str, float]:
+    """Measures the parts of a step apart, ``config.profile`` steps each: the episode
+    engine alone (episodes/s in this process), the network alone on one batch made once
+    (forward, backward, update: steps/s, episodes/s, TFLOP/s), then whole steps as the run
+    makes them (the share of time waiting for data). Prints and returns the figures."""
+    def synchronise() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    started = time.perf_counter()
+    batches = [engine.batch(step, config.batch) for step in range(config.profile)]
+    engine_seconds = time.perf_counter() - started
+    figures = {"engine_episodes_per_s": round(config.profile * config.batch / engine_seconds, 3),
+               "engine_threads": torch.get_num_threads()}
+    batch = batches[-1]
+    descend(segmentation_loss(_step_logits(network, batch, config, device), batch.target_mask),
+            network, optimiser, config.clip)                        # warm-up
+    synchronise()
+    started = time.perf_counter()
+    for _ in range(config.profile):
+        descend(segmentation_loss(_step_logits(network, batch, config, device),
+                                  batch.target_mask), network, optimiser, config.clip)
+    synchronise()
+    seconds = (time.perf_counter() - started) / config.profile
+    size, context = batch.target.shape[0], batch.context.shape[1]
+    figures.update(network_steps_per_s=round(1 / seconds, 4),
+                   network_episodes_per_s=round(size / seconds, 3),
+                   network_tflops=round(cost.flops(size, context) / seconds / 1e12, 4),
+                   step_gflop=round(cost.flops(size, context) / 1e9, 1), context_size=context)
+    throughput = Throughput(cost)
+    for step in range(config.profile):
+        waited = time.perf_counter()
+        batch = engine.batch(10 ** 6 + step, config.batch)
+        waited = time.perf_counter() - waited
+        descend(segmentation_loss(_step_logits(network, batch, config, device),
+                                  batch.target_mask), network, optimiser, config.clip)
+        throughput.add(batch, waited)
+    synchronise()
+    figures.update({f"run_{key}": value for key, value in throughput.report().items()})
+    log(json.dumps({"profile": figures}))
+    return figures
+
+
+def _step_logits(network: torch.nn.Module, batch: Batch, config: RunConfig,
+                 device: torch.device) -> torch.Tensor:
+    with autocast(device, config.precision):
+        return _forward(network, batch)
+
+
 def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
              device: torch.device) -> Dict[str, float]:
     """Loss and mean Dice on fixed draws of a separate seed (interactive and in context)."""
     network.eval()
     losses, scores = [], []
-    with torch.no_grad(), autocast(device, "bf16" if config.bf16 else "fp32"):
+    with torch.no_grad(), autocast(device, config.precision):
         for index in range(config.validation_batches):
             batch = engine.batch(index, config.batch)
             logits = _forward(network, batch)
@@ -167,11 +280,17 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
                                  point_side=(config.point_side_min, 1.4))
     engine = EpisodeEngine(sources, engine_config, config.seed, device)
     held_out = EpisodeEngine(sources, engine_config, config.seed + 10 ** 6, device)
+    cost = StepCost(network, config.size, device, config.precision)
+    if config.profile:
+        return {"step": step, "checkpoint": None, "history": history,
+                "profile": profile(network, optimiser, engine, config, device, cost, log)}
+    throughput = Throughput(cost)
+    last_report = time.perf_counter()
     started = time.perf_counter()
     last_save = started
     deadline = started + config.minutes * 60 if config.minutes > 0 else math.inf
     planned = config.steps
-    recent: List[float] = []
+    recent: List[torch.Tensor] = []
 
     def save() -> None:
         info.provenance = (f"wsicl.episode_training: crop recipe, {config.prompt} prompts, "
@@ -192,15 +311,20 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
                 log(f"{rate:.3f} s/step: planning {planned} steps")
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(step, config, planned)
+            waited = time.perf_counter()
             batch = engine.batch(step, config.batch)
-            with autocast(device, "bf16" if config.bf16 else "fp32"):
-                logits = _forward(network, batch)
-            loss = segmentation_loss(logits, batch.target_mask)
+            waited = time.perf_counter() - waited
+            loss = segmentation_loss(_step_logits(network, batch, config, device),
+                                     batch.target_mask)
             descend(loss, network, optimiser, config.clip)
             step += 1
-            recent = (recent + [float(loss.detach())])[-50:]
+            throughput.add(batch, waited)
+            if time.perf_counter() - last_report > 60:
+                log(json.dumps({"step": step, **throughput.report()}))
+                last_report = time.perf_counter()
+            recent = (recent + [loss.detach()])[-50:]     # read every 50 steps: no sync
             if step % 50 == 0:
-                record = {"step": step, "loss": float(np.mean(recent)),
+                record = {"step": step, "loss": float(torch.stack(recent).mean()),
                           "seconds": time.perf_counter() - started}
                 if step % 200 == 0:
                     record.update(validate(network, held_out, config, device))
@@ -209,7 +333,9 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
             if time.perf_counter() - last_save > config.checkpoint_seconds:
                 save()
                 last_save = time.perf_counter()
-    history.append({"step": step, "loss": float(np.mean(recent)) if recent else float("nan"),
+    log(json.dumps({"step": step, **throughput.report()}))
+    history.append({"step": step,
+                    "loss": float(torch.stack(recent).mean()) if recent else float("nan"),
                     "seconds": time.perf_counter() - started,
                     **validate(network, held_out, config, device)})
     log(json.dumps(history[-1]))
