@@ -363,7 +363,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             parser.add_argument(name, type=kind, default=field.default)
     arguments = vars(parser.parse_args(argv))
     summary = train(RunConfig(**arguments))
-    print(f"done: {summary['step']} steps, {summary['checkpoint']}")
+    if "profile" not in summary:
+        print(f"done: {summary['step']} steps, {summary['checkpoint']}")
 
 
 if __name__ == "__main__":
