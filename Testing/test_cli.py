@@ -356,3 +356,22 @@ def test_context_sets_must_have_distinct_names(two_structures, capsys):
     folder, sets = two_structures
     assert segment_with(folder, [sets[0], sets[0]], folder / "out") == 1
     assert "share a name" in capsys.readouterr().err
+
+
+def test_a_run_says_its_model_device_and_precision_and_warns_about_the_point_model(
+        two_structures, capsys):
+    folder, sets = two_structures
+    assert main(["segment", str(folder / "scans"), "--context-set", str(sets[0]),
+                 "--output-dir", str(folder / "out"), "--model", str(folder / "m.pt"),
+                 *CPU_FP32]) == 0
+    assert segment_with(folder, sets[:1], folder / "out2") == 0        # --quiet: nothing
+    printed = capsys.readouterr().out
+    assert printed.count("(box prompts, 32^3 grid) on cpu, fp32") == 1
+    assert printed.splitlines()[0].startswith("model ")
+    points = write_context(folder, {"name": "p", "context": [
+        {"image": "context.nii.gz", "points": [[20, 18, 12]]}]}, "p.json")
+    assert main(["segment", str(folder / "scans"), "--context-set", str(points),
+                 "--output-dir", str(folder / "points"), "--model", "point", *CPU_FP32]) == 0
+    error = capsys.readouterr().err
+    assert error.count("wsicl: note: the bundled point model scores below the location-only "
+                       "floor") == 1

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import SimpleITK as sitk
 
 import wsicl
+from wsicl.checkpoints import BUNDLED_NOTES
 from wsicl.remote import RemotePredictor, served_name
 
 from . import context_sets as sets
@@ -105,6 +106,8 @@ class SegmentationLogic:
                     settings.precision, settings.refine, settings.prompt_kinds)
                 if self._predictor.device.type == "cpu":
                     wsicl.keep_freed_memory()  # Slicer keeps the peak reserved: ~2x faster
+            if progress is not None and settings.model in BUNDLED_NOTES:
+                progress(0.0, f"note: {BUNDLED_NOTES[settings.model]}")
             self._predictor_key = key
         return self._predictor
 

@@ -11,6 +11,23 @@ from . import __version__
 from .options import DEVICE_CHOICES, OUTPUT_FORMATS, OUTPUT_TYPES, PRECISIONS
 
 
+DEVICE_HELP = "auto: CUDA, then MPS, then the CPU"
+PRECISION_HELP = ("auto: bfloat16 where the hardware computes it natively (CUDA, CPUs with "
+                  "AMX or AVX512-BF16), fp32 elsewhere; fp32 or bf16 force one")
+QUIET_HELP = "print nothing but errors"
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" not in text and action.option_strings and action.default not in (
+                None, False, argparse.SUPPRESS, []):
+            text += " (default: %(default)s)"
+        return text
+
+
 def int_list(text: str) -> List[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]`` (positive integers)."""
     try:
@@ -54,7 +71,7 @@ def kinds_argument(text: str) -> List[str]:
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the bundled model on the bundled sample data",
+        "demo", formatter_class=HelpWithDefaults, help="run the bundled model on the bundled sample data",
         description="Segment the liver of the sample MR from boxes on the sample CT (in "
                     "context) and from boxes on the MR itself (interactive); write the masks "
                     "and an overview PNG and print Dice against the sample labels.")
@@ -79,14 +96,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train or fine-tune with simulated prompts",
+        "train", formatter_class=HelpWithDefaults, help="train or fine-tune with simulated prompts",
         description="Train a WS-ICL network on synthetic tasks and/or nnU-Net-layout datasets "
                     "with simulated box or point prompts. Resumes from OUTPUT/last.pt. "
                     "--recipe whole (default): whole views, as the authors' released "
                     "weights; --recipe crop: the bundled models' recipe (crops around the "
                     "prompts and whole views, label-driven synthesis, random shapes; the "
                     "model then refines at the structure's scale by default).")
-    parser.add_argument("--recipe", choices=("whole", "crop"), default="whole")
+    parser.add_argument("--recipe", choices=("whole", "crop"), default="whole",
+                        help="whole: whole views, as the authors' weights; crop: the bundled "
+                             "models' recipe")
     parser.add_argument("--sources", type=Path, metavar="BUNDLE",
                         help="crop recipe: a sources bundle (scripts/make_sources_bundle.py) "
                              "besides or instead of --dataset")
@@ -95,31 +114,39 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=positive_int, default=4,
                         help="crop recipe: episodes per step")
     parser.add_argument("--output", required=True, help="folder for last.pt and the log")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     parser.add_argument("--synthetic", action="store_true", help="train on synthetic tasks")
     parser.add_argument("--dataset", action="append", default=[], metavar="DIR",
                         help="nnU-Net-layout dataset; every label is a task (repeatable)")
     parser.add_argument("--val-dataset", action="append", default=[], metavar="DIR",
                         help="dataset kept out of training, for validation (repeatable)")
     parser.add_argument("--init", help="start from these weights (any file wsicl loads)")
-    parser.add_argument("--prompt", choices=("box", "point"), default="box")
-    parser.add_argument("--channels", type=channels_argument, default=[16, 32, 64, 128])
-    parser.add_argument("--convs-per-stage", type=int, default=2)
+    parser.add_argument("--prompt", choices=("box", "point"), default="box",
+                        help="prompt kind the model learns to read")
+    parser.add_argument("--channels", type=channels_argument, default=[16, 32, 64, 128],
+                        help="channels per stage of a new network (comma-separated)")
+    parser.add_argument("--convs-per-stage", type=int, default=2,
+                        help="convolutions per residual unit of a new network")
     parser.add_argument("--size", type=int, default=64, help="model grid edge in voxels")
     parser.add_argument("--lr", type=float, default=2e-4,
                         help="Adam learning rate (the paper fine-tunes at 1e-6)")
-    parser.add_argument("--max-context", type=int, default=4)
-    parser.add_argument("--max-slices", type=int, default=3)
-    parser.add_argument("--interactive-fraction", type=float, default=0.3)
-    parser.add_argument("--synthetic-fraction", type=float, default=0.5)
-    parser.add_argument("--val-every", type=int, default=100)
-    parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--max-context", type=int, default=4,
+                        help="largest number of context images in an episode")
+    parser.add_argument("--max-slices", type=int, default=3,
+                        help="whole recipe: most prompted slices per image")
+    parser.add_argument("--interactive-fraction", type=float, default=0.3,
+                        help="whole recipe: share of interactive episodes")
+    parser.add_argument("--synthetic-fraction", type=float, default=0.5,
+                        help="whole recipe: share of synthetic tasks beside --dataset")
+    parser.add_argument("--val-every", type=int, default=100,
+                        help="whole recipe: steps between validations")
+    parser.add_argument("--checkpoint-every", type=int, default=50,
+                        help="whole recipe: steps between checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help=DEVICE_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bfloat16 where the hardware has it (CUDA, AMX or "
-                             "AVX512-BF16 CPUs), else fp32")
-    parser.add_argument("--quiet", action="store_true")
+                        help=PRECISION_HELP)
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     parser.set_defaults(handler=run_train)
 
 
@@ -165,7 +192,7 @@ def run_crop_training(args: argparse.Namespace) -> int:
 
 def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "segment", help="segment targets with a context set",
+        "segment", formatter_class=HelpWithDefaults, help="segment targets with a context set",
         description="Segment every TARGET (image files, DICOM series folders or folders of "
                     "images) with the structure defined by the context-set file. Results are "
                     "uint8 0/1 masks on each target's exact grid.")
@@ -251,6 +278,8 @@ def run_segment(args: argparse.Namespace) -> int:
         return 1
     check_writable_folder(args.output_dir)  # before the model loads, not after the work
     predictor = make_predictor(args) if not args.server else remote_predictor(args)
+    _say(args, f"model {args.model} on the server at {args.server}" if args.server
+         else predictor.describe())
     contexts = None if args.interactive else \
         [predictor.prepare_context(context_set) for context_set in context_sets]
     for index, name, job in usable:
@@ -363,10 +392,11 @@ class _progress_bar:
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="paper-style evaluation on an nnU-Net-layout dataset",
+        "evaluate", formatter_class=HelpWithDefaults, help="paper-style evaluation on an nnU-Net-layout dataset",
         description="Segment every subject of every structure with random context draws and "
                     "simulated prompts; print a Dice table, write JSON and PNG plots.")
-    parser.add_argument("--dataset", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--dataset", required=True, type=Path, metavar="DIR",
+                        help="nnU-Net-layout dataset (imagesTr/, labelsTr/)")
     parser.add_argument("--model", default="box", help="box, point or a weights file")
     parser.add_argument("--prompt", choices=("box", "point"),
                         help="prompt kind (default: the model's)")
@@ -374,23 +404,25 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                         help="icl: simulated prompts on other subjects; interactive: on the "
                              "target itself; mask: other subjects' dense masks as context "
                              "(the upper bound weak prompts are compared with)")
-    parser.add_argument("--context-sizes", type=int_list, default=[1, 2, 4, 8])
-    parser.add_argument("--prompts-per-image", type=int_list, default=[1, 2, 5])
-    parser.add_argument("--draws", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path("wsicl-evaluation"))
+    parser.add_argument("--context-sizes", type=int_list, default=[1, 2, 4, 8],
+                        help="context sizes L to evaluate (comma-separated)")
+    parser.add_argument("--prompts-per-image", type=int_list, default=[1, 2, 5],
+                        help="prompted slices per context image to evaluate")
+    parser.add_argument("--draws", type=int, default=8,
+                        help="random context draws per subject and setting")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    parser.add_argument("--output", type=Path, default=Path("wsicl-evaluation"),
+                        help="folder for evaluation.json and the plots")
     add_runtime_options(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help=DEVICE_HELP)
     parser.add_argument("--mini-context", type=positive_int, default=1,
                         help="context images processed at once (lower it if memory runs out)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto (default): bfloat16 where the hardware has it (CUDA, AMX or "
-                             "AVX512-BF16 CPUs; masks agree with fp32, see the README), fp32 "
-                             "elsewhere")
+                        help=PRECISION_HELP)
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="work at the structure's scale: interactive on a crop around "
                              "the prompts, in context on a crop where the context's prompts "
@@ -400,7 +432,7 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
                         help="prompt kinds the model was trained for (box, point, mask), when "
                              "its file does not say or its name misleads (default: from the "
                              "file; the authors' Neuroverse3D checkpoint reads masks)")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def make_predictor(args: argparse.Namespace):
@@ -419,12 +451,13 @@ def remote_predictor(args: argparse.Namespace):
 
 def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve the network over HTTP (for Slicer and `segment --server`)",
+        "serve", formatter_class=HelpWithDefaults, help="serve the network over HTTP (for Slicer and `segment --server`)",
         description="Keep models loaded and segment for clients over HTTP (needs "
                     "`pip install '.[server]'` in the checkout). Listens on loopback unless "
                     "--host says otherwise; any other address needs a token. See the README "
                     "for an SSH tunnel or a TLS proxy.")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; anything but loopback needs a token")
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
     tokens = parser.add_mutually_exclusive_group()
     tokens.add_argument("--token-file", type=Path, metavar="PATH",
@@ -436,7 +469,8 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", nargs="+", default=["box"], metavar="MODEL",
                         help="box, point or weights files; clients name them by the given "
                              "name or the file's stem")
-    parser.add_argument("--max-upload-mb", type=positive_int, default=1024)
+    parser.add_argument("--max-upload-mb", type=positive_int, default=1024,
+                        help="largest upload accepted (its file size)")
     parser.add_argument("--queue", type=positive_int, default=8,
                         help="jobs that may wait; more are refused with 503 and Retry-After")
     parser.add_argument("--cache-mb", type=positive_int, default=4096,

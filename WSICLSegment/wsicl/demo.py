@@ -79,8 +79,7 @@ def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
     context_file = write_context_file(
         output / "context_liver.json", "liver", "voxel",
         [{"image": "example_ct_sm.nii.gz", "boxes": context_boxes}])
-    say(f"model: {predictor.metadata.source} ({', '.join(predictor.kinds)} prompts, "
-        f"{predictor.size}^3 grid) on {predictor.device.type}")
+    say(predictor.describe())
     context_set = read_context_file(context_file)
     in_context = predictor.segment(mr, context_set).mask
     interactive_boxes = boxes_on_slices(mr_liver, 3)

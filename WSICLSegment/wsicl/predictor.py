@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .checkpoints import load_model
+from .checkpoints import BUNDLED_NOTES, load_model
 from .context import Box, ContextEntry, ContextError, ContextSet, Point, check_kinds
 from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region, whole_region
 from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
@@ -60,6 +60,10 @@ class Guide:
         region = crop_region(self.low * size - 0.5, self.high * size - 0.5, oriented.spacing,
                              oriented.size, CROP_MARGIN, self.min_side_mm)
         return None if np.all(region[1] - region[0] >= 0.9 * size) else region
+
+
+class ModelNote(UserWarning):
+    """What a user must know about the chosen model (said, not raised)."""
 
 
 class RefineNote(UserWarning):
@@ -140,6 +144,13 @@ class Predictor:
             OrderedDict()
         self.kinds = list(self.metadata.prompt_kinds) if prompt_kinds is None else \
             check_kinds(prompt_kinds, "prompt_kinds")
+        if isinstance(model, str) and model in BUNDLED_NOTES:
+            warnings.warn(BUNDLED_NOTES[model], ModelNote, stacklevel=2)
+
+    def describe(self) -> str:
+        """One line: the model, what it reads, its grid, device and precision."""
+        return (f"model {self.metadata.source} ({', '.join(self.kinds)} prompts, "
+                f"{self.size}^3 grid) on {self.device.type}, {self.precision}")
 
     @property
     def size(self) -> int:
