@@ -375,3 +375,32 @@ def test_a_run_says_its_model_device_and_precision_and_warns_about_the_point_mod
     error = capsys.readouterr().err
     assert error.count("wsicl: note: the bundled point model scores below the location-only "
                        "floor") == 1
+
+
+def test_ctrl_c_while_the_libraries_load_says_interrupted_without_a_traceback(monkeypatch,
+                                                                              capsys):
+    import sys
+
+    class Interrupting:                       # Ctrl-C arriving while torch is imported
+        def find_spec(self, name, path=None, target=None):
+            if name == "wsicl.device":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "wsicl.device", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting()] + sys.meta_path)
+    assert main(["segment", "t.nii.gz", "--context-set", "c.json", "--output-dir", "o"]) == 130
+    assert capsys.readouterr().err == "wsicl: interrupted\n"
+
+
+def test_a_box_reaching_beyond_its_image_is_noted_once(workspace, capsys):
+    beyond = write_context(workspace, {"context": [{"image": "context.nii.gz", "boxes": [
+        {"min": [20, 25, 8], "max": [50, 45, 8]}]}]})          # the image is 36 x 40 x 16
+    assert run(workspace, beyond, workspace / "out", str(workspace / "target.nrrd")) == 0
+    error = capsys.readouterr().err
+    assert error.count("reaches beyond the image (size [36, 40, 16]); only the part inside "
+                       "is used") == 1 and "wsicl: note:" in error
+    inside = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                    "boxes": [VOXEL_BOX]}]}, "inside.json")
+    assert run(workspace, inside, workspace / "out2", str(workspace / "target.nrrd")) == 0
+    assert "beyond" not in capsys.readouterr().err

@@ -559,9 +559,9 @@ def _note(message, category, *where) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .device import keep_freed_memory
-    keep_freed_memory()        # every command runs the network: roughly halves CPU time
-    try:
+    try:                       # Ctrl-C while torch loads is an interruption, not a traceback
+        from .device import keep_freed_memory
+        keep_freed_memory()    # every command runs the network: roughly halves CPU time
         with warnings.catch_warnings():
             warnings.showwarning = _note
             return args.handler(args)

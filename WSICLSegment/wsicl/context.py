@@ -6,13 +6,14 @@ Box and point coordinates are in one of three spaces: ``voxel`` (integer indices
 (:mod:`wsicl.masks`).
 """
 import dataclasses
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import distance_transform_edt
 
-from .geometry import SPACES, require_image
+from .geometry import SPACES, Grid, box_corners_lps, require_image
 from .masks import Label, context_mask
 
 PROMPT_KINDS = ("box", "point", "mask")
@@ -97,6 +98,26 @@ class ContextEntry:
         return present[0] if len(present) == 1 else None
 
 
+class PromptNote(UserWarning):
+    """A prompt was used, but not wholly as given (said, not raised)."""
+
+
+def note_clipped_boxes(entry: ContextEntry) -> None:
+    """Warns (:class:`PromptNote`) for each box of ``entry`` that reaches beyond its image:
+    only the part inside is used. A box wholly outside is an error later, where it is
+    rendered."""
+    grid = Grid.of(entry.image)
+    limit = np.asarray(entry.image.GetSize(), dtype=float) - 0.5
+    for box in entry.boxes:
+        index = grid.lps_to_index(box_corners_lps(box.min, box.max, box.space, grid))
+        meets = np.all(index.max(0) >= -0.5) and np.all(index.min(0) <= limit)
+        if meets and (np.any(index < -0.5 - 1e-6) or np.any(index > limit + 1e-6)):
+            warnings.warn(f"{entry.name}: box min {list(box.min)} max {list(box.max)} "
+                          f"({box.space}) reaches beyond the image (size "
+                          f"{list(entry.image.GetSize())}); only the part inside is used",
+                          PromptNote, stacklevel=3)
+
+
 @dataclasses.dataclass
 class ContextSet:
     """Context images with prompts that define one structure to segment."""
@@ -116,6 +137,7 @@ class ContextSet:
             require_image(mask, f"context set '{self.name}', {name}: mask")
             mask = context_mask(mask, image, label, f"context set '{self.name}', {name}")
         self.entries.append(ContextEntry(image, list(boxes), list(points), name, mask=mask))
+        note_clipped_boxes(self.entries[-1])
         return self
 
     def __len__(self) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .context import Box, ContextEntry, ContextError, ContextSet, Point
+from .context import Box, ContextEntry, ContextError, ContextSet, Point, note_clipped_boxes
 from .geometry import SPACES
 from .files import write_text
 from .imageio import read_image
@@ -174,7 +174,9 @@ def _entry(raw: Any, index: int, space: str, folder: Path) -> ContextEntry:
     except (FileNotFoundError, ValueError) as error:
         raise ContextFileError(f"{where}: {error}") from None
     mask = context_mask(labels, image, label, name) if labels is not None else None
-    return ContextEntry(image, boxes, points, name, str(image_path), mask)
+    entry = ContextEntry(image, boxes, points, name, str(image_path), mask)
+    note_clipped_boxes(entry)
+    return entry
 
 
 def read_context_file(path: Union[str, Path]) -> ContextSet:

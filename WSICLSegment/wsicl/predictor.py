@@ -17,13 +17,15 @@ import SimpleITK as sitk
 import torch
 
 from .checkpoints import BUNDLED_NOTES, load_model
-from .context import Box, ContextEntry, ContextError, ContextSet, Point, check_kinds
+from .context import (Box, ContextEntry, ContextError, ContextSet, Point, check_kinds,
+                      note_clipped_boxes)
 from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region, whole_region
 from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
                      resolve_precision)
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
                        canonical_grid, image_digest, mask_to_model, nonzero_faces,
-                       point_to_model, prepare, threshold, to_lps, to_source_grid)
+                       point_to_model, prepare, require_image, threshold, to_lps,
+                       to_source_grid)
 from .masks import mask_corners
 from .network import EncodedTarget, WSICLNet
 from .prompts import render_boxes, render_points
@@ -344,7 +346,8 @@ class Predictor:
         answer touches) and the network runs again while the answer runs into a face of the
         crop that is not the image's, at most :data:`ZOOM_STEPS` times.
         """
-        entry = ContextEntry(image, list(boxes), list(points), name)
+        entry = ContextEntry(require_image(image, name), list(boxes), list(points), name)
+        note_clipped_boxes(entry)
         if entry.prompt_kind not in ("box", "point"):
             raise ContextError("interactive mode needs boxes or points on the image, of one "
                                "kind")
