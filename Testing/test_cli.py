@@ -117,6 +117,7 @@ def write_dicom_series(image, folder):
         slice_image = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
         tags = {"0020|000e": series, "0020|000d": series + ".0", "0008|0060": "MR",
+                "0020|0052": series + ".1", "0010|0020": "TEST01", "0010|0010": "Test^Subject",
                 "0020|0032": "\\".join(f"{p:.6f}" for p in position),
                 "0020|0037": "\\".join(f"{d:.6f}" for d in (direction[0], direction[3],
                                                             direction[6], direction[1],
@@ -404,3 +405,45 @@ def test_a_box_reaching_beyond_its_image_is_noted_once(workspace, capsys):
                                                     "boxes": [VOXEL_BOX]}]}, "inside.json")
     assert run(workspace, inside, workspace / "out2", str(workspace / "target.nrrd")) == 0
     assert "beyond" not in capsys.readouterr().err
+
+
+def test_a_dicom_series_gives_a_dicom_seg_with_every_structure(two_structures, capsys):
+    """DICOM in, DICOM out: one SEG per series, a named, coded segment per structure, each
+    frame on the source slice it refers to, pixels as the NIfTI results of the same run."""
+    import highdicom
+    import pydicom
+    from served import blob
+    from wsicl.imageio import dicom_series
+    folder, sets = two_structures
+    write_dicom_series(blob(1), folder / "series")
+    common = ["segment", str(folder / "series"), "--model", str(folder / "m.pt"), *CPU_FP32,
+              "--quiet", "--context-set", str(sets[0]), "--context-set", str(sets[1])]
+    assert main(common + ["--output-dir", str(folder / "nifti")]) == 0
+    assert main(common + ["--output-dir", str(folder / "dicom"), "--format", "dicom-seg"]) == 0
+    assert [p.name for p in (folder / "dicom").iterdir()] == ["series.seg.dcm"]
+    seg = highdicom.seg.segread(str(folder / "dicom" / "series.seg.dcm"))
+    assert seg.number_of_segments == 2
+    assert [seg.get_segment_description(n).segment_label for n in (1, 2)] == ["core", "rim"]
+    files = dicom_series(folder / "series")
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,
+                                               segment_numbers=[1, 2])
+    for number, structure in enumerate(("core", "rim")):
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(
+            str(folder / "nifti" / f"series_{structure}.nii.gz")))
+        assert expected.any() and np.array_equal(pixels[..., number], expected)
+    liver = write_context(folder, {"name": "liver", "context": [{"image": "context.nii.gz",
+                                   "boxes": [{"min": [12, 10, 12], "max": [28, 26, 12]}]}]},
+                          "liver.json")
+    assert main(["segment", str(folder / "series"), "--model", str(folder / "m.pt"),
+                 *CPU_FP32, "--quiet", "--context-set", str(liver), "--output-dir",
+                 str(folder / "coded"), "--format", "dicom-seg"]) == 0
+    coded = highdicom.seg.segread(str(folder / "coded" / "series.seg.dcm"))
+    described = coded.get_segment_description(1)
+    assert described.segmented_property_type.value == "10200004"         # SNOMED CT: liver
+    assert described.segmented_property_category.meaning == "Anatomical Structure"
+    capsys.readouterr()
+    assert main(["segment", str(folder / "scans" / "case1.nii.gz"), "--model",
+                 str(folder / "m.pt"), *CPU_FP32, "--context-set", str(liver),
+                 "--output-dir", str(folder / "bad"), "--format", "dicom-seg"]) == 1
+    assert "needs a DICOM series folder" in capsys.readouterr().err

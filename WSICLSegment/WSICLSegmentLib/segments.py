@@ -14,30 +14,23 @@ from vtk.util import numpy_support
 
 import slicer
 
+from wsicl.terminology import ANATOMICAL_STRUCTURE, anatomy_code
+
 from .volumes import ijk_to_world_ras
 
 NODE_SUFFIX = " WSICL"
 SEGMENT_ID_PREFIX = "WSICL_"
 
-TERMINOLOGY = {
-    "liver": ("10200004", "Liver"), "spleen": ("78961009", "Spleen"),
-    "kidney": ("64033007", "Kidney"), "pancreas": ("15776009", "Pancreas"),
-    "stomach": ("69695003", "Stomach"), "gallbladder": ("28231008", "Gallbladder"),
-    "aorta": ("15825003", "Aorta"), "lung": ("39607008", "Lung"),
-    "brain": ("12738006", "Brain"), "heart": ("80891009", "Heart"),
-    "bladder": ("89837001", "Urinary bladder"), "prostate": ("41216001", "Prostate"),
-}
-
-
 def terminology_entry(name: str) -> Optional[str]:
     """A 3D Slicer terminology string for common anatomical names, else None."""
-    key = name.lower().replace("_", " ")
-    for word, (code, meaning) in TERMINOLOGY.items():
-        if word in key.split() or key == word:
-            return ("Segmentation category and type - 3D Slicer General Anatomy list"
-                    "~SCT^123037004^Anatomical Structure"
-                    f"~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
-    return None
+    found = anatomy_code(name)
+    if found is None:
+        return None
+    code, meaning = found
+    category, category_meaning = ANATOMICAL_STRUCTURE
+    return ("Segmentation category and type - 3D Slicer General Anatomy list"
+            f"~SCT^{category}^{category_meaning}"
+            f"~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
 
 
 def segmentation_for(scene, volume_node):

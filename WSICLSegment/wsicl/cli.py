@@ -210,7 +210,10 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--interactive", action="store_true",
                         help="segment each context image from its own prompts")
     parser.add_argument("--format", default="nii.gz", choices=OUTPUT_FORMATS,
-                        help="file format of the results (default: %(default)s)")
+                        help="file format of the results; dicom-seg: one DICOM SEG per "
+                             "DICOM series target with every structure as a segment, "
+                             "TARGET.seg.dcm (needs pip install '.[dicom]') (default: "
+                             "%(default)s)")
     parser.add_argument("--output-type", choices=OUTPUT_TYPES, default=None,
                         help="with several context sets: one file per target and structure, "
                              "TARGET_STRUCTURE.FORMAT (per-structure, the default), or one "
@@ -268,6 +271,9 @@ def run_segment(args: argparse.Namespace) -> int:
     failures, usable = 0, []
     for index, (name, job) in enumerate(jobs):         # before the model loads
         try:
+            if args.format == "dicom-seg" and (args.interactive or not Path(job).is_dir()):
+                raise ValueError("DICOM SEG output needs a DICOM series folder as target; "
+                                 "choose another --format for image files")
             if not args.interactive:
                 check_target_header(Path(job))
             usable.append((index, name, job))
@@ -297,7 +303,8 @@ def run_segment(args: argparse.Namespace) -> int:
                     with _progress_bar(part, args.quiet) as report:
                         results.append(predictor.segment(image, context, progress=report,
                                                          name=str(job)))
-            written = _write_results(results, outputs[name], structures, kind, args.format)
+            written = _write_results(results, outputs[name], structures, kind, args.format,
+                                     None if args.interactive else Path(job))
             voxels = ", ".join(f"{int(sitk.GetArrayViewFromImage(r.mask).sum())}"
                                for r in results)
             _say(args, f"{label}: {voxels} voxels -> {', '.join(map(str, written))}")
@@ -318,6 +325,8 @@ def _outputs(folder: Path, target: str, structures: List[str], kind: str,
     """The files one target's results go to: ``TARGET.FORMAT`` for one structure or a
     multilabel image (and ``TARGET.labels.json`` beside a multilabel NIfTI / NRRD), else
     ``TARGET_STRUCTURE.FORMAT`` per structure."""
+    if output_format == "dicom-seg":
+        return [folder / f"{target}.seg.dcm"]
     if kind == "multilabel" or len(structures) == 1:
         main_file = folder / f"{target}.{output_format}"
         names = folder / f"{target}.labels.json"
@@ -333,9 +342,10 @@ def _file_part(name: str) -> str:
 
 
 def _write_results(results, paths: List[Path], structures: List[str], kind: str,
-                   output_format: str) -> List[Path]:
-    """Writes one target's masks (one per structure, in order) as ``kind`` says; returns
-    the files written. The output folder is made by the first write."""
+                   output_format: str, target: Optional[Path] = None) -> List[Path]:
+    """Writes one target's masks (one per structure, in order) as ``kind`` and
+    ``output_format`` say (``target``: the DICOM series folder a DICOM SEG refers to);
+    returns the files written. The output folder is made by the first write."""
     import numpy as np
     import SimpleITK as sitk
     from .files import WriteError, write_text
@@ -346,6 +356,12 @@ def _write_results(results, paths: List[Path], structures: List[str], kind: str,
         raise WriteError(f"{paths[0].parent}: cannot create it ({error.strerror or error}); "
                          "choose a writable folder") from None
     segments = [(name, COLOURS[index % len(COLOURS)]) for index, name in enumerate(structures)]
+    if output_format == "dicom-seg":
+        from .dicomseg import write_dicom_seg
+        from .imageio import dicom_series
+        return [write_dicom_seg([r.mask for r in results], structures,
+                                [colour for _, colour in segments], dicom_series(target),
+                                paths[0])]
     if kind != "multilabel":
         for result, path, segment in zip(results, paths, segments):
             if output_format == "seg.nrrd":
