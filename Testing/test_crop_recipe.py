@@ -185,7 +185,7 @@ def test_training_reports_its_throughput_and_profiles_its_parts(tmp_path, source
                        size=16, batch=2, steps=2, max_context=2, device="cpu", precision="fp32",
                        validation_batches=1)
     said = []
-    train(config, log=said.append)
+    train(dataclasses.replace(config, workers=2), log=said.append)    # episodes from workers
     rates = [json.loads(line) for line in said if "episodes_per_s" in line]
     assert rates and rates[-1]["step"] == 2
     assert rates[-1]["episodes_per_s"] > 0 and 0 < rates[-1]["data_wait"] < 1
@@ -406,3 +406,25 @@ def test_when_refining_cannot_help_the_predictor_says_why(wide_image):
     everything = Box((0, 0, 15), (119, 99, 15))
     with pytest.warns(RefineNote, match="the prompts span the whole image"):
         cpu_fp32(blind).segment_interactive(wide_image, boxes=[everything])
+
+
+def test_worker_processes_make_the_same_episodes_as_the_training_process(sources):
+    """Batches depend only on (seed, step): two spawned workers give, in step order, the
+    batches the engine makes in this process (bit for bit, one CPU thread each)."""
+    from wsicl.training.loader import EpisodeLoader
+    config = EngineConfig(size=16, prompt="box", max_context=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = [EpisodeEngine(sources, config, 3, "cpu").batch(step, 2)
+                    for step in range(5, 10)]
+    finally:
+        torch.set_num_threads(threads)
+    with EpisodeLoader(sources, config, 3, 2, "cpu", workers=2, start=5) as loader:
+        made = [loader.next() for _ in range(5)]
+    for mine, theirs in zip(made, expected):
+        for field in ("target", "target_mask", "context", "prompts"):
+            assert torch.equal(getattr(mine, field), getattr(theirs, field)), field
+        assert mine.tasks == theirs.tasks
+    with EpisodeLoader(sources, config, 3, 2, "cpu", workers=0, start=5) as loader:
+        assert torch.equal(loader.next().target, expected[0].target)

@@ -13,6 +13,8 @@
 # steps of each part of a step are measured apart into OUT_DIR/profile.log (engine alone,
 # network alone, whole steps). Score the results with scripts/dev_benchmark.py (needs
 # SimpleITK).
+# Episodes are made ahead by WORKERS (default 6) processes per model, each with its own
+# episode engine on the GPU (batches reach the trainer without a copy).
 # Environment: BATCH (episodes per step, default 24), RUN_DIR (full checkpoints with
 # optimiser state, default /tmp/wsicl-train), DEVICE (default auto), INIT_DIR (a folder
 # with box.pt and point.pt to start from; default: the bundled models), EXTRA (more options of wsicl.training.episode_training).
@@ -36,7 +38,8 @@ for kind in box point; do
   python3 -m wsicl.training.episode_training --sources "$sources" --prompt "$kind" \
     --init "$init" --output "${RUN_DIR:-/tmp/wsicl-train}/$kind" \
     --export "$out/$kind.pt" --batch "${BATCH:-24}" --minutes "$minutes" \
-    --device "${DEVICE:-auto}" --checkpoint-seconds 120 ${EXTRA:-} >"$out/$kind.log" 2>&1 &
+    --device "${DEVICE:-auto}" --checkpoint-seconds 120 --workers "${WORKERS:-6}" \
+    ${EXTRA:-} >"$out/$kind.log" 2>&1 &
   pids+=($!)
 done
 status=0

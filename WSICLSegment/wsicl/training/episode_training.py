@@ -32,6 +32,7 @@ import torch
 from ..checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
 from ..device import autocast, pick_device
 from .episodes import Batch, EngineConfig, EpisodeEngine, Source
+from .loader import EpisodeLoader
 from .losses import descend, segmentation_loss
 from .sources import load_bundle
 
@@ -63,6 +64,8 @@ class RunConfig:
     export: Optional[str] = None
     validation_batches: int = 4
     profile: int = 0                       # > 0: measure this many steps of each part, then stop
+    workers: int = 0                       # episode worker processes (0: in this process)
+    engine_device: str = ""                # where workers make episodes ("": the run's device)
 
 
 def batch_dice(logits: torch.Tensor, mask: torch.Tensor) -> List[float]:
@@ -285,6 +288,8 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
         return {"step": step, "checkpoint": None, "history": history,
                 "profile": profile(network, optimiser, engine, config, device, cost, log)}
     throughput = Throughput(cost)
+    loader = EpisodeLoader(sources, engine_config, config.seed, config.batch,
+                           config.engine_device or str(device), config.workers, step)
     last_report = time.perf_counter()
     started = time.perf_counter()
     last_save = started
@@ -303,7 +308,7 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
                        dtype=torch.float16)
 
     first = step
-    with stop_requests(log) as stopping:
+    with stop_requests(log) as stopping, loader:
         while step < config.steps and time.perf_counter() < deadline and not stopping():
             if config.minutes > 0 and step - first == 20:
                 rate = (time.perf_counter() - started) / 20
@@ -312,7 +317,7 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(step, config, planned)
             waited = time.perf_counter()
-            batch = engine.batch(step, config.batch)
+            batch = loader.next().to(device)
             waited = time.perf_counter() - waited
             loss = segmentation_loss(_step_logits(network, batch, config, device),
                                      batch.target_mask)

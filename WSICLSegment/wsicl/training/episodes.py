@@ -66,6 +66,11 @@ class Batch:
     prompts: torch.Tensor
     tasks: List[str]
 
+    def to(self, device: torch.device) -> "Batch":
+        """The same batch on ``device`` (itself where it already is)."""
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.target, self.target_mask, self.context, self.prompts)), self.tasks)
+
 
 def _smooth_noise(shape: Sequence[int], channels: int, coarse: int,
                   generator: torch.Generator, device: torch.device) -> torch.Tensor:
