@@ -238,9 +238,10 @@ def prepare(image: sitk.Image, size: int, name: str = "image", region: Optional[
     return PreparedImage(array, grid, Grid.of(volume), name, Grid.of(oriented))
 
 
-def canonical_grid(image: sitk.Image) -> Grid:
-    """Geometry of ``image`` reoriented as :func:`prepare` does (no resampling)."""
-    return Grid.of(canonical(check_volume(image)))
+def canonical_grid(image: sitk.Image, name: str = "image") -> Grid:
+    """Geometry of ``image`` reoriented as :func:`prepare` does (no resampling); errors
+    name the image ``name``."""
+    return Grid.of(canonical(check_volume(image, name)))
 
 
 def box_corners(low: Sequence[float], high: Sequence[float]) -> np.ndarray:

@@ -280,11 +280,12 @@ class Predictor:
         returning True stops the work between mini-contexts with :class:`Cancelled`;
         ``name`` (e.g. the file) names the target in error messages.
         """
+        require_image(target, name)
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
-        prepared = self._prepare(target, name)
         if not (self.refine and context.crops is not None):
-            return self.segment_prepared(target, prepared, context, progress, cancel)
+            return self.segment_prepared(target, self._prepare(target, name), context,
+                                         progress, cancel)
 
         def part(start: float, share: float, label: str) -> ProgressCallback:
             def report(fraction: float, message: str) -> None:
@@ -292,7 +293,7 @@ class Predictor:
                     progress(start + share * fraction, f"{label}: {message}")
             return report
 
-        region = context.guide.region(prepared.oriented) if context.guide else None
+        region = context.guide.region(canonical_grid(target, name)) if context.guide else None
         if region is not None:     # first, where the context's prompts say the structure is
             guided = self._prepare(target, name, region)
             output = self._run(guided.array, context.crops,
@@ -300,6 +301,7 @@ class Predictor:
             if (output >= 0.5).any():
                 return _on_target(output, guided, target)
         start, share = (0.5, 0.25) if region is not None else (0.0, 0.5)
+        prepared = self._prepare(target, name)          # the whole view, only when needed
         first = self._run(prepared.array, context, part(start, share, "whole view"), cancel)
         if not (first >= 0.5).any():
             warnings.warn(f"{name}: the whole-view pass found nothing, so there is no region "
