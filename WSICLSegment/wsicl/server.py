@@ -422,10 +422,11 @@ def serve(service: Service, sock: socket.socket, token: Optional[str],
     folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))      # mode 0700
     try:
         app = create_app(service, token, max_upload_bytes, folder, is_loopback(sock))
-        BoundedProtocol.cap = connection_cap()
+        cap = connection_cap()
+        protocol = type("Bounded", (BoundedProtocol,), {"cap": cap})
         server = uvicorn.Server(uvicorn.Config(
-            app, log_level="warning", lifespan="off", http=BoundedProtocol,
-            timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=BoundedProtocol.cap + 1,
+            app, log_level="warning", lifespan="off", http=protocol,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=cap + 1,
             h11_max_incomplete_event_size=64 * 1024))
 
         async def run() -> None:
