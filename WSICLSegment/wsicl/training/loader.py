@@ -41,6 +41,7 @@ def _work(worker: int, workers: int, sources: Sequence[Source], config: EngineCo
             except queue.Full:
                 continue
         step += workers
+    out.cancel_join_thread()        # exit without waiting for the trainer to read the rest
 
 
 class EpisodeLoader:
@@ -99,18 +100,16 @@ class EpisodeLoader:
         """Stops and joins the workers (a few seconds at most)."""
         if not self._processes:
             return
-        self._stop.set()
-        for out in self._queues:
-            try:
-                while True:
-                    out.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                pass
+        self._stop.set()                   # workers see it within half a second
         for process in self._processes:
             process.join(10)
             if process.is_alive():
                 process.terminate()
-        self._processes = []
+                process.join(5)
+        for out in self._queues:           # what was made ahead is dropped unread
+            out.cancel_join_thread()
+            out.close()
+        self._processes, self._queues = [], []
 
     def __enter__(self) -> "EpisodeLoader":
         return self
