@@ -428,3 +428,39 @@ def test_worker_processes_make_the_same_episodes_as_the_training_process(sources
         assert mine.tasks == theirs.tasks
     with EpisodeLoader(sources, config, 3, 2, "cpu", workers=0, start=5) as loader:
         assert torch.equal(loader.next().target, expected[0].target)
+
+
+def test_the_sampling_grid_reads_each_crop_voxel_where_the_geometry_says(sources):
+    """Per voxel, the grid is the crop voxel's centre moved about the crop centre by the
+    drawn rotation and scaling (millimetres, axis by axis as drawn) plus the drawn
+    deformation, in the source's normalised (x, y, z) coordinates."""
+    import math
+    from wsicl.training.episodes import _smooth_noise
+    source = sources[0]
+    engine = EpisodeEngine(sources, EngineConfig(size=8), 0, "cpu")
+    spacing, shape = np.array(source.spacing), np.array(source.labels.shape, dtype=float)
+    low, high = np.array([2.0, 5.0, 4.0]), np.array([9.0, 19.0, 15.0])
+    for strength in (0.0, 0.7):
+        grid = engine._sampling_grid(source, (low, high), np.random.default_rng(5),
+                                     torch.Generator().manual_seed(9), strength, 2)[0]
+        rng, size = np.random.default_rng(5), 16
+        matrix = np.eye(3)
+        if strength:
+            for axis, angle in enumerate(rng.uniform(-1, 1, 3) * math.radians(12) * strength):
+                a, b = [x for x in range(3) if x != axis]
+                turn = np.eye(3)
+                turn[a, a] = turn[b, b] = math.cos(angle)
+                turn[a, b], turn[b, a] = -math.sin(angle), math.sin(angle)
+                matrix = matrix @ turn
+            matrix = matrix @ np.diag(np.exp(rng.uniform(-0.15, 0.15, 3) * strength))
+            moved = _smooth_noise((size,) * 3, 3, 5, torch.Generator().manual_seed(9),
+                                  torch.device("cpu")).numpy()
+            moved *= 0.03 * float(((high - low) * spacing).max()) * strength
+        centre = (low + high) / 2
+        for voxel in [(0, 0, 0), (15, 15, 15), (3, 11, 7), (8, 0, 14)]:
+            index = low + (np.array(voxel) + 0.5) / size * (high - low)
+            mm = matrix @ ((index - centre) * spacing)
+            if strength:
+                mm = mm + moved[(slice(None),) + voxel]
+            expected = (2 * (mm / spacing + centre) + 1) / shape - 1
+            assert np.allclose(grid[voxel].numpy(), expected[::-1], atol=1e-5), voxel

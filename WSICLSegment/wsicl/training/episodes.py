@@ -262,34 +262,43 @@ class EpisodeEngine:
                        oversample: int) -> torch.Tensor:
         """``[1, N, N, N, 3]`` grid_sample coordinates of the crop's voxel centres at
         ``oversample`` times the model resolution, rotated, scaled and deformed about
-        the crop centre (millimetres)."""
+        the crop centre (millimetres).
+
+        The rotation and scaling are one affine map of the output's normalised coordinates
+        ``u`` (``affine_grid``, half-pixel centres): a crop voxel lies ``u * half`` mm from
+        the crop centre (``half``: the crop's half side per axis, mm), is moved to
+        ``M (u * half)`` (``M``: rotation times scaling), then read at that many mm from
+        the centre in the source's normalised index coordinates; the smooth deformation is
+        added to that grid. Array order ``[D, H, W]`` throughout, reversed to grid_sample's
+        ``(x, y, z)`` at the end."""
         size = self.config.size * oversample
-        low, high = (torch.tensor(v, dtype=torch.float32, device=self.device) for v in region)
-        spacing = torch.tensor(source.spacing, dtype=torch.float32, device=self.device)
-        steps = (torch.arange(size, device=self.device, dtype=torch.float32) + 0.5) / size
-        axes = [low[a] + steps * (high[a] - low[a]) for a in range(3)]
-        index = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
-        centre_mm = (low + high) / 2 * spacing
-        points = index * spacing - centre_mm
+        low, high = (np.asarray(v, dtype=float) for v in region)
+        spacing = np.asarray(source.spacing, dtype=float)
+        shape = np.asarray(source.labels.shape, dtype=float)
+        matrix = np.eye(3)
         if strength > 0:
             angles = rng.uniform(-1, 1, 3) * math.radians(12) * strength
-            rotation = torch.eye(3, device=self.device)
             for axis, angle in enumerate(angles):
                 a, b = [x for x in range(3) if x != axis]
-                turn = torch.eye(3, device=self.device)
+                turn = np.eye(3)
                 turn[a, a] = turn[b, b] = math.cos(angle)
                 turn[a, b], turn[b, a] = -math.sin(angle), math.sin(angle)
-                rotation = rotation @ turn
-            scale = torch.tensor(np.exp(rng.uniform(-0.15, 0.15, 3) * strength),
-                                 dtype=torch.float32, device=self.device)
-            points = points @ (rotation * scale).T
+                matrix = matrix @ turn
+            matrix = matrix * np.exp(rng.uniform(-0.15, 0.15, 3) * strength)
+        half_mm = (high - low) / 2 * spacing
+        linear = (2 / (shape * spacing))[:, None] * matrix * half_mm[None, :]
+        offset = (low + high) / shape + 1 / shape - 1
+        theta = np.concatenate([linear[::-1, ::-1], offset[::-1, None]], 1)
+        grid = F.affine_grid(torch.tensor(theta[None], dtype=torch.float32, device=self.device),
+                             [1, 1, size, size, size], align_corners=False)
+        if strength > 0:
             extent = float(((high - low) * spacing).max())
             displacement = _smooth_noise((size,) * 3, 3, 5, generator, self.device)
-            points = points + displacement.permute(1, 2, 3, 0) * (0.03 * extent * strength)
-        index = (points + centre_mm) / spacing
-        shape = torch.tensor(source.labels.shape, dtype=torch.float32, device=self.device)
-        normalised = (2 * index + 1) / shape - 1
-        return normalised.flip(-1)[None]
+            scale = torch.tensor(0.03 * extent * strength * 2 / (shape * spacing),
+                                 dtype=torch.float32, device=self.device)
+            grid = grid + (displacement * scale[:, None, None, None]).permute(1, 2, 3, 0) \
+                .flip(-1)[None]
+        return grid
 
     # ---- images ------------------------------------------------------------------------
     def _intensity_table(self, source: Source, rng: np.random.Generator) -> Table:
