@@ -322,15 +322,22 @@ def label_map_reason(path: Path) -> Optional[str]:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        if reader.GetPixelID() not in INTEGER_PIXELS:
+        size = list(reader.GetSize())
+        if reader.GetPixelID() not in INTEGER_PIXELS or len(size) != 3:
             return None
-        image = reader.Execute()        # kept alive while its voxels are viewed
-        values = np.unique(sitk.GetArrayViewFromImage(image))
+        reader.SetExtractIndex([0, 0, size[2] // 2])   # the middle slice first: a scan
+        reader.SetExtractSize(size[:2] + [1])          # shows many values there already
+        for whole in (False, True):
+            if whole:
+                reader.SetExtractIndex([])
+                reader.SetExtractSize([])
+            image = reader.Execute()        # kept alive while its voxels are viewed
+            values = len(np.unique(sitk.GetArrayViewFromImage(image)))
+            if values > LABEL_MAP_MAX_VALUES:
+                return None
     except RuntimeError:
         return None                       # unreadable: the run reports it as a target
-    if len(values) <= LABEL_MAP_MAX_VALUES:
-        return f"integer voxels with only {len(values)} distinct values (a label map)"
-    return None
+    return f"integer voxels with only {values} distinct values (a label map)"
 
 
 INTEGER_PIXELS = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
