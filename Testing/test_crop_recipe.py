@@ -464,3 +464,41 @@ def test_the_sampling_grid_reads_each_crop_voxel_where_the_geometry_says(sources
                 mm = mm + moved[(slice(None),) + voxel]
             expected = (2 * (mm / spacing + centre) + 1) / shape - 1
             assert np.allclose(grid[voxel].numpy(), expected[::-1], atol=1e-5), voxel
+
+
+def test_a_ct_gives_its_body_air_and_bone_as_large_structures():
+    """A phantom CT (air around a body at 40 HU with two lungs at -800 HU and a spine
+    at 700 HU, 2 mm voxels): body (holes filled), air inside it and bone come back as
+    sources of their own, sharing the image; a speck of air below 1 mL is dropped."""
+    from wsicl.training.sources import ct_intensity_sources
+    shape, spacing = (30, 60, 60), (2.0, 2.0, 2.0)
+    body = sphere_volume(shape, (15, 30, 30), 50.0, spacing)
+    lungs = sphere_volume(shape, (15, 30, 21), 8.0, spacing) | \
+        sphere_volume(shape, (15, 30, 39), 8.0, spacing)
+    spine = sphere_volume(shape, (15, 44, 30), 8.0, spacing)
+    image = np.where(body, 40.0, -1000.0)
+    image[lungs] = -800.0
+    image[spine] = 700.0
+    image[15, 20, 30] = -900.0                                    # 8 microlitres of air
+    ct = Source("phantom CT", torch.from_numpy(image.astype(np.float32)),
+                torch.zeros(shape, dtype=torch.int64), spacing, {})
+    made = {s.name: s for s in ct_intensity_sources(ct)}
+    assert sorted(made) == ["phantom CT air inside the body", "phantom CT body",
+                            "phantom CT bone"]
+    assert all(s.image is ct.image and s.structures == {1: s.name[len("phantom CT "):]}
+               for s in made.values())
+    labels = {name: s.labels.numpy() > 0 for name, s in made.items()}
+    assert dice(labels["phantom CT body"], body) > 0.99
+    assert dice(labels["phantom CT air inside the body"], lungs) > 0.99
+    assert dice(labels["phantom CT bone"], spine) > 0.99
+
+
+def test_random_shapes_include_organs_larger_than_any_crop():
+    from wsicl.training.episodes import random_shapes_source
+    fills = []
+    for seed in range(12):
+        source = random_shapes_source(np.random.default_rng(seed),
+                                      torch.Generator().manual_seed(seed),
+                                      torch.device("cpu"), size=24)
+        fills += [float((source.labels == v).float().mean()) for v in source.structures]
+    assert max(fills) > 0.3 and min(fills) < 0.1

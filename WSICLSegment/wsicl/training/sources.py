@@ -100,9 +100,11 @@ def development_sources(data: Union[str, Path], mni_folder: Optional[Union[str, 
                     data / "pyradiomics_cases" / "breast1_label.nrrd", "breast MR",
                     {1: "tumour"}),
     ]
+    sources += ct_intensity_sources(sources[0])
     provenance = [
         "abdominal CT and MR with TotalSegmentator labels: TotalSegmentator repository, "
-        "tests/reference_files (Apache-2.0)",
+        "tests/reference_files (Apache-2.0); body, air inside it and bone of the CT by "
+        "Hounsfield thresholds",
         "breast MR with tumour label: pyradiomics 3.0.1 data/breast1 (BSD-3-Clause)",
     ]
     if mni_folder is not None:
@@ -112,6 +114,41 @@ def development_sources(data: Union[str, Path], mni_folder: Optional[Union[str, 
                           "Centre, copy shipped in nilearn 0.14.1 (ICBM licence: use, copy, "
                           "modify and distribute with its copyright notice)")
     return sources, provenance
+
+
+BODY_HU, AIR_HU, BONE_HU = -500.0, -400.0, 250.0
+"""Hounsfield thresholds: tissue of the body, air inside it, bone."""
+MIN_PART_ML = 1.0
+"""Smallest air or bone component kept (smaller ones are noise or vessels with contrast)."""
+
+
+def ct_intensity_sources(source: Source) -> List[Source]:
+    """Large filled structures of a CT made from its Hounsfield units, each a source of its
+    own sharing the CT's image: the body (above :data:`BODY_HU`, its largest component,
+    holes filled slice by slice along axis 0), the air inside it (below :data:`AIR_HU`:
+    lungs, airways, bowel gas) and bone (above :data:`BONE_HU`), both within the body and
+    as components of at least :data:`MIN_PART_ML`. Points inside the body or the lungs are
+    the large structures the point models had too few of."""
+    from scipy import ndimage
+    image = source.image.cpu().numpy()
+    components, count = ndimage.label(image > BODY_HU)
+    if count == 0:
+        return []
+    sizes = ndimage.sum(np.ones_like(image), components, range(1, count + 1))
+    body = components == int(np.argmax(sizes)) + 1
+    body = np.stack([ndimage.binary_fill_holes(plane) for plane in body])
+    voxel_ml = float(np.prod(source.spacing)) / 1000.0
+    made = [("body", body)]
+    for name, inside in (("air inside the body", body & (image < AIR_HU)),
+                         ("bone", body & (image > BONE_HU))):
+        parts, count = ndimage.label(inside)
+        sizes = ndimage.sum(inside, parts, range(1, count + 1)) * voxel_ml
+        kept = np.isin(parts, 1 + np.flatnonzero(sizes >= MIN_PART_ML))
+        if kept.any():
+            made.append((name, kept))
+    return [Source(f"{source.name} {name}", source.image,
+                   torch.from_numpy(mask.astype(np.int64)), source.spacing, {1: name})
+            for name, mask in made]
 
 
 def _mni_source(folder: Path) -> Source:
