@@ -138,7 +138,10 @@ class EngineConfig:
     of in-context episodes seen whole (the first pass); ``margin``: range of crop margins;
     ``point_side``: range of the point crop's side over ``POINT_SIDE_MM`` (drawn
     log-uniformly; below 1 it stands for structures larger than the training sources hold,
-    so that points inside organs larger than their crop are common).
+    so that points inside organs larger than their crop are common);
+    ``guided_fraction``: share of cropped in-context targets drawn as the context-guided
+    first pass of inference sees them (the structure's prompt boxes on a few slices, moved
+    by a misregistration), the rest around a simulated first pass's mask.
     """
 
     size: int = 64
@@ -153,6 +156,7 @@ class EngineConfig:
     union_fraction: float = 0.2
     margin: Tuple[float, float] = (1.2, 2.4)
     point_side: Tuple[float, float] = (0.7, 1.4)
+    guided_fraction: float = 0.5
 
 
 class EpisodeEngine:
@@ -253,14 +257,25 @@ class EpisodeEngine:
         if whole:
             return whole_region(shape)
         margin = float(rng.uniform(*self.config.margin))
+        guided = False
         if anchors is not None:
             low, high = anchors[:, 0].min(axis=0), anchors[:, 1].max(axis=0)
+        elif rng.random() < self.config.guided_fraction:
+            # where context prompts would point: boxes on a few prompted slices of the
+            # structure, moved by a misregistration of sd 3 % of the image extent per axis
+            slices = self._prompt_slices(mask, int(rng.integers(1, self.config.max_slices + 1)),
+                                         rng)
+            guide = self._anchors(mask, slices, rng)
+            moved = rng.normal(0, 0.03, 3) * np.asarray(shape, dtype=float)
+            low, high = guide[:, 0].min(axis=0) + moved, guide[:, 1].max(axis=0) + moved
+            guided = True
         else:  # a first pass's mask: the true box, each face moved by up to 15 % of its size
             low, high = self._bounds(mask)
             extent = high - low
             low = low + rng.normal(0, 0.08, 3) * extent
             high = np.maximum(high + rng.normal(0, 0.08, 3) * extent, low + 1)
-        min_side = MIN_SIDE_MM if self.config.prompt == "box" or anchors is None \
+        prompted = anchors is not None or guided       # a crop ruled by prompts' extent
+        min_side = MIN_SIDE_MM if self.config.prompt == "box" or not prompted \
             else POINT_SIDE_MM * float(np.exp(rng.uniform(*np.log(self.config.point_side))))
         shift = rng.normal(0, 0.04, 3) * np.array([0.3, 1, 1])  # sd 4 % of the side
         return crop_region(low, high, source.spacing, shape, margin, min_side, shift)
