@@ -32,6 +32,12 @@ CPU_FP32 = ["--device", "cpu", "--precision", "fp32"]
 """The command-line options of :func:`cpu_fp32`."""
 
 
+def results(folder: Path) -> list:
+    """The names of the files a run wrote into ``folder``, without its run report
+    (``wsicl-run*.json`` / ``.csv``), sorted."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("wsicl-run"))
+
+
 def cpu_fp32(model, **options) -> Predictor:
     """A predictor on the CPU in fp32. Tests that compare numbers state their precision:
     ``auto`` is bfloat16 on CPUs with AMX or AVX512-BF16 and fp32 elsewhere, and CI's

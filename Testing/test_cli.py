@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import CPU_FP32, make_image, rotation_direction, sphere_volume
+from conftest import CPU_FP32, make_image, results, rotation_direction, sphere_volume
 from wsicl import save_model
 from wsicl.cli import main
 from wsicl.geometry import Grid
@@ -278,7 +278,7 @@ def test_several_context_sets_give_one_file_per_structure_or_one_label_image(two
         for path in sets}
     assert all(mask.any() for mask in single.values())
     assert segment_with(folder, sets, folder / "both") == 0
-    assert sorted(p.name for p in (folder / "both").iterdir()) == [
+    assert results(folder / "both") == [
         "case1_core.nii.gz", "case1_rim.nii.gz", "case2_core.nii.gz", "case2_rim.nii.gz"]
     for (case, structure), mask in single.items():
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(
@@ -331,7 +331,7 @@ def test_a_folder_target_skips_label_maps_and_the_context_images(two_structures,
                  "--output-dir", str(folder / "out"), "--model", str(folder / "m.pt"),
                  *CPU_FP32]
     assert main(arguments) == 0
-    assert sorted(p.name for p in (folder / "out").iterdir()) == ["case1.nii.gz",
+    assert results(folder / "out") == ["case1.nii.gz",
                                                                   "case2.nii.gz"]
     printed = capsys.readouterr().out
     for name, reason in (("case1_seg.nii.gz", "its name marks a label map"),
@@ -420,7 +420,7 @@ def test_a_dicom_series_gives_a_dicom_seg_with_every_structure(two_structures, c
               "--quiet", "--context-set", str(sets[0]), "--context-set", str(sets[1])]
     assert main(common + ["--output-dir", str(folder / "nifti")]) == 0
     assert main(common + ["--output-dir", str(folder / "dicom"), "--format", "dicom-seg"]) == 0
-    assert [p.name for p in (folder / "dicom").iterdir()] == ["series.seg.dcm"]
+    assert results(folder / "dicom") == ["series.seg.dcm"]
     seg = highdicom.seg.segread(str(folder / "dicom" / "series.seg.dcm"))
     assert seg.number_of_segments == 2
     assert [seg.get_segment_description(n).segment_label for n in (1, 2)] == ["core", "rim"]
@@ -447,3 +447,41 @@ def test_a_dicom_series_gives_a_dicom_seg_with_every_structure(two_structures, c
                  str(folder / "m.pt"), *CPU_FP32, "--context-set", str(liver),
                  "--output-dir", str(folder / "bad"), "--format", "dicom-seg"]) == 1
     assert "needs a DICOM series folder" in capsys.readouterr().err
+
+
+def test_shards_take_every_target_once_and_a_rerun_finishes_what_was_left(two_structures,
+                                                                         monkeypatch):
+    """Two shards (--shard, or torchrun's RANK / WORLD_SIZE) split the targets, each
+    exactly once, and write their own reports; a rerun skips what is done, redoes a
+    missing output, and the report gives each structure's voxels and millilitres."""
+    from served import blob
+    folder, sets = two_structures
+    for seed in range(3, 7):
+        sitk.WriteImage(blob(seed), str(folder / "scans" / f"case{seed}.nii.gz"))
+    out = folder / "out"
+    assert segment_with(folder, sets[:1], out, "--shard", "1/2") == 0
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert segment_with(folder, sets[:1], out) == 0
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    shards = [json.loads((out / f"wsicl-run-{i}-of-2.json").read_text()) for i in (1, 2)]
+    done = [t["target"] for shard in shards for t in shard["targets"]]
+    assert sorted(done) == [f"case{i}" for i in range(1, 7)] and len(set(done)) == 6
+    assert all(0 < len(shard["targets"]) < 6 for shard in shards)
+    assert results(out) == [f"case{i}.nii.gz" for i in range(1, 7)]
+    (out / "case4.nii.gz").unlink()                         # a run stopped before case4
+    assert segment_with(folder, sets[:1], out) == 0
+    report = json.loads((out / "wsicl-run.json").read_text())
+    status = {t["target"]: t["status"] for t in report["targets"]}
+    assert status.pop("case4") == "done" and set(status.values()) == {"skipped"}
+    case4 = next(t for t in report["targets"] if t["target"] == "case4")
+    mask = sitk.ReadImage(str(out / "case4.nii.gz"))
+    voxels = int(sitk.GetArrayViewFromImage(mask).sum())
+    assert case4["structures"]["core"]["voxels"] == voxels > 0
+    assert case4["structures"]["core"]["ml"] == pytest.approx(
+        voxels * np.prod(mask.GetSpacing()) / 1000, abs=1e-3)
+    assert report["counts"] == {"done": 1, "skipped": 5, "failed": 0}
+    assert report["model_sha256"] and list(report["context_sets"].values())[0]
+    rows = (out / "wsicl-run.csv").read_text().splitlines()
+    assert rows[0].startswith("target,input,status") and len(rows) == 7

@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import CPU_FP32, make_image, sphere_volume
+from conftest import CPU_FP32, make_image, results, sphere_volume
 from wsicl import save_model
 from wsicl.cli import main
 
@@ -343,7 +343,7 @@ def check(capfd, status: int, culprit: str, output: Path, good_kept: bool) -> No
     assert len(lines) == 1, err
     assert culprit in lines[0] and "Traceback" not in err, err
     assert not out.strip() or good_kept, out
-    leftovers = sorted(p.name for p in output.glob("*")) if output.is_dir() else []
+    leftovers = results(output) if output.is_dir() else []
     assert leftovers == (["good.nii.gz"] if good_kept else []), leftovers
 
 
@@ -378,7 +378,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_other_targets(ws, capfd, mo
     out, err = capfd.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == 1 and len(lines) == 1 and "good.nii.gz" in lines[0], err
-    assert sorted(p.name for p in (ws / "out").iterdir()) == ["second.nii.gz"]
+    assert results(ws / "out") == ["second.nii.gz"]
 
 
 def test_the_matrix_is_listed_in_the_testing_readme():

@@ -238,3 +238,13 @@ def test_the_api_takes_images_and_says_how_to_read_a_file(tiny_network, blob_ima
         with pytest.raises(ImageError, match="got str 'ct3.nii.gz'; read files first: "
                                              r"wsicl.read_image\(path\)"):
             call()
+
+
+def test_auto_device_under_torchrun_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from wsicl import device
+    monkeypatch.setattr(device, "available_devices", lambda: ["cuda", "cpu"])
+    monkeypatch.setattr(device.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert device.pick_device("auto") == torch.device("cuda", 2)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert device.pick_device("auto") == torch.device("cuda")

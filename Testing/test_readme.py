@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from conftest import CPU_FP32
+from conftest import CPU_FP32, results
 from wsicl.contextfile import read_context_file
 from wsicl.demo import sample
 
@@ -126,6 +126,6 @@ def test_the_segment_examples_run_on_the_sample_data(scans, capsys):
         argv = [match for part in shlex.split(line)[1:]
                 for match in (sorted(glob.glob(part)) if "*" in part else [part])]
         assert main(argv + ["--quiet", *CPU_FP32]) == 0, capsys.readouterr().err
-    written = sorted(p.name for p in (scans / "results").iterdir())
+    written = results(scans / "results")
     assert written == ["case1.nii.gz", "case2.nii.gz", "case3.nii.gz", "ct7.nii.gz",
                        "ct7_liver.nii.gz", "ct7_spleen.nii.gz", "ct8.nii.gz"]

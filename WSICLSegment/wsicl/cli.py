@@ -3,9 +3,10 @@ import argparse
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import __version__
 from .options import DEVICE_CHOICES, OUTPUT_FORMATS, OUTPUT_TYPES, PRECISIONS
@@ -221,7 +222,12 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
                              "order of --context-set, an overlap going to the more probable "
                              "structure, with the names in TARGET.labels.json or as named "
                              "segments of a .seg.nrrd (multilabel)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo targets whose outputs exist (without it they are skipped, "
+                             "so a stopped run finishes when run again)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="segment only shard I of N of the targets (balanced by file "
+                             "size; under torchrun: RANK and WORLD_SIZE decide)")
     parser.add_argument("--server", metavar="URL",
                         help="run the network on a `wsicl serve` server (http://HOST:PORT); "
                              "its device, precision and mini-context apply")
@@ -237,10 +243,11 @@ COLOURS = ((0.9, 0.3, 0.2), (0.2, 0.6, 0.9), (0.3, 0.8, 0.3), (0.95, 0.8, 0.2),
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
+    from .checkpoints import resolve_source
     from .contextfile import read_context_file
     from .imageio import case_name, check_target_header, list_targets, read_image
     from .files import check_writable_folder
+    from .runs import RunReport, environment_shard, outputs_done, parse_shard, shard_jobs
     context_sets = [read_context_file(path) for path in args.context_set]
     structures = [context_set.name for context_set in context_sets]
     if len(set(structures)) != len(structures):
@@ -258,61 +265,88 @@ def run_segment(args: argparse.Namespace) -> int:
         context_images = [Path(entry.source) for context_set in context_sets
                           for entry in context_set.entries if entry.source]
         jobs = list_targets(args.targets, context_images, lambda line: _say(args, line))
+    shard = None if args.interactive else \
+        parse_shard(args.shard) if args.shard else environment_shard()
+    if shard is not None:
+        jobs = shard_jobs(jobs, *shard)
+        _say(args, f"shard {shard[0] + 1} of {shard[1]}: {len(jobs)} target(s)")
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise ValueError(f"{args.output_dir}: exists and is not a folder; choose another "
                          "--output-dir")
     kind = args.output_type or "per-structure"
     outputs = {name: _outputs(args.output_dir, name, structures, kind, args.format)
                for name, _ in jobs}
-    existing = [str(p) for paths in outputs.values() for p in paths if p.exists()]
-    if existing and not args.overwrite:
-        raise ValueError(f"{existing[0]}: exists ({len(existing)} output(s) in all); pass "
-                         "--overwrite to replace")
+    report = RunReport(None if args.server else resolve_source(args.model), args.model,
+                       args.context_set, shard)
     failures, usable = 0, []
     for index, (name, job) in enumerate(jobs):         # before the model loads
+        label = f"[{index + 1}/{len(jobs)}] {name}"
+        source = job.source if args.interactive else job
         try:
+            if not args.overwrite and outputs_done(outputs[name]):
+                _say(args, f"{label}: done before, skipped (--overwrite redoes it)")
+                report.add(name, source, "skipped", outputs=outputs[name])
+                continue
             if args.format == "dicom-seg" and (args.interactive or not Path(job).is_dir()):
                 raise ValueError("DICOM SEG output needs a DICOM series folder as target; "
                                  "choose another --format for image files")
             if not args.interactive:
                 check_target_header(Path(job))
-            usable.append((index, name, job))
+            usable.append((label, name, job, source))
         except ValueError as error:
             failures += 1
-            print(f"wsicl: [{index + 1}/{len(jobs)}] {name}: {error}", file=sys.stderr)
-    if not usable:
-        return 1
-    check_writable_folder(args.output_dir)  # before the model loads, not after the work
-    predictor = make_predictor(args) if not args.server else remote_predictor(args)
-    _say(args, f"model {args.model} on the server at {args.server}" if args.server
-         else predictor.describe())
-    contexts = None if args.interactive else \
-        [predictor.prepare_context(context_set) for context_set in context_sets]
-    for index, name, job in usable:
-        label = f"[{index + 1}/{len(jobs)}] {name}"
-        try:
-            if args.interactive:
-                results = [predictor.segment_interactive(job.image, job.boxes, job.points,
-                                                         name=job.source)]
-            else:
-                image = read_image(job)                 # read once for every structure
-                results = []
-                for number, context in enumerate(contexts):
-                    part = f"{label}" if len(contexts) == 1 else \
-                        f"{label} {structures[number]}"
-                    with _progress_bar(part, args.quiet) as report:
-                        results.append(predictor.segment(image, context, progress=report,
-                                                         name=str(job)))
-            written = _write_results(results, outputs[name], structures, kind, args.format,
-                                     None if args.interactive else Path(job))
-            voxels = ", ".join(f"{int(sitk.GetArrayViewFromImage(r.mask).sum())}"
-                               for r in results)
-            _say(args, f"{label}: {voxels} voxels -> {', '.join(map(str, written))}")
-        except (ValueError, RuntimeError) as error:
-            failures += 1
             print(f"wsicl: {label}: {error}", file=sys.stderr)
-    _say(args, f"done: {len(jobs) - failures} of {len(jobs)} segmented into {args.output_dir}")
+            report.add(name, source, "failed", error=str(error))
+    if usable:
+        check_writable_folder(args.output_dir)  # before the model loads, not after the work
+        predictor = make_predictor(args) if not args.server else remote_predictor(args)
+        _say(args, f"model {args.model} on the server at {args.server}" if args.server
+             else predictor.describe())
+        contexts = None if args.interactive else \
+            [predictor.prepare_context(context_set) for context_set in context_sets]
+    try:
+        for label, name, job, source in usable:
+            started = time.perf_counter()
+            try:
+                if args.interactive:
+                    results = [predictor.segment_interactive(job.image, job.boxes, job.points,
+                                                             name=job.source)]
+                else:
+                    image = read_image(job)             # read once for every structure
+                    results = []
+                    for number, context in enumerate(contexts):
+                        part = f"{label}" if len(contexts) == 1 else \
+                            f"{label} {structures[number]}"
+                        with _progress_bar(part, args.quiet) as progress:
+                            results.append(predictor.segment(image, context,
+                                                             progress=progress, name=str(job)))
+                written = _write_results(results, outputs[name], structures, kind,
+                                         args.format, None if args.interactive else Path(job))
+                measures = {s: _measure(r.mask) for s, r in zip(structures, results)}
+                report.add(name, source, "done", time.perf_counter() - started, written,
+                           measures)
+                _say(args, f"{label}: {', '.join(str(v) for v, _ in measures.values())} "
+                           f"voxels -> {', '.join(map(str, written))}")
+            except (ValueError, RuntimeError) as error:
+                failures += 1
+                print(f"wsicl: {label}: {error}", file=sys.stderr)
+                report.add(name, source, "failed", time.perf_counter() - started,
+                           error=str(error))
+    finally:
+        written_report = report.write(args.output_dir) if args.output_dir.is_dir() else None
+    counts = {s: sum(t["status"] == s for t in report.targets) for s in ("done", "skipped")}
+    _say(args, f"done: {counts['done']} segmented, {counts['skipped']} skipped, {failures} "
+               f"failed of {len(jobs)}" + (f"; report {written_report}" if written_report
+                                          else ""))
     return 0 if failures == 0 else 1
+
+
+def _measure(mask) -> Tuple[int, float]:
+    """A mask's voxel count and volume in mL."""
+    import numpy as np
+    import SimpleITK as sitk
+    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    return voxels, voxels * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
 def _say(args: argparse.Namespace, line: str) -> None:

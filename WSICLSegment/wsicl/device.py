@@ -2,6 +2,7 @@
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import sys
 from typing import ContextManager, Union
 
@@ -26,10 +27,15 @@ def available_devices() -> list:
 
 
 def pick_device(choice: Union[str, torch.device] = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then the CPU; an unavailable choice is an error."""
+    """``"auto"`` picks CUDA (under torchrun with several GPUs, the one of ``LOCAL_RANK``),
+    then MPS, then the CPU; an unavailable choice is an error."""
     name = str(choice)
     if name == "auto":
-        return torch.device(available_devices()[0])
+        kind = available_devices()[0]
+        local = os.environ.get("LOCAL_RANK", "")       # one GPU per process under torchrun
+        if kind == "cuda" and local.isdigit() and torch.cuda.device_count() > 1:
+            return torch.device("cuda", int(local) % torch.cuda.device_count())
+        return torch.device(kind)
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
         raise ValueError(f"unknown device {name!r}; use one of {', '.join(DEVICE_CHOICES)}")

@@ -1,0 +1,153 @@
+"""A ``wsicl segment`` run over many targets: splitting it into shards, resuming it, and
+the run report.
+
+- A shard ``I/N`` (from ``--shard``, or from ``torchrun``'s ``RANK`` / ``WORLD_SIZE``) takes
+  its share of the targets: sorted by path, then dealt largest file first to the shard
+  with the fewest bytes so far, so every shard computes the same split and the shards'
+  work is balanced; each target is in exactly one shard.
+- A target whose outputs all exist and read back is done: a rerun skips it (``--overwrite``
+  redoes it), so an interrupted run finishes by running the same command again.
+- The report (``wsicl-run.json`` and ``.csv`` in the output folder, ``wsicl-run-I-of-N.*``
+  for a shard) lists per target its status, seconds, outputs, and per structure the voxel
+  count and volume in mL (or the error), with the command, the model file's and the
+  context sets' SHA-256 digests and the versions.
+"""
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
+
+from . import __version__
+from .files import write_text
+
+Job = TypeVar("Job")
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"I/N"`` (1-based ``I``) as ``(index, count)`` with ``index`` from 0; ValueError
+    otherwise."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: I must be between 1 and N")
+    return index - 1, count
+
+
+def environment_shard() -> Optional[Tuple[int, int]]:
+    """``(RANK, WORLD_SIZE)`` when started by ``torchrun`` with more than one process."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, world) if world > 1 and 0 <= rank < world else None
+
+
+def shard_jobs(jobs: Sequence[Tuple[str, Job]], index: int, count: int
+               ) -> List[Tuple[str, Job]]:
+    """The jobs ``(name, path)`` of shard ``index`` of ``count`` (see the module notes), in
+    their original order."""
+    def size(path: Any) -> int:
+        path = Path(path)
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+        return path.stat().st_size if path.exists() else 0
+
+    order = sorted(range(len(jobs)), key=lambda i: str(jobs[i][1]))
+    load, owner = [0] * count, {}
+    for i in sorted(order, key=lambda i: -size(jobs[i][1])):   # stable: ties by path
+        shard = min(range(count), key=lambda s: (load[s], s))
+        owner[i] = shard
+        load[shard] += size(jobs[i][1])
+    return [job for i, job in enumerate(jobs) if owner[i] == index]
+
+
+def outputs_done(paths: Sequence[Path]) -> bool:
+    """Whether every output exists and reads back (images: their header and every voxel,
+    see :func:`wsicl.imageio.check_complete`; JSON: parses; DICOM: its header). None
+    existing: False. An existing output that does not read back is a ValueError (it is
+    not overwritten without ``--overwrite``)."""
+    existing = [path for path in paths if path.exists()]
+    for path in existing:
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.name.endswith(".dcm"):
+                import pydicom
+                pydicom.dcmread(str(path), stop_before_pixels=True)
+            else:
+                from .imageio import check_complete
+                check_complete(path)
+        except Exception as error:      # any failure to read: not ours, or broken
+            raise ValueError(f"{path}: exists but does not read back ({type(error).__name__}"
+                             "); pass --overwrite to replace it") from None
+    return bool(existing) and len(existing) == len(paths)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RunReport:
+    """What a run did, target by target, written as JSON and CSV."""
+
+    def __init__(self, model_file: Optional[Path], model: str, context_files: Sequence[Path],
+                 shard: Optional[Tuple[int, int]]) -> None:
+        import torch
+        self.shard = shard
+        self.header = {
+            "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": model,
+            "model_sha256": file_digest(model_file) if model_file and model_file.is_file()
+            else None,
+            "context_sets": {str(p): file_digest(Path(p)) for p in context_files},
+            "shard": f"{shard[0] + 1}/{shard[1]}" if shard else None,
+            "versions": {"wsicl": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()}}
+        self.targets: List[Dict[str, Any]] = []
+
+    def add(self, name: str, source: Any, status: str, seconds: float = 0.0,
+            outputs: Sequence[Path] = (), structures: Dict[str, Tuple[int, float]] = None,
+            error: str = "") -> None:
+        """One target: ``status`` done, skipped or failed; ``structures`` maps each
+        structure to its voxel count and volume (mL)."""
+        self.targets.append({
+            "target": name, "input": str(source), "status": status,
+            "seconds": round(seconds, 3), "outputs": [str(p) for p in outputs],
+            "structures": {k: {"voxels": v, "ml": round(ml, 3)}
+                           for k, (v, ml) in (structures or {}).items()},
+            "error": error})
+
+    def write(self, folder: Path) -> Path:
+        """Writes ``wsicl-run[-I-of-N].json`` and ``.csv`` into ``folder``; returns the
+        JSON's path."""
+        stem = "wsicl-run" + (f"-{self.shard[0] + 1}-of-{self.shard[1]}" if self.shard else "")
+        document = {**self.header, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "counts": {s: sum(t["status"] == s for t in self.targets)
+                               for s in ("done", "skipped", "failed")},
+                    "targets": self.targets}
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["target", "input", "status", "seconds", "structure", "voxels", "ml",
+                         "outputs", "error"])
+        for target in self.targets:
+            for structure, measure in (target["structures"] or {"": {}}).items():
+                writer.writerow([target["target"], target["input"], target["status"],
+                                 target["seconds"], structure, measure.get("voxels", ""),
+                                 measure.get("ml", ""), " ".join(target["outputs"]),
+                                 target["error"]])
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / f"{stem}.csv", text.getvalue())
+        return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
