@@ -485,3 +485,34 @@ def test_shards_take_every_target_once_and_a_rerun_finishes_what_was_left(two_st
     assert report["model_sha256"] and list(report["context_sets"].values())[0]
     rows = (out / "wsicl-run.csv").read_text().splitlines()
     assert rows[0].startswith("target,input,status") and len(rows) == 7
+
+
+def test_torchrun_splits_a_cohort_and_report_only_merges_the_shards(two_structures, capsys):
+    """`torchrun --standalone --nproc-per-node 2 -m wsicl.cli segment ...` (loopback
+    rendezvous, 2 CPU processes): every target segmented once, masks equal to a one-process
+    run; --report-only merges the two shard reports into one."""
+    import subprocess
+    import sys
+    from served import blob
+    folder, sets = two_structures
+    for seed in range(3, 5):
+        sitk.WriteImage(blob(seed), str(folder / "scans" / f"case{seed}.nii.gz"))
+    assert segment_with(folder, sets[:1], folder / "one") == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "wsicl.cli", "segment", str(folder / "scans"),
+               "--context-set", str(sets[0]), "--output-dir", str(folder / "two"), "--model",
+               str(folder / "m.pt"), *CPU_FP32, "--quiet"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert results(folder / "two") == results(folder / "one")
+    for name in results(folder / "one"):
+        assert np.array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(
+            str(folder / run / name))) for run in ("one", "two"))), name
+    assert sorted(p.name for p in (folder / "two").glob("wsicl-run-*.json")) == [
+        "wsicl-run-1-of-2.json", "wsicl-run-2-of-2.json"]
+    capsys.readouterr()
+    assert main(["segment", "--report-only", str(folder / "two")]) == 0
+    assert capsys.readouterr().out.startswith("4 done, 0 skipped, 0 failed; wrote ")
+    merged = json.loads((folder / "two" / "wsicl-run.json").read_text())
+    assert [t["target"] for t in merged["targets"]] == [f"case{i}" for i in range(1, 5)]
+    assert merged["merged_from"] == ["wsicl-run-1-of-2.json", "wsicl-run-2-of-2.json"]

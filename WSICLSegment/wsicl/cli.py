@@ -200,12 +200,11 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help="image files (NIfTI, NRRD, MHA), DICOM series folders, or folders "
                              "of them (label maps and the context images inside are skipped)")
-    parser.add_argument("--context-set", required=True, type=Path, metavar="CTX.json",
-                        action="append",
+    parser.add_argument("--context-set", type=Path, metavar="CTX.json", action="append",
                         help="context-set file defining one structure (named by its 'name' or "
                              "the file's stem); repeat for several structures in one run")
-    parser.add_argument("--output-dir", required=True, type=Path, metavar="OUT",
-                        help="folder for the results (created if needed)")
+    parser.add_argument("--output-dir", type=Path, metavar="OUT",
+                        help="folder for the results (created if needed; required)")
     parser.add_argument("--model", default="box",
                         help="box, point or a weights file (default: %(default)s)")
     parser.add_argument("--interactive", action="store_true",
@@ -225,6 +224,9 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="redo targets whose outputs exist (without it they are skipped, "
                              "so a stopped run finishes when run again)")
+    parser.add_argument("--report-only", type=Path, metavar="OUT",
+                        help="merge the run reports in OUT (shards, reruns) into "
+                             "OUT/wsicl-run.json and .csv, print the counts and stop")
     parser.add_argument("--shard", metavar="I/N",
                         help="segment only shard I of N of the targets (balanced by file "
                              "size; under torchrun: RANK and WORLD_SIZE decide)")
@@ -247,7 +249,14 @@ def run_segment(args: argparse.Namespace) -> int:
     from .contextfile import read_context_file
     from .imageio import case_name, check_target_header, list_targets, read_image
     from .files import check_writable_folder
-    from .runs import RunReport, environment_shard, outputs_done, parse_shard, shard_jobs
+    from .runs import (RunReport, environment_shard, merge_reports, outputs_done, parse_shard,
+                       shard_jobs)
+    if args.report_only:
+        path, counts = merge_reports(args.report_only)
+        print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")
+        return 0 if counts["failed"] == 0 else 1
+    if not args.context_set or args.output_dir is None:
+        raise ValueError("segment needs --context-set and --output-dir (or --report-only OUT)")
     context_sets = [read_context_file(path) for path in args.context_set]
     structures = [context_set.name for context_set in context_sets]
     if len(set(structures)) != len(structures):

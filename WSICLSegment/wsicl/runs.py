@@ -151,3 +151,34 @@ class RunReport:
         folder.mkdir(parents=True, exist_ok=True)
         write_text(folder / f"{stem}.csv", text.getvalue())
         return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
+
+
+def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
+    """Merges every run report in ``folder`` (shards, reruns) into ``wsicl-run.json`` and
+    ``.csv``: per target, the entry of the report that finished last; returns the JSON's
+    path and the counts by status. A ValueError if the folder holds no report."""
+    reports = []
+    for path in sorted(Path(folder).glob("wsicl-run*.json")):
+        try:
+            reports.append((path, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a readable run report ({error})") from None
+    if not reports:
+        raise ValueError(f"{folder}: holds no run report (wsicl-run*.json); run wsicl "
+                         "segment with --output-dir there first")
+    reports.sort(key=lambda item: item[1].get("finished", ""))
+    latest: Dict[str, Dict[str, Any]] = {}
+    for _, document in reports:
+        for target in document.get("targets", []):
+            if target.get("status") != "skipped" or target["target"] not in latest:
+                latest[target["target"]] = target
+    merged = RunReport.__new__(RunReport)
+    merged.shard = None
+    merged.header = {**reports[-1][1], "shard": None,
+                     "merged_from": [path.name for path, _ in reports]}
+    for key in ("targets", "counts", "finished"):
+        merged.header.pop(key, None)
+    merged.targets = [latest[name] for name in sorted(latest)]
+    path = merged.write(Path(folder))
+    return path, {s: sum(t["status"] == s for t in merged.targets)
+                  for s in ("done", "skipped", "failed")}
