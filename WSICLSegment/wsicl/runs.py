@@ -175,7 +175,7 @@ def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
     merged = RunReport.__new__(RunReport)
     merged.shard = None
     merged.header = {**reports[-1][1], "shard": None,
-                     "merged_from": [path.name for path, _ in reports]}
+                     "merged_from": sorted(path.name for path, _ in reports)}
     for key in ("targets", "counts", "finished"):
         merged.header.pop(key, None)
     merged.targets = [latest[name] for name in sorted(latest)]
