@@ -164,3 +164,29 @@ def test_image_digest_is_safe_while_other_threads_read_the_same_image():
     for thread in threads:
         thread.join()
     assert len(digests) == 800 and set(digests) == {expected}
+
+
+def test_canonical_grid_from_the_header_is_the_grid_of_the_reoriented_image():
+    """The header-only canonical grid equals the geometry of the image ITK reorients, for
+    axis permutations with flips and for oblique, right- and left-handed directions."""
+    from wsicl.geometry import canonical, canonical_grid
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        image = sitk.Image([int(v) for v in rng.integers(2, 9, 3)], sitk.sitkFloat32)
+        image.SetSpacing([float(v) for v in rng.uniform(0.5, 3, 3)])
+        image.SetOrigin([float(v) for v in rng.uniform(-50, 50, 3)])
+        if trial % 3 == 0:
+            direction = np.zeros((3, 3))
+            direction[rng.permutation(3), range(3)] = rng.choice([-1, 1], 3)
+        else:
+            direction = np.array(rotation_direction(float(rng.uniform(-180, 180)),
+                                                    int(rng.integers(3)))).reshape(3, 3)
+            direction = direction @ np.array(rotation_direction(float(rng.uniform(-60, 60)),
+                                                                 int(rng.integers(3)))
+                                             ).reshape(3, 3)
+            direction[:, 0] *= -1 if trial % 2 else 1
+        image.SetDirection([float(v) for v in direction.ravel()])
+        expected, found = Grid.of(canonical(image)), canonical_grid(image)
+        assert found.size == expected.size
+        for field in ("spacing", "origin", "direction"):
+            assert np.allclose(getattr(found, field), getattr(expected, field), atol=1e-9)

@@ -239,9 +239,27 @@ def prepare(image: sitk.Image, size: int, name: str = "image", region: Optional[
 
 
 def canonical_grid(image: sitk.Image, name: str = "image") -> Grid:
-    """Geometry of ``image`` reoriented as :func:`prepare` does (no resampling); errors
-    name the image ``name``."""
-    return Grid.of(canonical(check_volume(image, name)))
+    """Geometry of ``image`` reoriented as :func:`prepare` does, from its header alone: ITK
+    orients a 2x2x2 stand-in with the same direction, and the axis permutation and flips
+    it chose are applied to the real size, spacing and origin (no voxel is read or
+    copied). Errors (not an image, not a 3D scalar volume) name the image ``name``."""
+    require_image(image, name)
+    check_shape(image.GetSize(), image.GetNumberOfComponentsPerPixel(), name)
+    grid = Grid.of(image)
+    stand_in = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    stand_in.SetDirection(grid.direction)
+    axes = np.array(grid.direction, dtype=float).reshape(3, 3)
+    turned = np.array(canonical(stand_in).GetDirection(), dtype=float).reshape(3, 3)
+    cosines = axes.T @ turned                   # [old axis, new axis]: 0 or +-1
+    order = np.argmax(np.abs(cosines), axis=0)  # the old axis behind each new one
+    flipped = cosines[order, range(3)] < 0
+    corner = np.where(flipped, np.array(grid.size)[order] - 1, 0)
+    first = np.zeros(3)
+    first[order] = corner                       # old index of the new voxel 0
+    return Grid(tuple(int(grid.size[a]) for a in order),
+                tuple(float(grid.spacing[a]) for a in order),
+                tuple(float(v) for v in grid.index_to_lps(first[None])[0]),
+                tuple(float(v) for v in turned.ravel()))
 
 
 def box_corners(low: Sequence[float], high: Sequence[float]) -> np.ndarray:
