@@ -169,7 +169,7 @@ class Service:
         self.queue_size = queue_size
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue(maxsize=queue_size)
         self._jobs: "OrderedDict[str, Job]" = OrderedDict()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()      # guards the jobs table and job fields
         self._mean_seconds = 1.0
         self._worker = threading.Thread(target=self._loop, name="wsicl-inference", daemon=True)
         self._worker.start()
@@ -193,7 +193,7 @@ class Service:
         """Queues a job request (see the module docstring); ServiceError if it is malformed
         (422), names an unknown model or volume (404), or the queue is full (503)."""
         job = parse_job(request, self.predictors, self.volumes)
-        with self._changed:
+        with self._lock:
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
@@ -204,7 +204,7 @@ class Service:
         return job
 
     def job(self, job_id: str) -> Job:
-        with self._changed:
+        with self._lock:
             if job_id not in self._jobs:
                 raise ServiceError(404, f"unknown job id {job_id[:40]!r} (finished long ago "
                                         "or the server restarted)")
@@ -220,16 +220,15 @@ class Service:
         """Asks a job to stop: a queued job will not run; a running one stops at its next
         check (between mini-contexts)."""
         job = self.job(job_id)
-        with self._changed:
+        with self._lock:
             if not job.finished:
                 job.cancel_requested = True
                 job.message = "cancelling"
-                self._changed.notify_all()
         return job
 
     def close(self, timeout: float = 10.0) -> None:
         """Stops the worker after the running job (queued jobs are cancelled)."""
-        with self._changed:
+        with self._lock:
             for job in self._jobs.values():
                 job.cancel_requested = True
         try:
@@ -244,10 +243,9 @@ class Service:
             del self._jobs[key]
 
     def _update(self, job: Job, **fields: Any) -> None:
-        with self._changed:
+        with self._lock:
             for key, value in fields.items():
                 setattr(job, key, value)
-            self._changed.notify_all()
 
     def _loop(self) -> None:
         while True:
