@@ -156,10 +156,14 @@ def loopback_host(host: Optional[bytes]) -> bool:
     name = host.decode("latin-1").strip().lower()
     name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] \
         if name.count(":") == 1 else name
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
+    return name == "localhost" or name.endswith(".localhost") or loopback_address(name)
+
+
+def loopback_address(address: str) -> bool:
+    """Whether ``address`` (an IP address, IPv6 with or without a ``%zone``) is a loopback
+    address; False for anything else, names included."""
     try:
-        return ipaddress.ip_address(name).is_loopback
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
         return False
 
@@ -329,11 +333,6 @@ class BoundedProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def is_loopback(sock: socket.socket) -> bool:
-    """Whether ``sock`` is bound to a loopback address."""
-    return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
-
-
 def listening_socket(host: str, port: int, token: Optional[str]) -> socket.socket:
     """A socket bound to ``host``:``port`` (0: a free port) and listening, or a ValueError
     that says why not; an address that is not loopback needs a ``token`` (anyone who can
@@ -343,7 +342,7 @@ def listening_socket(host: str, port: int, token: Optional[str]) -> socket.socke
     except OSError as error:
         raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose "
                          "another --host") from None
-    if token is None and not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+    if token is None and not loopback_address(address[0]):
         raise ValueError(f"refusing to listen on {host} without a token: anyone who can reach "
                          "it could use the server; give --token-file (see the README)")
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -421,7 +420,8 @@ def serve(service: Service, sock: socket.socket, token: Optional[str],
     previous = signal.signal(signal.SIGTERM, _stop)     # uvicorn raises it again at its end
     folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))      # mode 0700
     try:
-        app = create_app(service, token, max_upload_bytes, folder, is_loopback(sock))
+        app = create_app(service, token, max_upload_bytes, folder,
+                         loopback_address(sock.getsockname()[0]))
         cap = connection_cap()
         protocol = type("Bounded", (BoundedProtocol,), {"cap": cap})
         server = uvicorn.Server(uvicorn.Config(
