@@ -174,21 +174,16 @@ def check_self_contained(path: Path) -> str:
                          "accepted here")
     fix = f"send a single {suffix} file that holds its own voxels"
     if suffix == ".mha":
-        header = _header(path)
-        found = re.search(rb"elementdatafile", header, re.I)
-        line = re.match(rb"ElementDataFile[ \t]*=[ \t]*LOCAL[ \t\r]*\n",
-                        header[header.rfind(b"\n", 0, found.start()) + 1:], re.I) \
-            if found else None
-        if line is None:
+        if _mha_voxels_start(_header(path)) is None:
             raise ValueError(f"{path}: its header does not say that the voxels follow it "
                              f"(ElementDataFile = LOCAL); {fix}")
     elif suffix == ".nrrd":
         header = _header(path)
-        end = re.search(rb"\r?\n\r?\n", header)
+        end = _nrrd_header_end(header)
         if not header.startswith(b"NRRD") or end is None:
             raise ValueError(f"{path}: not an NRRD file with its header and voxels in one "
                              f"file; {fix}")
-        if re.search(rb"data\s*file", header[:end.start()], re.I):
+        if _nrrd_detached(header, end):
             raise ValueError(f"{path}: a detached NRRD header (its voxels are in another "
                              f"file); {fix}")
     else:
@@ -266,18 +261,42 @@ def _inline_payload(name: str, header: bytes) -> Tuple[Optional[int], Optional[i
         offset = _nifti_data_offset(header[:544])
         return (0 if offset is None else offset), None
     if name.endswith(".nrrd"):
-        end = header.find(b"\n\n")
-        if end < 0 or re.search(rb"^data ?file:", header[:end], re.M | re.I):
+        end = _nrrd_header_end(header)
+        if end is None or _nrrd_detached(header, end):
             return None, None
-        encoding = re.search(rb"^encoding:\s*(\w+)", header[:end], re.M)
+        encoding = re.search(rb"^encoding:\s*(\w+)", header[:end.start()], re.M)
         kind = encoding.group(1).lower() if encoding else b"raw"
-        return {b"raw": (end + 2, None), b"gzip": (end + 2, 31), b"gz": (end + 2, 31)}.get(
-            kind, (None, None))
-    found = re.search(rb"^ElementDataFile\s*=\s*(\S+)[^\n]*\n", header, re.M)
-    if not found or found.group(1) != b"LOCAL":
+        return {b"raw": (end.end(), None), b"gzip": (end.end(), 31),
+                b"gz": (end.end(), 31)}.get(kind, (None, None))
+    start = _mha_voxels_start(header)
+    if start is None:
         return None, None
-    compressed = re.search(rb"^CompressedData\s*=\s*True", header, re.M)
-    return found.end(), 15 if compressed else None
+    compressed = re.search(rb"^CompressedData\s*=\s*True", header[:start], re.M)
+    return start, 15 if compressed else None
+
+
+def _mha_voxels_start(header: bytes) -> Optional[int]:
+    """Where a MetaImage file's voxels start: after the line ``ElementDataFile = LOCAL``
+    that ends its header. None when the header's first mention of ``ElementDataFile`` (in
+    any case, where MetaIO stops reading the header) names another file, or there is none."""
+    found = re.search(rb"elementdatafile", header, re.I)
+    if found is None:
+        return None
+    line_start = header.rfind(b"\n", 0, found.start()) + 1
+    line = re.match(rb"ElementDataFile[ \t]*=[ \t]*LOCAL[ \t\r]*\n", header[line_start:],
+                    re.I)
+    return None if line is None else line_start + line.end()
+
+
+def _nrrd_header_end(header: bytes) -> Optional["re.Match[bytes]"]:
+    """The blank line that ends an NRRD header (LF or CRLF), or None."""
+    return re.search(rb"\r?\n\r?\n", header)
+
+
+def _nrrd_detached(header: bytes, end: "re.Match[bytes]") -> bool:
+    """Whether an NRRD header (up to ``end``) keeps its voxels in another file: any
+    ``data file`` / ``datafile`` field, in any case."""
+    return re.search(rb"data\s*file", header[:end.start()], re.I) is not None
 
 
 def _inflated_size(path: Path, offset: int, wbits: int, cap: Optional[int] = None
