@@ -250,7 +250,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from .imageio import case_name, check_target_header, list_targets, read_image
     from .files import check_writable_folder
     from .runs import (RunReport, environment_shard, merge_reports, outputs_done, parse_shard,
-                       shard_jobs)
+                       shard_jobs, status_counts)
     if args.report_only:
         path, counts = merge_reports(args.report_only)
         print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")
@@ -343,7 +343,7 @@ def run_segment(args: argparse.Namespace) -> int:
                            error=str(error))
     finally:
         written_report = report.write(args.output_dir) if args.output_dir.is_dir() else None
-    counts = {s: sum(t["status"] == s for t in report.targets) for s in ("done", "skipped")}
+    counts = status_counts(report.targets)
     _say(args, f"done: {counts['done']} segmented, {counts['skipped']} skipped, {failures} "
                f"failed of {len(jobs)}" + (f"; report {written_report}" if written_report
                                           else ""))

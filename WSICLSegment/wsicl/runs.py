@@ -100,13 +100,44 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+STATUSES = ("done", "skipped", "failed")
+"""What became of a target in a run."""
+
+
+def status_counts(targets: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    """How many report entries have each status."""
+    return {status: sum(t["status"] == status for t in targets) for status in STATUSES}
+
+
+def write_report(folder: Path, stem: str, header: Dict[str, Any],
+                 targets: Sequence[Dict[str, Any]]) -> Path:
+    """Writes a run report, ``STEM.json`` (``header``, the finishing time, the counts by
+    status, the targets) and ``STEM.csv`` (a row per target and structure) into
+    ``folder``; returns the JSON's path."""
+    document = {**header, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "counts": status_counts(targets), "targets": list(targets)}
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["target", "input", "status", "seconds", "structure", "voxels", "ml",
+                     "outputs", "error"])
+    for target in targets:
+        for structure, measure in (target["structures"] or {"": {}}).items():
+            writer.writerow([target["target"], target["input"], target["status"],
+                             target["seconds"], structure, measure.get("voxels", ""),
+                             measure.get("ml", ""), " ".join(target["outputs"]),
+                             target["error"]])
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / f"{stem}.csv", text.getvalue())
+    return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
+
+
 class RunReport:
     """What a run did, target by target, written as JSON and CSV."""
 
     def __init__(self, model_file: Optional[Path], model: str, context_files: Sequence[Path],
                  shard: Optional[Tuple[int, int]]) -> None:
         import torch
-        self.shard = shard
+        self.stem = "wsicl-run" + (f"-{shard[0] + 1}-of-{shard[1]}" if shard else "")
         self.header = {
             "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model,
@@ -121,7 +152,7 @@ class RunReport:
     def add(self, name: str, source: Any, status: str, seconds: float = 0.0,
             outputs: Sequence[Path] = (), structures: Dict[str, Tuple[int, float]] = None,
             error: str = "") -> None:
-        """One target: ``status`` done, skipped or failed; ``structures`` maps each
+        """One target: ``status`` one of :data:`STATUSES`; ``structures`` maps each
         structure to its voxel count and volume (mL)."""
         self.targets.append({
             "target": name, "input": str(source), "status": status,
@@ -133,24 +164,7 @@ class RunReport:
     def write(self, folder: Path) -> Path:
         """Writes ``wsicl-run[-I-of-N].json`` and ``.csv`` into ``folder``; returns the
         JSON's path."""
-        stem = "wsicl-run" + (f"-{self.shard[0] + 1}-of-{self.shard[1]}" if self.shard else "")
-        document = {**self.header, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "counts": {s: sum(t["status"] == s for t in self.targets)
-                               for s in ("done", "skipped", "failed")},
-                    "targets": self.targets}
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["target", "input", "status", "seconds", "structure", "voxels", "ml",
-                         "outputs", "error"])
-        for target in self.targets:
-            for structure, measure in (target["structures"] or {"": {}}).items():
-                writer.writerow([target["target"], target["input"], target["status"],
-                                 target["seconds"], structure, measure.get("voxels", ""),
-                                 measure.get("ml", ""), " ".join(target["outputs"]),
-                                 target["error"]])
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text(folder / f"{stem}.csv", text.getvalue())
-        return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
+        return write_report(folder, self.stem, self.header, self.targets)
 
 
 def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
@@ -172,13 +186,8 @@ def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
         for target in document.get("targets", []):
             if target.get("status") != "skipped" or target["target"] not in latest:
                 latest[target["target"]] = target
-    merged = RunReport.__new__(RunReport)
-    merged.shard = None
-    merged.header = {**reports[-1][1], "shard": None,
-                     "merged_from": sorted(path.name for path, _ in reports)}
-    for key in ("targets", "counts", "finished"):
-        merged.header.pop(key, None)
-    merged.targets = [latest[name] for name in sorted(latest)]
-    path = merged.write(Path(folder))
-    return path, {s: sum(t["status"] == s for t in merged.targets)
-                  for s in ("done", "skipped", "failed")}
+    header = {key: value for key, value in reports[-1][1].items()
+              if key not in ("targets", "counts", "finished")}
+    header.update(shard=None, merged_from=sorted(path.name for path, _ in reports))
+    targets = [latest[name] for name in sorted(latest)]
+    return write_report(Path(folder), "wsicl-run", header, targets), status_counts(targets)
