@@ -4,8 +4,8 @@ Each step draws a batch of episodes (:mod:`wsicl.episodes`) and minimises BCE + 
 of the network's output read as a logit, with Adam, a linear warm-up and cosine decay over
 the planned steps, gradient clipping, and the precision of inference (``auto``: bfloat16
 autocast on CUDA and on CPUs with AMX or AVX512-BF16, which compute it natively, fp32 on
-other CPUs, where bfloat16 is emulated and slower). The run stops at ``steps`` or after ``minutes``, whichever comes first, writing
-``last.pt`` (weights, metadata, optimiser, step, history) every ``checkpoint_seconds``
+other CPUs, where bfloat16 is emulated and slower). The run stops at ``steps`` or after
+``minutes``, whichever comes first, writing ``last.pt`` (weights, metadata, optimiser, step, history) every ``checkpoint_seconds``
 and at the end; a run started on a folder holding ``last.pt`` resumes from it. The first
 Ctrl-C (or SIGTERM) ends the run after the current step with that final checkpoint; a
 second one interrupts at once.
@@ -177,13 +177,11 @@ def profile(network: torch.nn.Module, optimiser: torch.optim.Optimizer, engine: 
     figures = {"engine_episodes_per_s": round(config.profile * config.batch / engine_seconds, 3),
                "engine_threads": torch.get_num_threads()}
     batch = batches[-1]
-    descend(segmentation_loss(_step_logits(network, batch, config, device), batch.target_mask),
-            network, optimiser, config.clip)                        # warm-up
+    train_step(network, optimiser, batch, config, device)          # warm-up
     synchronise()
     started = time.perf_counter()
     for _ in range(config.profile):
-        descend(segmentation_loss(_step_logits(network, batch, config, device),
-                                  batch.target_mask), network, optimiser, config.clip)
+        train_step(network, optimiser, batch, config, device)
     synchronise()
     seconds = (time.perf_counter() - started) / config.profile
     size, context = batch.target.shape[0], batch.context.shape[1]
@@ -196,8 +194,7 @@ def profile(network: torch.nn.Module, optimiser: torch.optim.Optimizer, engine: 
         waited = time.perf_counter()
         batch = engine.batch(10 ** 6 + step, config.batch)
         waited = time.perf_counter() - waited
-        descend(segmentation_loss(_step_logits(network, batch, config, device),
-                                  batch.target_mask), network, optimiser, config.clip)
+        train_step(network, optimiser, batch, config, device)
         throughput.add(batch, waited)
     synchronise()
     figures.update({f"run_{key}": value for key, value in throughput.report().items()})
@@ -205,10 +202,15 @@ def profile(network: torch.nn.Module, optimiser: torch.optim.Optimizer, engine: 
     return figures
 
 
-def _step_logits(network: torch.nn.Module, batch: Batch, config: RunConfig,
-                 device: torch.device) -> torch.Tensor:
+def train_step(network: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Batch,
+               config: RunConfig, device: torch.device) -> torch.Tensor:
+    """One optimiser step on ``batch`` at the run's precision; the loss, not read back (no
+    host synchronisation)."""
     with autocast(device, config.precision):
-        return _forward(network, batch)
+        logits = _forward(network, batch)
+    loss = segmentation_loss(logits, batch.target_mask)
+    descend(loss, network, optimiser, config.clip)
+    return loss
 
 
 def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
@@ -281,10 +283,10 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
     engine_config = EngineConfig(size=config.size, prompt=config.prompt,
                                  max_context=config.max_context,
                                  point_side=(config.point_side_min, 1.4))
-    engine = EpisodeEngine(sources, engine_config, config.seed, device)
     held_out = EpisodeEngine(sources, engine_config, config.seed + 10 ** 6, device)
     cost = StepCost(network, config.size, device, config.precision)
     if config.profile:
+        engine = EpisodeEngine(sources, engine_config, config.seed, device)
         return {"step": step, "checkpoint": None, "history": history,
                 "profile": profile(network, optimiser, engine, config, device, cost, log)}
     throughput = Throughput(cost)
@@ -319,9 +321,7 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
             waited = time.perf_counter()
             batch = loader.next().to(device)
             waited = time.perf_counter() - waited
-            loss = segmentation_loss(_step_logits(network, batch, config, device),
-                                     batch.target_mask)
-            descend(loss, network, optimiser, config.clip)
+            loss = train_step(network, optimiser, batch, config, device)
             step += 1
             throughput.add(batch, waited)
             if time.perf_counter() - last_report > 60:
