@@ -275,8 +275,7 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
     if checkpoint.is_file():
         step, history = restore_training(checkpoint, network, optimiser)
         log(f"resuming from {checkpoint} at step {step}")
-    sources = [dataclasses.replace(source, image=source.image.to(device),
-                                   labels=source.labels.to(device)) for source in sources]
+    sources = [source.to(device) for source in sources]
     sources += load_bundle(config.sources, device) if config.sources else []
     if not sources:
         raise ValueError("no training sources: give a sources bundle or datasets")

@@ -27,7 +27,7 @@ resized at random, as a first pass would give; sometimes whole views for that fi
 """
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,6 +48,11 @@ class Source:
     labels: torch.Tensor
     spacing: Tuple[float, float, float]
     structures: Dict[int, str]
+
+    def to(self, device: Union[str, torch.device]) -> "Source":
+        """The same source on ``device`` (itself where it already is)."""
+        return dataclasses.replace(self, image=self.image.to(device),
+                                   labels=self.labels.to(device))
 
 
 Table = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -166,10 +171,10 @@ class EpisodeEngine:
                  device: str = "cpu") -> None:
         if not sources and config.shapes_fraction < 1:
             raise ValueError("no labelled sources: give sources or shapes_fraction=1")
-        self.sources = [s for s in sources if s.structures]
+        self.device = torch.device(device)
+        self.sources = [s.to(self.device) for s in sources if s.structures]
         self.config = config
         self.seed = seed
-        self.device = torch.device(device)
         radius = 6
         self.ball = torch.from_numpy(ball_template(radius).copy()).to(self.device)
         by_name: Dict[str, List[Tuple[int, int]]] = {}

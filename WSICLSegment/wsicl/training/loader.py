@@ -10,7 +10,6 @@ batches are those the engine makes in the training process, whatever the number 
 workers. Workers are spawned (CUDA cannot be used in forked children) with one CPU thread
 each.
 """
-import dataclasses
 import multiprocessing.queues
 import queue
 from typing import List, Optional, Sequence
@@ -28,9 +27,7 @@ def _work(worker: int, workers: int, sources: Sequence[Source], config: EngineCo
           seed: int, batch_size: int, device: str, start: int,
           out: multiprocessing.queues.Queue, stop: "mp.Event") -> None:
     torch.set_num_threads(1)
-    moved = [dataclasses.replace(s, image=s.image.to(device), labels=s.labels.to(device))
-             for s in sources]
-    engine = EpisodeEngine(moved, config, seed, device)
+    engine = EpisodeEngine(sources, config, seed, device)
     step = start + worker
     while not stop.is_set():
         batch = engine.batch(step, batch_size)
@@ -60,14 +57,11 @@ class EpisodeLoader:
         self._processes: List = []
         self._queues: List = []
         if workers == 0:
-            self._engine = EpisodeEngine(
-                [dataclasses.replace(s, image=s.image.to(device), labels=s.labels.to(device))
-                 for s in sources], config, seed, device)
+            self._engine = EpisodeEngine(sources, config, seed, device)
             return
         context = mp.get_context("spawn")
         self._stop = context.Event()
-        shared = [dataclasses.replace(s, image=s.image.cpu(), labels=s.labels.cpu())
-                  for s in sources]
+        shared = [s.to("cpu") for s in sources]        # each worker moves its own copy
         for worker in range(workers):
             out = context.Queue(maxsize=ahead)
             process = context.Process(
