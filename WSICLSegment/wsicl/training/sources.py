@@ -80,8 +80,9 @@ def load_bundle(path: Union[str, Path], device: Union[str, torch.device] = "cpu"
 
 def development_sources(data: Union[str, Path], mni_folder: Optional[Union[str, Path]] = None
                         ) -> (List[Source], List[str]):
-    """The permissively licensed labelled volumes of ``../shared/data`` used to train the
-    bundled models, and their provenance lines.
+    """The permissively licensed labelled volumes in ``data`` (the folder the model card
+    lists: TotalSegmentator examples, pyradiomics cases, in their published layout) used to
+    train the bundled models, and their provenance lines.
 
     Kept out (the development benchmark): the brain1/brain2 and lung1/lung2 tumour pairs
     and the INIA19 atlas (non-commercial licence, never trained on). ``mni_folder`` holds
