@@ -96,14 +96,7 @@ def check_complete(path: Path, untrusted: bool = False, max_bytes: Optional[int]
     declared (a decompression bomb), stopping as soon as it does."""
     name = path.name.lower()
     remedy = "copy or download it again"
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    if untrusted:
-        reader.SetImageIO(check_self_contained(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise _unreadable(path, error) from None
+    reader = _header_reader(path, check_self_contained(path) if untrusted else "")
     voxels = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
     if voxels > MAX_VOXELS:
         raise ValueError(f"{path}: its header claims {voxels:,} voxels (size "
@@ -192,6 +185,20 @@ def check_self_contained(path: Path) -> str:
             raise ValueError(f"{path}: not a single-file NIfTI image (a .hdr/.img pair, "
                              f"ANALYZE or another kind of file); {fix}")
     return UPLOAD_READERS[suffix]
+
+
+def _header_reader(path: Path, image_io: str = "") -> sitk.ImageFileReader:
+    """A reader for ``path`` with its header read (by ``image_io`` only, when given), or the
+    :func:`_unreadable` error."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if image_io:
+        reader.SetImageIO(image_io)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise _unreadable(path, error) from None
+    return reader
 
 
 def _unreadable(path: Path, error: Exception) -> ValueError:
@@ -409,12 +416,7 @@ def check_target_header(path: Path) -> None:
     DICOM folders and everything else are checked when read."""
     if path.is_dir():
         return
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise _unreadable(path, error) from None
+    reader = _header_reader(path)
     check_shape(reader.GetSize(), reader.GetNumberOfComponents(), str(path))
 
 
