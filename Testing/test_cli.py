@@ -349,7 +349,8 @@ def test_targets_whose_headers_show_a_problem_fail_before_the_model_loads(two_st
                  str(folder / "out"), "--model", str(folder / "absent.pt"), *CPU_FP32]
     assert main(arguments) == 1
     error = capsys.readouterr().err
-    assert "flat.nrrd: is 2D" in error and "absent.pt" not in error
+    assert f"[1/1] {flat}: is 2D" in error and error.count("flat") == 1    # named once
+    assert "absent.pt" not in error
     assert not (folder / "out").exists()
 
 

@@ -304,7 +304,7 @@ def run_segment(args: argparse.Namespace) -> int:
             usable.append((label, name, job, source))
         except ValueError as error:
             failures += 1
-            print(f"wsicl: {label}: {error}", file=sys.stderr)
+            print(_failure_line(label, name, job, error), file=sys.stderr)
             report.add(name, source, "failed", error=str(error))
     if usable:
         check_writable_folder(args.output_dir)  # before the model loads, not after the work
@@ -338,7 +338,7 @@ def run_segment(args: argparse.Namespace) -> int:
                            f"voxels -> {', '.join(map(str, written))}")
             except (ValueError, RuntimeError) as error:
                 failures += 1
-                print(f"wsicl: {label}: {error}", file=sys.stderr)
+                print(_failure_line(label, name, job, error), file=sys.stderr)
                 report.add(name, source, "failed", time.perf_counter() - started,
                            error=str(error))
     finally:
@@ -348,6 +348,15 @@ def run_segment(args: argparse.Namespace) -> int:
                f"failed of {len(jobs)}" + (f"; report {written_report}" if written_report
                                           else ""))
     return 0 if failures == 0 else 1
+
+
+def _failure_line(label: str, name: str, job: object, error: Exception) -> str:
+    """The line that says a target failed, naming it once: ``label`` is ``[i/n] name``,
+    whose name is left out when the message starts with the target's path."""
+    message = str(error)
+    if message.startswith(str(job)):
+        return f"wsicl: {label[:-len(name)]}{message}"
+    return f"wsicl: {label}: {message}"
 
 
 def _measure(mask) -> Tuple[int, float]:
