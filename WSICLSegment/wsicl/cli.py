@@ -249,8 +249,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from .contextfile import read_context_file
     from .imageio import case_name, check_target_header, list_targets, read_image
     from .files import check_writable_folder
+    from .launch import Launch
     from .runs import (RunReport, environment_shard, merge_reports, outputs_done, parse_shard,
-                       shard_jobs, status_counts)
+                       shard_jobs)
     if args.report_only:
         path, counts = merge_reports(args.report_only)
         print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")
@@ -274,11 +275,17 @@ def run_segment(args: argparse.Namespace) -> int:
         context_images = [Path(entry.source) for context_set in context_sets
                           for entry in context_set.entries if entry.source]
         jobs = list_targets(args.targets, context_images, lambda line: _say(args, line))
+    total = len(jobs)
     shard = None if args.interactive else \
         parse_shard(args.shard) if args.shard else environment_shard()
+    launch = Launch.join("segment") if shard is not None and not args.shard else None
+    if launch is not None and launch.rank != 0:
+        args.quiet = True            # rank 0 speaks for the whole run, the others for errors
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
-        _say(args, f"shard {shard[0] + 1} of {shard[1]}: {len(jobs)} target(s)")
+        _say(args, f"{total} targets on {shard[1]} ranks" if launch is not None else
+             f"shard {shard[0] + 1} of {shard[1]}: {len(jobs)} target(s)")
+    per_target = not args.quiet and launch is None     # a line per target, a progress bar
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise ValueError(f"{args.output_dir}: exists and is not a folder; choose another "
                          "--output-dir")
@@ -286,14 +293,16 @@ def run_segment(args: argparse.Namespace) -> int:
     outputs = {name: _outputs(args.output_dir, name, structures, kind, args.format)
                for name, _ in jobs}
     report = RunReport(None if args.server else resolve_source(args.model), args.model,
-                       args.context_set, shard)
-    failures, usable = 0, []
+                       args.context_set, shard, args.output_dir, launch, total,
+                       lambda line: _say(args, line))
+    usable = []
     for index, (name, job) in enumerate(jobs):         # before the model loads
         label = f"[{index + 1}/{len(jobs)}] {name}"
         source = job.source if args.interactive else job
         try:
             if not args.overwrite and outputs_done(outputs[name]):
-                _say(args, f"{label}: done before, skipped (--overwrite redoes it)")
+                if per_target:
+                    print(f"{label}: done before, skipped (--overwrite redoes it)")
                 report.add(name, source, "skipped", outputs=outputs[name])
                 continue
             if args.format == "dicom-seg" and (args.interactive or not Path(job).is_dir()):
@@ -303,7 +312,6 @@ def run_segment(args: argparse.Namespace) -> int:
                 check_target_header(Path(job))
             usable.append((label, name, job, source))
         except ValueError as error:
-            failures += 1
             print(_failure_line(label, name, job, error), file=sys.stderr)
             report.add(name, source, "failed", error=str(error))
     if usable:
@@ -326,7 +334,7 @@ def run_segment(args: argparse.Namespace) -> int:
                     for number, context in enumerate(contexts):
                         part = f"{label}" if len(contexts) == 1 else \
                             f"{label} {structures[number]}"
-                        with _progress_bar(part, args.quiet) as progress:
+                        with _progress_bar(part, not per_target) as progress:
                             results.append(predictor.segment(image, context,
                                                              progress=progress, name=str(job)))
                 written = _write_results(results, outputs[name], structures, kind,
@@ -334,20 +342,23 @@ def run_segment(args: argparse.Namespace) -> int:
                 measures = {s: _measure(r.mask) for s, r in zip(structures, results)}
                 report.add(name, source, "done", time.perf_counter() - started, written,
                            measures)
-                _say(args, f"{label}: {', '.join(str(v) for v, _ in measures.values())} "
-                           f"voxels -> {', '.join(map(str, written))}")
+                if per_target:
+                    print(f"{label}: {', '.join(str(v) for v, _ in measures.values())} "
+                          f"voxels -> {', '.join(map(str, written))}")
             except (ValueError, RuntimeError) as error:
-                failures += 1
                 print(_failure_line(label, name, job, error), file=sys.stderr)
                 report.add(name, source, "failed", time.perf_counter() - started,
                            error=str(error))
-    finally:
-        written_report = report.write(args.output_dir) if args.output_dir.is_dir() else None
-    counts = status_counts(report.targets)
-    _say(args, f"done: {counts['done']} segmented, {counts['skipped']} skipped, {failures} "
-               f"failed of {len(jobs)}" + (f"; report {written_report}" if written_report
-                                          else ""))
-    return 0 if failures == 0 else 1
+    except BaseException:                  # interrupted: keep what was done, wait for no one
+        if args.output_dir.is_dir():
+            report.write()
+        raise
+    written_report, counts = report.close()
+    closing = (f"done: {counts['done']} segmented, {counts['skipped']} skipped, "
+               f"{counts['failed']} failed of {sum(counts.values())}"
+               + (f"; report {written_report}" if written_report else ""))
+    _say(args, closing)
+    return 0 if counts["failed"] == 0 else 1
 
 
 def _failure_line(label: str, name: str, job: object, error: Exception) -> str:

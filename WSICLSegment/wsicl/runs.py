@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from . import __version__
 from .files import write_text
@@ -131,11 +131,23 @@ def write_report(folder: Path, stem: str, header: Dict[str, Any],
     return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
 
 
+REPORT_EVERY_S = 30.0
+"""How often a run's report is rewritten while it runs (a rank killed midway loses at most
+this much of it; its outputs are on disk either way and a rerun skips them)."""
+
+PROGRESS_EVERY_S = 10.0
+"""How often rank 0 of a torchrun launch prints the whole run's progress line."""
+
+
 class RunReport:
-    """What a run did, target by target, written as JSON and CSV."""
+    """What a run did, target by target, written as JSON and CSV into ``folder`` as it
+    goes. Under a ``torchrun`` launch (``launch``) every rank counts its targets in the
+    launch's store; rank 0 prints the whole run's progress through ``say`` and, at the
+    end, merges every rank's report into ``wsicl-run.json``."""
 
     def __init__(self, model_file: Optional[Path], model: str, context_files: Sequence[Path],
-                 shard: Optional[Tuple[int, int]]) -> None:
+                 shard: Optional[Tuple[int, int]], folder: Path, launch: Any = None,
+                 total: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
         import torch
         self.stem = "wsicl-run" + (f"-{shard[0] + 1}-of-{shard[1]}" if shard else "")
         self.header = {
@@ -148,6 +160,8 @@ class RunReport:
             "versions": {"wsicl": __version__, "torch": torch.__version__,
                          "python": platform.python_version()}}
         self.targets: List[Dict[str, Any]] = []
+        self.folder, self.launch, self.total, self.say = Path(folder), launch, total, say
+        self.started = self.written = self.said = time.monotonic()
 
     def add(self, name: str, source: Any, status: str, seconds: float = 0.0,
             outputs: Sequence[Path] = (), structures: Dict[str, Tuple[int, float]] = None,
@@ -160,11 +174,65 @@ class RunReport:
             "structures": {k: {"voxels": v, "ml": round(ml, 3)}
                            for k, (v, ml) in (structures or {}).items()},
             "error": error})
+        now = time.monotonic()
+        if now - self.written >= REPORT_EVERY_S and self.folder.is_dir():
+            self.write()
+        if self.launch is not None:
+            self.launch.add(status)
+            if now - self.said >= PROGRESS_EVERY_S:
+                self._say_progress()
 
-    def write(self, folder: Path) -> Path:
-        """Writes ``wsicl-run[-I-of-N].json`` and ``.csv`` into ``folder``; returns the
+    def write(self) -> Path:
+        """Writes ``wsicl-run[-I-of-N].json`` and ``.csv`` into the folder; returns the
         JSON's path."""
-        return write_report(folder, self.stem, self.header, self.targets)
+        self.written = time.monotonic()
+        return write_report(self.folder, self.stem, self.header, self.targets)
+
+    def close(self) -> Tuple[Optional[Path], Dict[str, int]]:
+        """Writes the final report (none if the folder was never made) and returns its
+        path and the counts by status. Under a launch, rank 0 waits for every rank and
+        returns the merged report of the whole run and its counts; other ranks return
+        their own."""
+        path = self.write() if self.folder.is_dir() else None
+        counts = status_counts(self.targets)
+        if self.launch is None:
+            return path, counts
+        self.launch.finish()
+        if self.launch.rank != 0:
+            return path, counts
+        self.launch.wait_for_all(PROGRESS_EVERY_S, self._say_progress)
+        if not any(self.folder.glob("wsicl-run*.json")):
+            return None, {status: self.launch.count(status) for status in STATUSES}
+        return merge_reports(self.folder)
+
+    def _say_progress(self) -> None:
+        self.said = time.monotonic()
+        if self.say is not None and self.launch.rank == 0:
+            counts = {status: self.launch.count(status) for status in STATUSES}
+            self.say(progress_line(counts, self.total, self.said - self.started))
+
+
+def progress_line(counts: Dict[str, int], total: int, seconds: float) -> str:
+    """A run of ``total`` targets in one line: how many are done, skipped, failed and
+    left, the rate (targets segmented or failed per minute over ``seconds``) and the time
+    left at that rate."""
+    worked = counts["done"] + counts["failed"]
+    left = max(total - sum(counts.values()), 0)
+    line = (f"run: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} "
+            f"failed, {left} left of {total}")
+    if worked and seconds > 0:
+        rate = worked * 60.0 / seconds
+        line += f"; {rate:.1f} targets/min"
+        if left:
+            line += f"; about {format_minutes(left / rate)} left"
+    return line
+
+
+def format_minutes(minutes: float) -> str:
+    """``minutes`` as ``"40 s"``, ``"12 min"`` or ``"3.5 h"``."""
+    if minutes < 1:
+        return f"{max(round(minutes * 60), 1)} s"
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
 def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
