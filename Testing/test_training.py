@@ -163,6 +163,32 @@ def test_evaluate_writes_table_json_and_plots(tmp_path, dataset, tiny_network, c
                  "--output", str(output), *CPU_FP32, "--quiet"]) == 0
 
 
+def test_evaluate_under_torchrun_spreads_the_cases_and_gives_the_one_process_result(
+        tmp_path, dataset, tiny_network):
+    """`torchrun --standalone --nproc-per-node 2 -m wsicl.cli evaluate ...` (2 CPU ranks,
+    loopback): each rank runs every other case, rank 0 gathers them, and the records are
+    those of one process (fp32; same draws, same Dice)."""
+    import subprocess
+    import sys
+    from wsicl import save_model
+    save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)
+    common = ["evaluate", "--dataset", str(dataset), "--model", str(tmp_path / "tiny.pt"),
+              "--context-sizes", "1,2", "--prompts-per-image", "1", "--draws", "2", *CPU_FP32,
+              "--quiet"]
+    assert main(common + ["--output", str(tmp_path / "one")]) == 0
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "wsicl.cli", *common, "--output", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=240)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert launched.stdout.count("wrote ") == 1                    # rank 0 alone writes
+    one, two = (json.loads((tmp_path / run / "evaluation.json").read_text(encoding="utf-8"))
+                for run in ("one", "two"))
+    assert len(one["records"]) == 2 * 3 * 2 * 2
+    assert [r["case"] for r in two["records"]] == list(range(len(one["records"])))
+    assert two["records"] == one["records"] and two["summary"] == one["summary"]
+
+
 def test_evaluate_with_dense_mask_context(tmp_path, dataset, tiny_network, capsys):
     from wsicl import save_model
     save_model(tiny_network, tmp_path / "tiny.pt", tiny_network.metadata)

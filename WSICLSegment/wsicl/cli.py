@@ -592,7 +592,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .files import write_text
-    from .training.evaluate import evaluate, format_table, load_subjects, plot
+    from .launch import Launch
+    from .training.evaluate import evaluate, format_table, load_subjects, plot, result_of
+    launch = Launch.join("evaluate")        # torchrun: the cases spread over the ranks
     predictor = make_predictor(args)
     weak = [k for k in predictor.kinds if k != "mask"]
     kind = "mask" if args.mode == "mask" else args.prompt or (weak[0] if weak else None)
@@ -603,7 +605,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     subjects, names = load_subjects(args.dataset, predictor.size)
     result = evaluate(predictor, subjects, names, kind, args.mode, args.context_sizes,
                       [1] if kind == "mask" else args.prompts_per_image, args.draws, args.seed,
-                      None if args.quiet else lambda line: print(line, file=sys.stderr))
+                      None if args.quiet else lambda line: print(line, file=sys.stderr),
+                      (launch.rank, launch.world) if launch else (0, 1))
+    if launch is not None:                  # rank 0 gathers every rank's records
+        launch.finish(result["records"])
+        if launch.rank != 0:
+            return 0
+        result = result_of(result["kind"], result["mode"],
+                           [record for records in launch.wait_for_all() for record in records])
     if not result["records"]:
         raise ValueError(f"{args.dataset}: no structure to evaluate (icl needs a structure in "
                          "at least two subjects)")

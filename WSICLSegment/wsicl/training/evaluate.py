@@ -12,7 +12,7 @@ each image's prompts in coordinates normalised to the image's extent, filled in 
 """
 import dataclasses
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -67,15 +67,20 @@ def baseline_mask(boxes_per_context: Sequence[list], shape: Sequence[int]) -> np
 
 def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int, str],
              kind: str, mode: str, context_sizes: Sequence[int], prompts_per_image: Sequence[int],
-             draws: int, seed: int, progress: Optional[Callable[[str], None]] = None) -> dict:
+             draws: int, seed: int, progress: Optional[Callable[[str], None]] = None,
+             shard: Tuple[int, int] = (0, 1)) -> dict:
     """Runs every (structure, target, context size, prompts per image, draw); returns the
-    per-run records and per-structure summaries."""
+    per-run records (numbered by ``case`` in that order) and per-structure summaries.
+
+    ``shard = (i, n)`` runs only the cases whose number is ``i`` modulo ``n`` (the ranks of
+    a launch); the draws of every case are made all the same, so the union of the shards'
+    records is the one-process result."""
     if mode not in ("icl", "interactive", "mask"):
         raise ValueError(f"mode must be 'icl', 'interactive' or 'mask', got {mode!r}")
     rng = np.random.default_rng(seed)
     sizes = [1] if mode == "interactive" else list(context_sizes)
     radius = int(predictor.metadata.point_radius)
-    records = []
+    records, case = [], -1
     for value, name in sorted(names.items()):
         holders = [s for s in subjects if (s.labels_on_grid == value).any()]
         if mode != "interactive" and len(holders) < 2:
@@ -91,6 +96,9 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                             len(others), size, replace=size > len(others))]
                         channels, prompt_lists = zip(*[simulated_channel(
                             s.labels_on_grid == value, kind, slices, rng, radius) for s in picks])
+                        case += 1
+                        if case % shard[1] != shard[0]:
+                            continue
                         if predictor.refine:
                             mask = full_path(predictor, target, picks, prompt_lists, kind,
                                              mode, value, name)
@@ -99,8 +107,8 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                                                          list(channels), name)
                             mask = predictor.segment_prepared(target.image, target.prepared,
                                                               context).mask
-                        record = {"structure": name, "target": target.name, "context_size": size,
-                                  "prompts_per_image": slices, "draw": draw,
+                        record = {"case": case, "structure": name, "target": target.name,
+                                  "context_size": size, "prompts_per_image": slices, "draw": draw,
                                   "prompts": int(sum(len(p) for p in prompt_lists)),
                                   "dice": dice(sitk.GetArrayFromImage(mask), truth)}
                         if kind == "box" and mode == "icl":
@@ -113,6 +121,12 @@ def evaluate(predictor: Predictor, subjects: List[EvalSubject], names: Dict[int,
                         if progress is not None:
                             progress(f"{name} {target.name} L={size} k={slices} draw {draw}: "
                                      f"Dice {record['dice']:.3f}")
+    return result_of(kind, mode, records)
+
+
+def result_of(kind: str, mode: str, records: List[dict]) -> dict:
+    """An evaluation's result: its records in case order and their summaries."""
+    records = sorted(records, key=lambda record: record["case"])
     return {"kind": kind, "mode": mode, "records": records, "summary": summarise(records)}
 
 
