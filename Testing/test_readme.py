@@ -71,14 +71,22 @@ def every_command() -> list:
 
 
 def test_every_wsicl_command_of_the_readme_parses():
-    """Each ``wsicl`` example uses flags and values the command line accepts."""
+    """Each ``wsicl`` example uses flags and values the command line accepts; each
+    ``torchrun ... -m wsicl.cli ...`` example, those of torchrun and of wsicl."""
     import shlex
+    from torch.distributed.run import get_args_parser
     from wsicl.cli import build_parser
     wsicl_lines = [line for line in every_command() if line.startswith("wsicl ")]
     assert len(wsicl_lines) >= 7
     for line in wsicl_lines:
         for part in line.split(" && "):
             build_parser().parse_args(shlex.split(part)[1:])
+    launches = [shlex.split(line) for line in every_command() if line.startswith("torchrun ")]
+    assert len(launches) >= 2
+    for words in launches:
+        launcher = get_args_parser().parse_args(words[1:])
+        assert launcher.module and launcher.training_script == "wsicl.cli"
+        build_parser().parse_args(launcher.training_script_args)
 
 
 def test_every_script_the_readme_names_exists_and_starts(tmp_path):
