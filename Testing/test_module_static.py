@@ -88,9 +88,9 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 
 NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
                          "wsicl/server.py", "wsicl/service.py", "wsicl/dicomseg.py",
-                         "wsicl/runs.py")
-"""What only ``pip install`` brings: the command line (and its DICOM SEG writer and run
-reports), the demo, the training layer and the server (Slicer ships its client,
+                         "wsicl/runs.py", "wsicl/launch.py")
+"""What only ``pip install`` brings: the command line (and its DICOM SEG writer, run
+reports and torchrun launches), the demo, the training layer and the server (Slicer ships its client,
 ``wsicl/remote.py``)."""
 
 
