@@ -334,12 +334,15 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateSetPanel()
 
     def updateSetPanel(self, *_):
+        """Shows the current set; the selected context volume stays selected (placing or
+        removing a prompt rebuilds the table, and the next prompt goes to that volume)."""
         node = self.currentSet()
         for widget in (self.ui.setNameLineEdit, self.ui.setColorPickerButton,
                        self.ui.promptKindSelector, self.ui.addVolumeButton,
                        self.ui.contextVolumesTable, self.ui.exportSetButton,
                        self.ui.deleteSetButton):
             widget.setEnabled(node is not None)
+        selected = self.selectedContextVolume()
         self.ui.contextVolumesTable.setRowCount(0)
         if node is None:
             return
@@ -353,6 +356,12 @@ class WSICLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for row, entry in enumerate(entries):
             for column, text in enumerate((entry.volume.GetName(), str(entry.prompt_count))):
                 self.ui.contextVolumesTable.setItem(row, column, qt.QTableWidgetItem(text))
+        rows = [row for row, entry in enumerate(entries)
+                if selected is not None and entry.volume is selected.volume]
+        if rows:                                # quietly: the slice views keep their zoom
+            self.ui.contextVolumesTable.blockSignals(True)
+            self.ui.contextVolumesTable.selectRow(rows[0])
+            self.ui.contextVolumesTable.blockSignals(False)
 
     def onNewSet(self):
         with slicer.util.tryWithErrorDisplay("Could not create the context set."):
