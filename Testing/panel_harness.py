@@ -104,27 +104,33 @@ class ctkColorPickerButton(shaped("QPushButton")):
     def color(self, value: QtGui.QColor) -> None:
         if QtGui.QColor(value) != self._color:
             self._color = QtGui.QColor(value)
+            swatch = QtGui.QPixmap(32, 16)
+            swatch.fill(self._color)
+            self.setIcon(QtGui.QIcon(swatch))
             self.colorChanged.emit(self.color)
 
 
 class ctkPathLineEdit(shaped("QWidget")):
-    """A path field: ``currentPath``, ``currentPathChanged`` when it changes."""
+    """A path field (a line edit): ``currentPath``, ``currentPathChanged`` when it
+    changes."""
 
     currentPathChanged = QtCore.Signal(str)
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._path = ""
+        self._field = QtWidgets.QLineEdit(self)
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self._field)
+        self._field.textChanged.connect(self.currentPathChanged.emit)
 
     @property
     def currentPath(self) -> str:
-        return self._path
+        return self._field.text()
 
     @currentPath.setter
     def currentPath(self, value: str) -> None:
-        if value != self._path:
-            self._path = value
-            self.currentPathChanged.emit(value)
+        self._field.setText(value)
 
 
 class qMRMLWidget(shaped("QWidget")):
@@ -358,6 +364,13 @@ def scripted_loadable_module() -> types.ModuleType:
     return module
 
 
+def forget_module() -> None:
+    """Drops the imported module and its panel sections (they import ``qt``)."""
+    for name in [n for n in sys.modules if n == "WSICLSegment" or
+                 n.startswith("WSICLSegmentPanel")]:
+        del sys.modules[name]
+
+
 class Panel:
     """The module's widget, set up on a fresh scene: ``widget``, ``ui`` (its
     ``self.ui``), ``scene``, ``logics``, ``dialogs``; :meth:`close` undoes everything the
@@ -389,7 +402,7 @@ class Panel:
         slicer.util.messageBox = self.dialogs.message_box
         if str(MODULE_FOLDER) not in sys.path:
             sys.path.insert(0, str(MODULE_FOLDER))
-        sys.modules.pop("WSICLSegment", None)
+        forget_module()                       # imported again: it binds this harness's qt
         self.module = importlib.import_module("WSICLSegment")
         self.widget = self.module.WSICLSegmentWidget()
         self.widget.setup()
@@ -431,4 +444,4 @@ class Panel:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
-        sys.modules.pop("WSICLSegment", None)
+        forget_module()

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "WSICLSegment"
 UI_FILE = MODULE / "Resources" / "UI" / "WSICLSegment.ui"
 PYTHON_FILES = sorted(MODULE.rglob("*.py"))
+PANEL_FILES = [MODULE / "WSICLSegment.py", *sorted((MODULE / "WSICLSegmentPanel").glob("*.py"))]
+"""The module and its panel sections: the code that touches the .ui's widgets."""
 
 # Which widget classes offer the attributes the module uses (signals, properties, methods).
 CLASSES_WITH = {
@@ -45,6 +47,7 @@ CLASSES_WITH = {
     "setItem": {"QTableWidget"},
     "itemSelectionChanged": {"QTableWidget", "QListWidget"},
     "horizontalHeader": {"QTableWidget"},
+    "selectRow": {"QTableWidget"},
 }
 
 
@@ -74,15 +77,15 @@ def test_ui_parses_and_has_the_sections():
 
 def test_every_self_ui_name_exists_with_a_compatible_class():
     widgets = ui_widgets()
-    source = (MODULE / "WSICLSegment.py").read_text(encoding="utf-8")
-    uses = re.findall(r"self\.ui\.(\w+)(?:\.(\w+))?", source)
+    source = "".join(path.read_text(encoding="utf-8") for path in PANEL_FILES)
+    uses = re.findall(r"\bui\.(\w+)(?:\.(\w+))?", source)
     assert uses, "the widget uses no self.ui names"
     for name, attribute in uses:
         assert name in widgets, f"self.ui.{name} is not in {UI_FILE.name}"
         if attribute in CLASSES_WITH:
             assert widgets[name] in CLASSES_WITH[attribute], \
                 f"self.ui.{name} is a {widgets[name]}, which has no '{attribute}'"
-        elif attribute not in ("setEnabled", "setVisible", "setMRMLScene", ""):
+        elif attribute not in ("setEnabled", "setVisible", "setMRMLScene", "blockSignals", ""):
             pytest.fail(f"self.ui.{name}.{attribute}: attribute not in the compatibility table")
 
 

@@ -55,7 +55,7 @@ def new_set_with_volume(panel, volume, name: str = "core"):
     panel.ui.addVolumeButton.click()
     table = panel.ui.contextVolumesTable
     table.selectRow(table.rowCount - 1)
-    return panel.widget.currentSet()
+    return panel.widget.sets.currentSet()
 
 
 def draw_box(panel, volume, ijk=(20, 18, 12), size_mm=(16.0, 14.0)):
@@ -76,7 +76,7 @@ def segmentation_nodes(panel) -> list:
 
 
 def finished(panel) -> bool:
-    return not panel.widget.segmentRunning and not panel.widget.worker.busy
+    return not panel.widget.run.segmentRunning and not panel.widget.run.worker.busy
 
 
 # The harness stands for the facts ---------------------------------------------------
@@ -198,6 +198,7 @@ def test_segment_one_target_then_all_then_undo(panel):
     assert panel.ui.segmentButton.text == "Segment" and panel.ui.segmentAllButton.enabled
     assert panel.ui.statusLabel.text == "Done: 1 segment(s) written."
     assert max(progress) == 100 and panel.dialogs.errors() == []
+    assert panel.ui.progressBar.value == 100                        # full once done
     (segmentation,) = segmentation_nodes(panel)
     mask = segment_array(segmentation, "WSICL_core", target)
     assert 0 < mask.sum() < mask.size
@@ -207,10 +208,21 @@ def test_segment_one_target_then_all_then_undo(panel):
     assert len(segmentation_nodes(panel)) == 2
     panel.ui.undoButton.click()
     assert panel.ui.statusLabel.text == "Last run undone." and len(segmentation_nodes(panel)) == 1
+    node = panel.widget.sets.currentSet()
+    panel.ui.useResultButton.click()                 # the (corrected) result as context
+    assert [e.volume for e in sets.context_volumes(node)] == [*context, target]
+    assert sets.context_volumes(node)[2].prompt_count > 0 and panel.dialogs.errors() == []
+    panel.ui.addSegmentButton.click()                               # nothing picked yet
+    assert panel.dialogs.errors()[-1].startswith("Could not add the segment as context.")
+    panel.ui.contextSegmentSelector.setCurrentNode(segmentation)    # a segment by hand,
+    panel.ui.contextSegmentSelector.setCurrentSegmentID("WSICL_core")  # for "other"
+    panel.ui.volumeSelector.setCurrentNode(other)
+    panel.ui.addSegmentButton.click()
+    assert sets.context_volumes(node)[-1].volume is other and len(panel.dialogs.errors()) == 1
     panel.ui.undoButton.click()
+    assert panel.ui.statusLabel.text == "Last run undone." and segmentation_nodes(panel) == []
     panel.ui.undoButton.click()
-    assert panel.ui.statusLabel.text == "Nothing to undo." and segmentation_nodes(panel) == []
-    assert other.GetName() == "other"
+    assert panel.ui.statusLabel.text == "Nothing to undo."
 
 
 def test_cancel_stops_a_run_and_leaves_the_scene_unchanged(panel):
@@ -225,6 +237,7 @@ def test_cancel_stops_a_run_and_leaves_the_scene_unchanged(panel):
     assert panel.ui.statusLabel.text == "Cancelling..."
     panel.pump(lambda: finished(panel))
     assert panel.ui.statusLabel.text == "Cancelled; the scene is unchanged."
+    assert panel.ui.progressBar.value == 0
     assert panel.scene.GetNumberOfNodes() == nodes_before and panel.dialogs.errors() == []
 
 
@@ -234,18 +247,18 @@ def test_interactive_mode_follows_a_moved_box_once_it_rests(panel):
     roi = draw_box(panel, volume)
     history = lambda: len(panel.widget.logic.lib.history)  # noqa: E731
     panel.ui.interactiveButton.checked = True
-    panel.pump(lambda: history() == 1 and not panel.widget.worker.busy)
+    panel.pump(lambda: history() == 1 and not panel.widget.run.worker.busy)
     assert panel.ui.segmentButton.text == "Segment"                 # Segment left alone
     centre = list(roi.GetCenter())
     for step in range(5):                                           # a drag: five moves
         roi.SetCenter(centre[0] + step, centre[1], centre[2])
-    panel.pump(lambda: history() == 2 and not panel.widget.worker.busy)
+    panel.pump(lambda: history() == 2 and not panel.widget.run.worker.busy)
     panel.run_events(1.0)
     assert history() == 2                                           # one run for the drag
     panel.ui.interactiveButton.checked = False
     roi.SetCenter(*centre)
     panel.qapp.processEvents()
-    assert not panel.widget.interactiveTimer.isActive()
+    assert not panel.widget.run.interactiveTimer.isActive()
 
 
 def test_settings_are_saved_with_the_scene_and_in_qsettings(panel, tmp_path):
@@ -309,7 +322,7 @@ def test_errors_are_one_message_and_nothing_is_half_done(panel, tmp_path):
     panel.ui.segmentButton.click()                                  # no context set
     assert len(panel.dialogs.errors()) == 1
     assert panel.dialogs.errors()[0].startswith("Could not start segmenting.")
-    assert not panel.widget.segmentRunning
+    assert not panel.widget.run.segmentRunning
     context = add_volume(panel, 1, "context")
     new_set_with_volume(panel, context)                             # a set without prompts
     panel.ui.segmentButton.click()

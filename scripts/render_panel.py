@@ -1,85 +1,59 @@
-"""Renders the panel's .ui to a PNG for the README (no Slicer needed).
+"""Renders the Slicer panel for the README after a scripted use of it.
 
-Usage: ``QT_QPA_PLATFORM=offscreen python scripts/render_panel.py OUT.png`` with PySide6.
+Usage: ``python scripts/render_panel.py OUT.png`` (needs the test dependencies: PySide6,
+slicer-core).
 
-The CTK and MRML widgets are drawn by Qt stand-ins (collapsible buttons as group boxes,
-node selectors as combo boxes), filled with example content, so the picture shows the
-layout and wording of the real panel, not its exact look.
+The real widget runs in the test harness (``Testing/panel_harness.py``: PySide6 offscreen,
+shaped as PythonQt, on a real MRML scene). The script imports the demo's liver context set
+(boxes on the sample CT) with the panel's Import button, adds the sample MR, picks it as
+target, presses Segment and waits for the bundled box model's result, then saves the
+panel. CTK and MRML widgets are drawn by the harness's Qt stand-ins, so the picture shows
+the real panel's state and wording, not its exact look.
 """
+import argparse
 import sys
-import xml.etree.ElementTree as ElementTree
+import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice
-from PySide6.QtUiTools import QUiLoader
-from PySide6.QtWidgets import QApplication, QWidget, QComboBox, QLineEdit, QListWidget, QTableWidget, QTableWidgetItem
-
-UI = Path(__file__).resolve().parent.parent / "WSICLSegment" / "Resources" / "UI" / "WSICLSegment.ui"
-STAND_INS = {"ctkCollapsibleButton": "QGroupBox", "ctkColorPickerButton": "QPushButton",
-             "ctkPathLineEdit": "QLineEdit", "qMRMLNodeComboBox": "QComboBox",
-             "qMRMLWidget": "QWidget", "qMRMLSegmentSelectorWidget": "QComboBox"}
-
-
-def stand_in_ui() -> bytes:
-    tree = ElementTree.parse(UI)
-    for widget in tree.iter("widget"):
-        if widget.get("class") == "ctkCollapsibleButton":
-            for prop in widget.findall("property"):
-                if prop.get("name") == "text":
-                    prop.set("name", "title")
-        widget.set("class", STAND_INS.get(widget.get("class"), widget.get("class")))
-        for prop in list(widget.findall("property")):
-            if prop.get("name") in ("nodeTypes", "addEnabled", "removeEnabled", "noneEnabled"):
-                widget.remove(prop)
-    root = tree.getroot()
-    for section in ("customwidgets", "connections"):
-        for element in root.findall(section):
-            root.remove(element)
-    return ElementTree.tostring(root)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "Testing"), str(ROOT / "WSICLSegment")]
 
 
 def main(output: Path) -> None:
-    app = QApplication([])
-    buffer = QBuffer()
-    buffer.setData(QByteArray(stand_in_ui()))
-    buffer.open(QIODevice.ReadOnly)
-    loader = QUiLoader()
-    panel = loader.load(buffer)
-    find = lambda cls, name: panel.findChild(cls, name)  # noqa: E731
-    find(QComboBox, "modelSelector").addItems(["Bundled box model (CPU friendly)"])
-    find(QComboBox, "deviceSelector").addItems(["auto"])
-    find(QComboBox, "refineSelector").addItems(["As the model was trained"])
-    find(QComboBox, "precisionSelector").addItems(
-        ["Automatic (bfloat16 where the hardware has it)"])
-    find(QComboBox, "contextKindSelector").addItems(["As the file says"])
-    find(QComboBox, "runOnSelector").addItems(["Server"])       # as the panel shows it then:
-    find(QLineEdit, "serverUrlLineEdit").setText("http://127.0.0.1:8000")
-    find(QLineEdit, "serverTokenLineEdit").setText("x" * 43)
-    for name in ("deviceSelector", "precisionSelector", "miniContextSpinBox"):
-        panel.findChild(QWidget, name).setEnabled(False)     # the server's apply
-    panel.findChild(QWidget, "deviceWarningLabel").setVisible(False)
-    find(QComboBox, "contextSegmentSelector").addItems(["CT case 2 segmentation: liver"])
-    find(QComboBox, "promptKindSelector").addItems(["box"])
-    find(QComboBox, "volumeSelector").addItems(["CT case 2"])
-    find(QComboBox, "targetSelector").addItems(["MR case 7"])
-    find(QLineEdit, "setNameLineEdit").setText("liver")
-    find(QListWidget, "contextSetList").addItems(["liver (box)", "spleen (box)"])
-    table = panel.findChild(QTableWidget, "contextVolumesTable")
-    table.setRowCount(2)
-    for row, (name, count) in enumerate([("CT case 1", "5"), ("CT case 2", "3")]):
-        table.setItem(row, 0, QTableWidgetItem(name))
-        table.setItem(row, 1, QTableWidgetItem(count))
-    panel.findChild(QWidget, "detectedDeviceLabel").setText(
-        "detected: cpu; CPU bfloat16: native")
-    panel.findChild(QWidget, "installButton").setVisible(False)
-    panel.findChild(QWidget, "progressBar").setValue(40)
-    panel.findChild(QWidget, "statusLabel").setText("liver in MR case 7: 3/5 context images")
-    panel.findChild(QWidget, "segmentButton").setText("Cancel")
-    panel.resize(460, 940)
-    panel.show()
-    app.processEvents()
-    panel.grab().save(str(output))
+    import SimpleITK as sitk
+    from panel_harness import Panel
+    from wsicl import load_model
+    from wsicl.demo import run_demo
+    from wsicl.predictor import Predictor
+    from WSICLSegmentLib.volumes import image_to_volume
+    work = Path(tempfile.mkdtemp(prefix="wsicl-panel-"))
+    run_demo(work / "demo", Predictor(load_model("box"), "cpu", precision="fp32"),
+             say=lambda line: None)
+    panel = Panel(work / "settings")
+    try:
+        panel.ui.deviceSelector.setCurrentText("cpu")
+        panel.dialogs.answers.append(str(work / "demo" / "context_liver.json"))
+        panel.ui.importSetButton.click()
+        target = panel.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR case 7")
+        target.CreateDefaultDisplayNodes()
+        image_to_volume(sitk.ReadImage(str(work / "demo" / "example_mr_sm.nii.gz")), target)
+        panel.ui.contextVolumesTable.selectRow(0)
+        panel.ui.targetSelector.setCurrentNode(target)
+        panel.ui.segmentButton.click()
+        panel.pump(lambda: not panel.widget.run.segmentRunning, timeout_s=300)
+        if panel.dialogs.errors():
+            raise SystemExit(f"the scripted run failed: {panel.dialogs.errors()}")
+        view = panel.widget.parent
+        view.resize(460, 1000)
+        view.show()
+        panel.run_events(0.5)
+        view.grab().save(str(output))
+        print(f"wrote {output} ({panel.ui.statusLabel.text})")
+    finally:
+        panel.close()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", type=Path, help="the PNG to write")
+    main(parser.parse_args().output)
