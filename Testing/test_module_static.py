@@ -64,7 +64,8 @@ def test_every_module_file_parses_as_python_3_9(path):
 
 def test_engine_imports_no_slicer_qt_or_vtk():
     pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk)\b", re.MULTILINE)
-    offenders = [p.name for p in (MODULE / "wsicl").rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    offenders = [p.name for p in (MODULE / "wsicl").rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
@@ -90,11 +91,11 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 
 
 NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
-                         "wsicl/server.py", "wsicl/service.py", "wsicl/dicomseg.py",
+                         "wsicl/server/app.py", "wsicl/server/service.py", "wsicl/dicomseg.py",
                          "wsicl/runs.py", "wsicl/launch.py")
 """What only ``pip install`` brings: the command line (and its DICOM SEG writer, run
-reports and torchrun launches), the demo, the training layer and the server (Slicer ships its client,
-``wsicl/remote.py``)."""
+reports and torchrun launches), the demo, the training layer and the server (Slicer ships
+its client, ``wsicl/server/client.py``, and the wire format)."""
 
 
 def slicer_scripts() -> set:
@@ -103,7 +104,8 @@ def slicer_scripts() -> set:
 
 
 def test_module_cmake_lists_exactly_what_slicer_runs():
-    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "WSICLSegment")
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace(
+        "${MODULE_NAME}", "WSICLSegment")
     listed = set(re.findall(r"^\s+(\S+\.py)$", cmake, re.MULTILINE))
     assert slicer_scripts() == listed
     for resource in re.findall(r"^\s+(\S+\.(?:png|ui|gz|md|pt))$", cmake, re.MULTILINE):

@@ -25,8 +25,8 @@ from conftest import CPU_FP32, make_image, rotation_direction
 from served import BOX, TOKEN, ServerProcess, blob, write_served_model, write_token
 from wsicl import Box, Cancelled, ContextSet, Predictor
 from wsicl.cli import main
-from wsicl.remote import RemoteError, RemotePredictor, check_server
-from wsicl.service import Service, VolumeStore
+from wsicl.server.client import RemoteError, RemotePredictor, check_server
+from wsicl.server.service import Service, VolumeStore
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ class InProcessServer:
                  max_upload_bytes: int = 2 ** 30, folder: Path = None,
                  protocol: type = None) -> None:
         import uvicorn
-        from wsicl.server import create_app, listening_socket
+        from wsicl.server.app import create_app, listening_socket
         self.socket = listening_socket("127.0.0.1", 0, token)
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         app = create_app(service, token, max_upload_bytes, folder)

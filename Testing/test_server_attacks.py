@@ -24,9 +24,9 @@ import SimpleITK as sitk
 from served import BOX, TOKEN, ServerProcess, blob, write_served_model, write_token
 from test_server import Gated, InProcessServer, raw
 from wsicl.cli import main
-from wsicl.remote import RemotePredictor, check_server
-from wsicl.server import BoundedProtocol, HEADER_SECONDS, write_new_token
-from wsicl.service import MAX_CONTEXT_ENTRIES, MAX_PROMPTS, Service
+from wsicl.server.client import RemotePredictor, check_server
+from wsicl.server.app import BoundedProtocol, HEADER_SECONDS, write_new_token
+from wsicl.server.service import MAX_CONTEXT_ENTRIES, MAX_PROMPTS, Service
 
 MB = 2 ** 20
 

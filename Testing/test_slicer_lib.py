@@ -20,7 +20,7 @@ from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E4
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
 from wsicl import Cancelled  # noqa: E402
 from wsicl.contextfile import read_context_file  # noqa: E402
-from wsicl.remote import RemoteError, RemotePredictor  # noqa: E402
+from wsicl.server.client import RemoteError, RemotePredictor  # noqa: E402
 from served import TOKEN, ServerProcess, write_served_model, write_token  # noqa: E402
 
 AWKWARD = [rotation_direction(23.0, axis=2), (-1, 0, 0, 0, 1, 0, 0, 0, -1),

@@ -112,11 +112,11 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
                 token: Optional[str] = None) -> dict:
         """Segments every target with every context set; returns ``{volume name:
         segmentation node}``. Blocks until done; undone by :meth:`undoLast`. ``precision``:
-        ``"auto"`` (bfloat16 where native), ``"fp32"`` or ``"bf16"``; ``refine``: work at the structure's scale (None: as the
-        model was trained); ``contextKinds``: what the model reads (box, point, mask) when
-        its file does not say; ``server``: a ``wsicl serve`` URL to run on (``token``: its
-        bearer token; ``model`` names one of its models). Weights stay loaded between calls
-        with the same settings."""
+        ``"auto"`` (bfloat16 where native), ``"fp32"`` or ``"bf16"``; ``refine``: work at the
+        structure's scale (None: as the model was trained); ``contextKinds``: what the
+        model reads (box, point, mask) when its file does not say; ``server``: a ``wsicl
+        serve`` URL to run on (``token``: its bearer token; ``model`` names one of its
+        models). Weights stay loaded between calls with the same settings."""
         from WSICLSegmentLib.settings import RunSettings
         settings = RunSettings(model, device, miniContext, precision, refine, contextKinds,
                                server)
@@ -125,7 +125,7 @@ class WSICLSegmentLogic(ScriptedLoadableModuleLogic):
     def testConnection(self, url: str, token: Optional[str] = None) -> str:
         """One line saying what the server at ``url`` runs; raises with the reason if it
         cannot be used."""
-        from wsicl.remote import check_server
+        from wsicl.server.client import check_server
         return check_server(url, token)
 
     def undoLast(self) -> bool:

@@ -22,7 +22,7 @@ from typing import Tuple
 import SimpleITK as sitk
 
 import wsicl
-from wsicl.remote import RemotePredictor
+from wsicl.server.client import RemotePredictor
 
 DATA = Path(wsicl.__file__).parent / "data"
 

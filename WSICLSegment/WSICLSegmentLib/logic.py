@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 import wsicl
 from wsicl.checkpoints import BUNDLED_NOTES
-from wsicl.remote import RemotePredictor, served_name
+from wsicl.server.client import RemotePredictor, served_name
 
 from . import context_sets as sets
 from .segments import SegmentWrite, undo, write_structure

@@ -12,7 +12,7 @@ import traceback
 from typing import Any, Callable, Optional, Tuple
 
 from wsicl.device import OutOfMemory
-from wsicl.remote import RemoteError
+from wsicl.server.client import RemoteError
 
 
 class State(enum.Enum):
@@ -28,7 +28,7 @@ def describe_failure(error: BaseException) -> Tuple[str, str]:
 
     Problems with the input, the files, the machine or the server (the engine's errors
     derive from ValueError, OSError, :class:`wsicl.device.OutOfMemory` or
-    :class:`wsicl.remote.RemoteError`) carry their own sentence with the remedy; anything
+    :class:`wsicl.server.client.RemoteError`) carry their own sentence with the remedy; anything
     else is a bug, said as such.
     """
     details = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -72,7 +72,8 @@ def kinds_argument(text: str) -> List[str]:
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", formatter_class=HelpWithDefaults, help="run the bundled model on the bundled sample data",
+        "demo", formatter_class=HelpWithDefaults,
+        help="run the bundled model on the bundled sample data",
         description="Segment the liver of the sample MR from boxes on the sample CT (in "
                     "context) and from boxes on the MR itself (interactive); write the masks "
                     "and an overview PNG and print Dice against the sample labels.")
@@ -471,7 +472,8 @@ class _progress_bar:
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", formatter_class=HelpWithDefaults, help="paper-style evaluation on an nnU-Net-layout dataset",
+        "evaluate", formatter_class=HelpWithDefaults,
+        help="paper-style evaluation on an nnU-Net-layout dataset",
         description="Segment every subject of every structure with random context draws and "
                     "simulated prompts; print a Dice table, write JSON and PNG plots.")
     parser.add_argument("--dataset", required=True, type=Path, metavar="DIR",
@@ -522,7 +524,7 @@ def make_predictor(args: argparse.Namespace):
 
 
 def remote_predictor(args: argparse.Namespace):
-    from .remote import RemotePredictor, read_token, served_name
+    from .server.client import RemotePredictor, read_token, served_name
     token = read_token(args.token_file) if args.token_file else None
     return RemotePredictor(args.server, token, served_name(args.model), refine=args.refine,
                            prompt_kinds=args.context_kind)
@@ -530,7 +532,8 @@ def remote_predictor(args: argparse.Namespace):
 
 def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", formatter_class=HelpWithDefaults, help="serve the network over HTTP (for Slicer and `segment --server`)",
+        "serve", formatter_class=HelpWithDefaults,
+        help="serve the network over HTTP (for Slicer and `segment --server`)",
         description="Keep models loaded and segment for clients over HTTP (needs "
                     "`pip install '.[server]'` in the checkout). Listens on loopback unless "
                     "--host says otherwise; any other address needs a token. See the README "
@@ -562,14 +565,14 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        from .server import listening_socket, read_server_token, serve, write_new_token
+        from .server.app import listening_socket, read_server_token, serve, write_new_token
     except ImportError as error:
         raise ValueError(f"the server needs extra packages ({error.name} is missing); "
                          "install them from the checkout with: pip install '.[server]'"
                          ) from None
     from .predictor import Predictor
-    from .remote import served_name
-    from .service import Service
+    from .server.client import served_name
+    from .server.service import Service
     token = read_server_token(args.token_file) if args.token_file else None
     if args.new_token:
         token = write_new_token(args.new_token)

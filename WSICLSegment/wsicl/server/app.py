@@ -10,9 +10,9 @@ server has one; ``/openapi.json`` describes them):
   file; answers ``{"id": ...}`` (201). Its header is checked before any voxel is read
   (:func:`wsicl.imageio.read_image` with ``untrusted``); the file only passes through the
   server's private temporary folder, under a random name.
-* ``POST /v1/jobs?wait=S``: a job request (:mod:`wsicl.service`); answers its state (202).
+* ``POST /v1/jobs?wait=S``: a job request (:mod:`wsicl.server.service`); answers its state (202).
 * ``GET /v1/jobs/{id}?wait=S``: its state, once changed or after ``S`` seconds.
-* ``GET /v1/jobs/{id}/mask?wait=S``: 200 with the mask (:func:`wsicl.wire.mask_to_bytes`)
+* ``GET /v1/jobs/{id}/mask?wait=S``: 200 with the mask (:func:`wsicl.server.wire.mask_to_bytes`)
   once done; 202 with the state while not; 409 cancelled; 422/500 failed (state JSON).
 * ``DELETE /v1/jobs/{id}``: cancel.
 
@@ -47,8 +47,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import __version__
-from .imageio import TooLarge, read_image
+from .. import __version__
+from ..imageio import TooLarge, read_image
 from .service import Busy, Job, Service, ServiceError, scrub
 from .wire import API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, UPLOAD_FORMATS
 
@@ -361,7 +361,7 @@ def read_server_token(path: Path) -> str:
     """The token a server is started with: the file must be private to its owner (on
     POSIX systems) and the token at least :data:`TOKEN_CHARS` characters; a ValueError
     says how to fix either."""
-    from .remote import read_token
+    from .client import read_token
     path = Path(path).expanduser()
     token = read_token(path)
     mode = path.stat().st_mode & 0o777

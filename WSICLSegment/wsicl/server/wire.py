@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .context import Box, Point
-from .contextfile import read_coordinates
+from ..context import Box, Point
+from ..contextfile import read_coordinates
 
 API = "/v1"
 UPLOAD_FORMATS = ("mha", "nrrd", "nii", "nii.gz")

@@ -17,7 +17,7 @@ A job request is JSON (see :func:`parse_job`)::
      "boxes": [...], "points": [...],              # interactive: prompts on the target
      "refine": null | true | false, "prompt_kinds": null | ["box"]}
 
-with boxes and points as in :mod:`wsicl.wire`.
+with boxes and points as in :mod:`wsicl.server.wire`.
 """
 import dataclasses
 import logging
@@ -35,10 +35,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import SimpleITK as sitk
 
-from . import __version__
-from .context import ContextEntry, ContextSet, check_kinds
-from .contextfile import check_object
-from .predictor import Cancelled, Predictor
+from .. import __version__
+from ..context import ContextEntry, ContextSet, check_kinds
+from ..contextfile import check_object
+from ..predictor import Cancelled, Predictor
 from .wire import boxes_from_json, mask_to_bytes, points_from_json
 
 KEEP_FINISHED = 64

@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from .context import Box, ContextSet, Point, check_kinds
-from .geometry import image_digest
-from .predictor import (CancelCheck, Cancelled, Predictor, ProgressCallback, Segmentation,
+from ..context import Box, ContextSet, Point, check_kinds
+from ..geometry import image_digest
+from ..predictor import (CancelCheck, Cancelled, Predictor, ProgressCallback, Segmentation,
                         check_cancel)
 from .wire import (API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, boxes_to_json,
                    mask_from_bytes, points_to_json)
