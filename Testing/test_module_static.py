@@ -92,10 +92,10 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 
 NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
                          "wsicl/server/app.py", "wsicl/server/service.py", "wsicl/dicomseg.py",
-                         "wsicl/runs.py", "wsicl/launch.py")
+                         "wsicl/runs.py", "wsicl/launch.py", "wsicl/server/page.py")
 """What only ``pip install`` brings: the command line (and its DICOM SEG writer, run
-reports and torchrun launches), the demo, the training layer and the server (Slicer ships
-its client, ``wsicl/server/client.py``, and the wire format)."""
+reports and torchrun launches), the demo, the training layer and the server with its
+browser page (Slicer ships its client, ``wsicl/server/client.py``, and the wire format)."""
 
 
 def slicer_scripts() -> set:

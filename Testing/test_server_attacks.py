@@ -392,3 +392,25 @@ def test_sigterm_stops_the_server_cleanly_and_removes_its_folder(model_file, tmp
     running.process.terminate()
     assert running.process.wait(20) == 0
     assert not [p for p in temporary.iterdir() if p.name.startswith("wsicl-serve-")]
+
+
+# 9. The browser page
+
+def test_the_page_is_public_but_only_its_own_files_and_never_the_api(server):
+    """The page's files load without a token (they hold no data), each with a strict CSP;
+    nothing else does: not another file, not a path that climbs out, not the API, not a
+    POST to the page; and a query cannot change what the page says."""
+    from wsicl.server.page import PAGE_FILES, WEB_FOLDER
+    for path, (name, media_type) in PAGE_FILES.items():
+        status, headers, body = raw(server.url + path, token="")
+        assert status == 200 and headers["Content-Type"] == media_type, path
+        assert body == (WEB_FOLDER / name).read_bytes()
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/web/../page.py", "/web/%2e%2e/page.py", "/web/index.html", "/v1/info",
+                 "/openapi.json", "/web/app.js/"):
+        assert raw(server.url + path, token="")[0] == 401, path
+    assert raw(server.url + "/", "POST", b"{}", token="")[0] == 401
+    status, _, body = raw(server.url + "/?body=<script>alert(1)</script>&media_type=x",
+                          token="")
+    assert status == 200 and b"alert(1)" not in body

@@ -16,6 +16,10 @@ server has one; ``/openapi.json`` describes them):
   once done; 202 with the state while not; 409 cancelled; 422/500 failed (state JSON).
 * ``DELETE /v1/jobs/{id}``: cancel.
 
+The browser page (:mod:`wsicl.server.page`) is served at ``/``, public like a login page:
+its files hold no data, and it reaches the server's data through the API above with the
+token the user types.
+
 Errors are JSON ``{"detail": message}``; a full queue answers 503 with Retry-After.
 
 Threat model (the README's server section says the same for users): whoever can reach the
@@ -49,6 +53,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
 from ..imageio import TooLarge, read_image
+from .page import HEADERS as PAGE_HEADERS, PAGE_FILES, page_file
 from .service import Busy, Job, Service, ServiceError, scrub
 from .wire import API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, UPLOAD_FORMATS
 
@@ -105,7 +110,8 @@ class Guard:
                                      "localhost or a loopback address; connect to it as such "
                                      "(an SSH tunnel or proxy must pass Host: localhost)",
                                 scope, receive, send)
-        if self.token is not None and path != f"{API}/health" and \
+        public = path == f"{API}/health" or (path in PAGE_FILES and scope["method"] == "GET")
+        if self.token is not None and not public and \
                 not self.authorised(headers.get(b"authorization", b"")):
             return await refuse(401, "missing or wrong bearer token", scope, receive, send,
                                 {"WWW-Authenticate": "Bearer"})
@@ -264,7 +270,19 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
     async def cancel(job_id: str) -> Dict[str, Any]:
         return service.cancel(job_id).describe()
 
+    for url_path in PAGE_FILES:                 # the browser page (public, no data)
+        app.add_api_route(url_path, _page_endpoint(*page_file(url_path)), methods=["GET"],
+                          include_in_schema=False)
+
     return Guard(app, token, max_upload_bytes, loopback)
+
+
+def _page_endpoint(body: bytes, media_type: str) -> Callable[[], Any]:
+    """An endpoint answering one of the page's files; it takes no parameters, so nothing
+    a request carries can reach the answer."""
+    async def answer() -> Response:
+        return Response(body, 200, PAGE_HEADERS, media_type=media_type)
+    return answer
 
 
 def _read_upload(path: Path, max_bytes: int):

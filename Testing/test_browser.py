@@ -1,0 +1,184 @@
+"""The browser page of ``wsicl serve`` in a real Chromium: Debian's ``chromium`` and
+``chromium-driver`` (``.ci/run`` installs them), headless, WebGL2 through SwiftShader,
+driven by Selenium; a ``wsicl serve`` on loopback with a tiny model, started here.
+
+The page is used as a user would: token typed, two volumes opened through the file input,
+a box dragged on a slice (mouse events on the canvas), the other volume segmented; its
+overlay must hold the voxels the Python client gets for the same request, and the
+downloaded mask the same again."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+webdriver = pytest.importorskip("selenium.webdriver")
+if not (shutil.which("chromium") and shutil.which("chromedriver")):
+    pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs "
+                "them)", allow_module_level=True)
+
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+from served import TOKEN, ServerProcess, blob, write_served_model, write_token  # noqa: E402
+from wsicl import Box, ContextSet  # noqa: E402
+from wsicl.server.client import RemotePredictor  # noqa: E402
+
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader",
+                  "--enable-unsafe-swiftshader", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-quic", "--window-size=1400,900"]
+"""Headless, WebGL2 in software, and no connection but to the page's own server."""
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A loopback ``wsicl serve`` (tiny model ``tiny``, a token) and two volumes."""
+    model = write_served_model(tmp_path / "tiny.pt")
+    for seed, name in ((0, "context.nii.gz"), (3, "target.nii.gz")):
+        sitk.WriteImage(blob(seed), str(tmp_path / name))
+    server = ServerProcess("--port", "0", "--model", str(model), "--token-file",
+                           str(write_token(tmp_path)))
+    yield server, tmp_path
+    server.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = Options()
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    (tmp_path / "downloads").mkdir()
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(tmp_path / "downloads"),
+        "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, timeout_s: float = 60.0):
+    try:
+        return WebDriverWait(driver, timeout_s).until(lambda d: condition(d))
+    except TimeoutException:
+        raise AssertionError(f"not reached in {timeout_s} s; status: "
+                             f"{driver.find_element(By.ID, 'status').text!r}, errors: "
+                             f"{[e.text for e in driver.find_elements(By.CLASS_NAME, 'error')]}")
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def open_page(driver, url: str, token: str) -> None:
+    driver.get(url + "/")
+    wait_for(driver, lambda d: d.execute_script("return Boolean(window.wsicl)"))
+    driver.find_element(By.ID, "tokenInput").send_keys(token)
+    driver.find_element(By.ID, "tokenButton").click()
+
+
+def open_volumes(driver, folder: Path) -> None:
+    wait_for(driver, lambda d: d.find_element(By.ID, "workspace").is_displayed())
+    driver.find_element(By.ID, "fileInput").send_keys(
+        f"{folder / 'context.nii.gz'}\n{folder / 'target.nii.gz'}")
+    wait_for(driver, lambda d: d.execute_script("return window.wsicl.state.volumes.length") == 2)
+
+
+def draw_box(driver) -> None:
+    """A drag across the middle of the axial view of the shown volume."""
+    Select(driver.find_element(By.ID, "viewSelect")).select_by_value("axial")
+    canvas = driver.find_element(By.ID, "viewer")
+    width, height = canvas.size["width"], canvas.size["height"]
+    step = (int(width * 0.05), int(height * 0.05))
+    ActionChains(driver).move_to_element_with_offset(canvas, -2 * step[0], -2 * step[1]) \
+        .click_and_hold().move_by_offset(*step).move_by_offset(*step).move_by_offset(*step) \
+        .release().perform()
+
+
+def exported(driver) -> dict:
+    return json.loads(driver.execute_script(
+        "return JSON.stringify(window.wsicl.exportSet(window.wsicl.currentSet()))"))
+
+
+def test_the_page_segments_a_target_as_the_python_client_does(served, browser):
+    server, folder = served
+    open_page(browser, server.url, TOKEN)
+    open_volumes(browser, folder)
+    browser.find_element(By.ID, "setName").clear()
+    browser.find_element(By.ID, "setName").send_keys("core")
+    browser.find_element(By.ID, "newSetButton").click()
+    draw_box(browser)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#promptList li")) == 1)
+    document = exported(browser)
+    ((entry,),) = [document["context"]]
+    ((low, high),) = [(b["min"], b["max"]) for b in entry["boxes"]]
+    assert entry["image"] == "context.nii.gz" and document["coordinates"] == "RAS"
+    assert sum(a != b for a, b in zip(low, high)) == 2                # a 2D box on a slice
+    browser.find_elements(By.CSS_SELECTOR, "#volumeList .name")[1].click()   # the target
+    browser.find_element(By.ID, "segmentButton").click()
+    wait_for(browser, lambda d: text(d, "status").startswith("Done"))
+    overlay = np.array(browser.execute_script(
+        "return Array.from(window.wsicl.state.volumes[1].results['core'].img)"))
+    context = ContextSet(name="core").add(sitk.ReadImage(str(folder / "context.nii.gz")),
+                                          [Box(tuple(low), tuple(high), "RAS")])
+    expected = sitk.GetArrayFromImage(RemotePredictor(server.url, TOKEN, "tiny").segment(
+        sitk.ReadImage(str(folder / "target.nii.gz")), context).mask)
+    assert 0 < expected.sum() < expected.size
+    assert np.array_equal(overlay, expected.ravel())                  # voxel for voxel
+    browser.find_element(By.ID, "downloadButton").click()
+    download = folder / "downloads" / "target_core.nii.gz"
+    wait_for(browser, lambda d: download.exists() and download.stat().st_size > 0)
+    time.sleep(0.5)
+    saved = sitk.ReadImage(str(download))
+    assert np.array_equal(sitk.GetArrayFromImage(saved).astype(np.uint8), expected)
+    assert np.allclose(saved.GetOrigin(), sitk.ReadImage(str(folder / "target.nii.gz"))
+                       .GetOrigin(), atol=1e-4)
+    browser.find_element(By.ID, "undoButton").click()
+    assert browser.execute_script("return Object.keys(window.wsicl.state.volumes[1].results)"
+                                  ) == []
+    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []                            # no CSP violation, no failed request
+
+
+def test_a_wrong_token_is_one_sentence_beside_the_field_and_shows_nothing(served, browser):
+    server, _ = served
+    open_page(browser, server.url, "not-the-token-" + "x" * 30)
+    wait_for(browser, lambda d: text(d, "tokenError"))
+    assert text(browser, "tokenError") == \
+        "The server refused the token; check it and connect again."
+    assert not browser.find_element(By.ID, "workspace").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('wsicl-token')") is None
+    headers = browser.execute_script(
+        "const r = await fetch('/'); return r.headers.get('content-security-policy')")
+    assert "script-src 'self'" in headers and "default-src 'none'" in headers
+
+
+def test_cancel_stops_a_run_and_changes_nothing(served, browser):
+    server, folder = served
+    for copy in range(3):
+        shutil.copy(folder / "target.nii.gz", folder / f"more{copy}.nii.gz")
+    open_page(browser, server.url, TOKEN)
+    open_volumes(browser, folder)
+    browser.find_element(By.ID, "fileInput").send_keys(
+        "\n".join(str(folder / f"more{copy}.nii.gz") for copy in range(3)))
+    wait_for(browser, lambda d: d.execute_script("return window.wsicl.state.volumes.length") == 5)
+    browser.find_element(By.ID, "newSetButton").click()
+    draw_box(browser)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#promptList li")) == 1)
+    browser.find_element(By.ID, "segmentAllButton").click()
+    browser.find_element(By.ID, "cancelButton").click()
+    wait_for(browser, lambda d: text(d, "status") == "Cancelled; nothing changed.")
+    assert browser.execute_script(
+        "return window.wsicl.state.volumes.map(v => Object.keys(v.results).length)") == \
+        [0] * 5
+    assert browser.find_element(By.ID, "segmentAllButton").is_enabled()

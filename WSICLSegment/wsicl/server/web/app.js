@@ -1,0 +1,650 @@
+"use strict";
+// WSICL in the browser. Volumes open in NiiVue; context sets of 2D boxes (drag on a slice)
+// or points (click) are drawn on them; the `wsicl serve` this page came from segments the
+// targets. The page talks only to that server's API, with the token typed once and kept
+// for this tab (sessionStorage). Coordinates sent are RAS millimetres, as NiiVue reports
+// them; a result mask comes back in the uploaded file's voxel order, which is the order
+// NiiVue keeps an image's voxels in, so it overlays its volume voxel for voxel.
+
+const API = "/v1";
+const INTERACTIVE_DELAY_MS = 400;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: sessionStorage.getItem("wsicl-token") || "",
+  info: null,
+  volumes: [],      // {name, file, format, image, role, serverId, results: {set name: NVImage}}
+  sets: [],         // {name, colour, kind, prompts: {volume name: [prompt]}}
+  currentSet: -1,
+  shown: null,
+  run: null,        // {cancelled, jobId}
+  history: [],      // per run: [{volume, set, previous}]
+  interactiveTimer: null,
+};
+
+const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true,
+                               dragAndDropEnabled: false, isColorbar: false,
+                               crosshairWidth: 0.2, crosshairColor: [0.3, 0.8, 1, 0.7] });
+
+// --- the server --------------------------------------------------------------------
+
+class ServerError extends Error {}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(API + path, { ...options, headers: {
+      ...(options.headers || {}), Authorization: `Bearer ${state.token}` } });
+  } catch (error) {
+    throw new ServerError(error instanceof TypeError && /header/i.test(error.message)
+      ? "The token holds characters a browser cannot send; check it."
+      : "The server cannot be reached; is wsicl serve still running?");
+  }
+  if (response.status === 401) {
+    throw new ServerError("The server refused the token; check it and connect again.");
+  }
+  if (!response.ok) {
+    let detail = `${response.status} ${response.statusText}`;
+    try {
+      const body = await response.json();
+      detail = body.detail || body.error || detail;
+    } catch (ignored) { /* not JSON */ }
+    throw new ServerError(detail);
+  }
+  return response;
+}
+
+async function connect() {
+  showError("tokenError", "");
+  state.token = $("tokenInput").value.trim() || state.token;
+  try {
+    state.info = await (await api("/info")).json();
+  } catch (error) {
+    sessionStorage.removeItem("wsicl-token");
+    $("workspace").hidden = true;
+    showError("tokenError", error.message);
+    return;
+  }
+  sessionStorage.setItem("wsicl-token", state.token);
+  $("tokenInput").value = "";
+  $("tokenSection").hidden = true;
+  $("workspace").hidden = false;
+  $("serverInfo").textContent =
+    `${state.info.version} on ${state.info.device} (${state.info.precision})`;
+  render();
+}
+
+function modelFor(kind) {
+  const models = Object.entries(state.info.models);
+  const match = models.find(([, model]) => (model.prompt_kinds || []).includes(kind));
+  if (!match) {
+    throw new ServerError(`No model on this server reads ${kind} prompts ` +
+                          `(it has ${models.map(([name]) => name).join(", ")}).`);
+  }
+  return match[0];
+}
+
+const UPLOAD_FORMATS = [[".nii.gz", "nii.gz"], [".nii", "nii"], [".nrrd", "nrrd"],
+                        [".mha", "mha"]];
+
+async function upload(volume) {
+  if (!volume.serverId) {
+    const answer = await api(`/volumes?format=${volume.format}`, { method: "POST",
+                                                                   body: volume.file });
+    volume.serverId = (await answer.json()).id;
+  }
+  return volume.serverId;
+}
+
+// One job: submitted, followed until it ends, its mask fetched and inflated.
+async function runJob(request, describe) {
+  let job = await (await api("/jobs", { method: "POST",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) })).json();
+  state.run.jobId = job.id;
+  while (!["done", "failed", "cancelled"].includes(job.state)) {
+    setProgress(job.progress, `${describe}: ${job.message || job.state}`);
+    const query = `wait=10&seen_state=${job.state}&seen_progress=${job.progress}`;
+    job = await (await api(`/jobs/${job.id}?${query}`)).json();
+  }
+  if (job.state === "cancelled") return null;
+  if (job.state === "failed") throw new ServerError(job.error || "the job failed");
+  const answer = await api(`/jobs/${job.id}/mask`);
+  const size = answer.headers.get("X-WSICL-Size").split(",").map(Number);
+  const inflated = answer.body.pipeThrough(new DecompressionStream("deflate"));
+  return { size, voxels: new Uint8Array(await new Response(inflated).arrayBuffer()) };
+}
+
+// --- volumes -----------------------------------------------------------------------
+
+async function openFiles(files) {
+  showError("volumeError", "");
+  for (const file of files) {
+    const format = UPLOAD_FORMATS.find(([suffix]) => file.name.toLowerCase().endsWith(suffix));
+    if (!format) {
+      showError("volumeError", `${file.name}: not a NIfTI, NRRD or MHA file.`);
+      continue;
+    }
+    if (state.volumes.some((v) => v.name === file.name)) {
+      showError("volumeError", `${file.name} is open already.`);
+      continue;
+    }
+    try {
+      const image = await niivue.NVImage.loadFromFile({ file, name: file.name });
+      const role = state.volumes.length === 0 ? "context" : "target";
+      state.volumes.push({ name: file.name, file, format: format[1], image, role,
+                           serverId: null, results: {} });
+    } catch (error) {
+      showError("volumeError", `${file.name}: cannot be read (${error.message}).`);
+    }
+  }
+  if (!state.shown && state.volumes.length) await show(state.volumes[0]);
+  render();
+}
+
+async function show(volume) {
+  state.shown = volume;
+  while (nv.volumes.length) nv.removeVolume(nv.volumes[0]);
+  nv.addVolume(volume.image);
+  for (const set of state.sets) {
+    const result = volume.results[set.name];
+    if (result) nv.addVolume(result);
+  }
+  applyOpacity();
+  drawPrompts();
+  $("shownName").textContent = `${volume.name} (${volume.role})`;
+  render();
+}
+
+// --- context sets and prompts ------------------------------------------------------
+
+function currentSet() {
+  return state.sets[state.currentSet] || null;
+}
+
+function newSet(name, colour, kind) {
+  name = name.trim();
+  if (!name) throw new ServerError("Give the structure a name.");
+  if (state.sets.some((s) => s.name === name)) {
+    throw new ServerError(`There is a set named ${name} already.`);
+  }
+  state.sets.push({ name, colour, kind, prompts: {} });
+  state.currentSet = state.sets.length - 1;
+  registerColour(state.sets[state.currentSet]);
+  return state.sets[state.currentSet];
+}
+
+function registerColour(set) {
+  const [r, g, b] = rgb(set.colour);
+  nv.addColormap(colourmapName(set), { R: [0, r], G: [0, g], B: [0, b], A: [0, 255],
+                                       I: [0, 255] });
+}
+
+function colourmapName(set) {
+  return `wsicl-${state.sets.indexOf(set)}`;
+}
+
+function rgb(hex) {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+function addPrompt(prompt) {
+  const set = currentSet();
+  const volume = state.shown;
+  if (!set || !volume) {
+    showError("setError", "Create a context set and open a volume first.");
+    return;
+  }
+  showError("setError", "");
+  (set.prompts[volume.name] = set.prompts[volume.name] || []).push(prompt);
+  promptsChanged();
+}
+
+function removePrompt(set, volumeName, index) {
+  set.prompts[volumeName].splice(index, 1);
+  promptsChanged();
+}
+
+function promptsChanged() {
+  drawPrompts();
+  render();
+  if ($("interactiveBox").checked) scheduleInteractive();
+}
+
+// The shown volume's prompts in NiiVue's drawing layer: box outlines and small squares for
+// points, in their set's colour.
+function drawPrompts() {
+  if (!state.shown || !nv.back) return;
+  nv.createEmptyDrawing();
+  const lut = { R: [0], G: [0], B: [0], A: [0], I: [0] };
+  state.sets.forEach((set, index) => {
+    const [r, g, b] = rgb(set.colour);
+    lut.R.push(r); lut.G.push(g); lut.B.push(b); lut.A.push(255); lut.I.push(index + 1);
+  });
+  if (state.sets.length) nv.setDrawColormap(lut);
+  const dims = nv.back.dimsRAS;
+  const bitmap = nv.drawBitmap;
+  const put = (x, y, z, pen) => {
+    if (x >= 0 && y >= 0 && z >= 0 && x < dims[1] && y < dims[2] && z < dims[3]) {
+      bitmap[x + y * dims[1] + z * dims[1] * dims[2]] = pen;
+    }
+  };
+  state.sets.forEach((set, index) => {
+    for (const prompt of set.prompts[state.shown.name] || []) {
+      if (prompt.kind === "box") {
+        const low = toVoxel(prompt.min);
+        const high = toVoxel(prompt.max);
+        const lo = low.map((v, a) => Math.min(v, high[a]));
+        const hi = low.map((v, a) => Math.max(v, high[a]));
+        const spread = [0, 1, 2].filter((a) => hi[a] > lo[a]);   // 2 for a 2D box
+        for (let x = lo[0]; x <= hi[0]; x++) {
+          for (let y = lo[1]; y <= hi[1]; y++) {
+            for (let z = lo[2]; z <= hi[2]; z++) {
+              const at = [x, y, z];
+              const edges = spread.filter((a) => at[a] === lo[a] || at[a] === hi[a]);
+              if (edges.length >= spread.length - 1) put(x, y, z, index + 1);  // outline
+            }
+          }
+        }
+      } else {
+        const [x, y, z] = toVoxel(prompt.position);
+        for (let dx = -1; dx <= 1; dx++) {
+          for (let dy = -1; dy <= 1; dy++) {
+            for (let dz = -1; dz <= 1; dz++) put(x + dx, y + dy, z + dz, index + 1);
+          }
+        }
+      }
+    }
+  });
+  nv.refreshDrawing(true);
+}
+
+// Moves the crosshair (and so the slices shown) to a prompt's centre.
+function goTo(prompt) {
+  const mm = prompt.kind === "box"
+    ? prompt.min.map((v, a) => (v + prompt.max[a]) / 2) : prompt.position;
+  nv.scene.crosshairPos = nv.mm2frac(mm);
+  nv.drawScene();
+}
+
+function toVoxel(mm) {
+  return Array.from(nv.frac2vox(nv.mm2frac(mm))).map(Math.round);
+}
+
+function exportSet(set) {
+  const context = state.volumes
+    .filter((v) => v.role === "context" && (set.prompts[v.name] || []).length)
+    .map((v) => {
+      const prompts = set.prompts[v.name];
+      const entry = { image: v.name };
+      if (set.kind === "box") {
+        entry.boxes = prompts.map((p) => ({ min: p.min, max: p.max }));
+      } else {
+        entry.points = prompts.map((p) => p.position);
+      }
+      return entry;
+    });
+  return { name: set.name, colour: set.colour, coordinates: "RAS", context };
+}
+
+function importSet(document) {
+  if (typeof document !== "object" || !Array.isArray(document.context) ||
+      document.coordinates !== "RAS") {
+    throw new ServerError("Not a context set this page wrote (it needs \"coordinates\": " +
+                          "\"RAS\" and a \"context\" list).");
+  }
+  const kind = document.context.some((e) => e.points) ? "point" : "box";
+  const set = newSet(String(document.name || "imported"), document.colour || "#e64d33", kind);
+  const missing = [];
+  for (const entry of document.context) {
+    const volume = state.volumes.find((v) => v.name === entry.image);
+    if (!volume) {
+      missing.push(entry.image);
+      continue;
+    }
+    volume.role = "context";
+    set.prompts[volume.name] = kind === "box"
+      ? (entry.boxes || []).map((b) => ({ kind: "box", min: b.min, max: b.max }))
+      : (entry.points || []).map((p) => ({ kind: "point", position: p }));
+  }
+  if (missing.length) {
+    throw new ServerError(`Open ${missing.join(", ")} first; their prompts were not added.`);
+  }
+}
+
+// --- segmenting --------------------------------------------------------------------
+
+function contextEntries(set) {
+  return state.volumes.filter((v) => v.role === "context" &&
+                              (set.prompts[v.name] || []).length);
+}
+
+function jobPrompts(prompts) {
+  return {
+    boxes: prompts.filter((p) => p.kind === "box")
+      .map((p) => ({ min: p.min, max: p.max, space: "RAS" })),
+    points: prompts.filter((p) => p.kind === "point")
+      .map((p) => ({ position: p.position, space: "RAS" })),
+  };
+}
+
+async function segment(targets) {
+  showError("segmentError", "");
+  const sets = state.sets.filter((s) => contextEntries(s).length);
+  if (!sets.length) {
+    showError("segmentError", "Draw prompts of a set on a volume marked as context first.");
+    return;
+  }
+  if (!targets.length) {
+    showError("segmentError", "Mark a volume as target (or show one) first.");
+    return;
+  }
+  await runWork(async () => {
+    const changes = [];
+    const jobs = targets.flatMap((t) => sets.map((s) => [t, s]));
+    for (const [index, [target, set]] of jobs.entries()) {
+      if (state.run.cancelled) return null;
+      const entries = [];
+      for (const volume of contextEntries(set)) {
+        entries.push({ image: await upload(volume), name: volume.name,
+                       ...jobPrompts(set.prompts[volume.name]) });
+      }
+      const request = { model: modelFor(set.kind), mode: "context",
+                        target: await upload(target), name: target.name,
+                        context: { name: set.name, entries } };
+      const mask = await runJob(request, `${set.name} in ${target.name} ` +
+                                         `(${index + 1}/${jobs.length})`);
+      if (mask === null) return null;
+      changes.push({ volume: target, set, mask });
+    }
+    return changes;
+  });
+}
+
+async function runInteractive() {
+  const set = currentSet();
+  const volume = state.shown;
+  const prompts = set && volume ? set.prompts[volume.name] || [] : [];
+  if (!prompts.length) return;
+  if (state.run) {                          // one lane: after the run in flight
+    scheduleInteractive();
+    return;
+  }
+  await runWork(async () => {
+    const request = { model: modelFor(set.kind), mode: "interactive",
+                      target: await upload(volume), name: volume.name,
+                      ...jobPrompts(prompts) };
+    const mask = await runJob(request, `${set.name} in ${volume.name} (interactive)`);
+    return mask === null ? null : [{ volume, set, mask }];
+  });
+}
+
+function scheduleInteractive() {
+  clearTimeout(state.interactiveTimer);
+  state.interactiveTimer = setTimeout(runInteractive, INTERACTIVE_DELAY_MS);
+}
+
+// Runs ``work`` (resolving to the results of a run, or null when cancelled); the results
+// reach the volumes only when all of them are in, so a cancelled or failed run changes
+// nothing.
+async function runWork(work) {
+  state.run = { cancelled: false, jobId: null };
+  render();
+  setProgress(0, "Uploading...");
+  try {
+    const changes = await work();
+    if (changes === null || state.run.cancelled) {
+      setProgress(0, "Cancelled; nothing changed.");
+      return;
+    }
+    state.history.push(changes.map((c) => applyResult(c)));
+    setProgress(1, `Done: ${changes.length} result(s).`);
+    if (state.shown) await show(state.shown);
+  } catch (error) {
+    setProgress(0, "");
+    showError("segmentError", error.message);
+  } finally {
+    state.run = null;
+    render();
+  }
+}
+
+function applyResult({ volume, set, mask }) {
+  const dims = volume.image.hdr.dims.slice(1, 4);
+  if (mask.size.join(",") !== dims.join(",") || mask.voxels.length !== dims[0] * dims[1] *
+      dims[2]) {
+    throw new ServerError(`The server's mask for ${volume.name} has size ${mask.size}; ` +
+                          `the volume has ${dims}.`);
+  }
+  const overlay = volume.image.clone();
+  overlay.zeroImage();
+  overlay.name = `${volume.name} ${set.name}`;
+  mask.voxels.forEach((value, index) => { overlay.img[index] = value; });
+  overlay.cal_min = 0.5;
+  overlay.cal_max = 1;
+  overlay.colormap = colourmapName(set);
+  const previous = volume.results[set.name] || null;
+  volume.results[set.name] = overlay;
+  return { volume, set, previous };
+}
+
+function undo() {
+  const run = state.history.pop();
+  if (!run) {
+    setProgress(0, "Nothing to undo.");
+    return;
+  }
+  for (const { volume, set, previous } of run.reverse()) {
+    if (previous) volume.results[set.name] = previous;
+    else delete volume.results[set.name];
+  }
+  setProgress(0, "Last run undone.");
+  if (state.shown) show(state.shown);
+}
+
+async function cancel() {
+  if (!state.run) return;
+  state.run.cancelled = true;
+  setProgress(0, "Cancelling...");
+  if (state.run.jobId) {
+    try {
+      await api(`/jobs/${state.run.jobId}`, { method: "DELETE" });
+    } catch (error) {
+      showError("segmentError", error.message);
+    }
+  }
+}
+
+async function download() {
+  const set = currentSet();
+  const volume = state.shown;
+  const result = set && volume ? volume.results[set.name] : null;
+  if (!result) {
+    showError("segmentError", "Show a volume with a result of the current set first.");
+    return;
+  }
+  const stem = volume.name.replace(/\.(nii\.gz|nii|nrrd|mha)$/i, "");
+  const name = `${stem}_${set.name}.nii.gz`;
+  const bytes = await result.saveToUint8Array(name);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([bytes], { type: "application/gzip" }));
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+// --- the page ----------------------------------------------------------------------
+
+function showError(id, message) {
+  $(id).textContent = message;
+}
+
+function setProgress(fraction, message) {
+  $("progress").value = Math.round(100 * fraction);
+  $("status").textContent = message;
+}
+
+function applyOpacity() {
+  const opacity = Number($("opacity").value) / 100;
+  nv.volumes.slice(1).forEach((volume) => { volume.opacity = opacity; });
+  if (nv.volumes.length) nv.updateGLVolume();
+}
+
+function item(list, label, current, onPick, extras = []) {
+  const li = document.createElement("li");
+  if (current) li.className = "current";
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = label;
+  name.addEventListener("click", onPick);
+  li.append(name, ...extras);
+  list.append(li);
+  return li;
+}
+
+function button(text, onClick) {
+  const b = document.createElement("button");
+  b.textContent = text;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function render() {
+  const volumes = $("volumeList");
+  volumes.replaceChildren();
+  for (const volume of state.volumes) {
+    const role = document.createElement("select");
+    role.setAttribute("aria-label", `role of ${volume.name}`);
+    for (const value of ["context", "target"]) role.add(new Option(value, value));
+    role.value = volume.role;
+    role.addEventListener("change", () => { volume.role = role.value; show(volume); });
+    const marks = Object.keys(volume.results).length ? " ●" : "";
+    item(volumes, volume.name + marks, volume === state.shown, () => show(volume), [role]);
+  }
+  const sets = $("setList");
+  sets.replaceChildren();
+  state.sets.forEach((set, index) => {
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = set.colour;
+    const li = item(sets, `${set.name} (${set.kind})`, index === state.currentSet, () => {
+      state.currentSet = index;
+      render();
+    }, [button("Delete", () => {
+      state.sets.splice(index, 1);
+      state.currentSet = Math.min(state.currentSet, state.sets.length - 1);
+      state.sets.forEach(registerColour);
+      promptsChanged();
+    })]);
+    li.prepend(swatch);
+  });
+  const prompts = $("promptList");
+  prompts.replaceChildren();
+  if (state.shown) {
+    for (const set of state.sets) {
+      (set.prompts[state.shown.name] || []).forEach((prompt, index) => {
+        const where = prompt.kind === "box"
+          ? `box ${fmt(prompt.min)} to ${fmt(prompt.max)}` : `point ${fmt(prompt.position)}`;
+        item(prompts, `${set.name}: ${where}`, false, () => goTo(prompt),
+             [button("Delete", () => removePrompt(set, state.shown.name, index))]);
+      });
+    }
+  }
+  const set = currentSet();
+  $("promptHelp").textContent = !set ? "Create a context set to draw prompts."
+    : set.kind === "box" ? `Drag on a slice to draw a 2D box of ${set.name}.`
+    : `Click on a slice to place a point of ${set.name}.`;
+  const busy = Boolean(state.run);
+  $("segmentButton").disabled = busy;
+  $("segmentAllButton").disabled = busy;
+  $("cancelButton").disabled = !busy;
+  $("undoButton").disabled = busy;
+  const boxes = Boolean(set && set.kind === "box");   // a left drag draws a box
+  nv.opts.dragModePrimary = boxes ? niivue.DRAG_MODE.callbackOnly : niivue.DRAG_MODE.crosshair;
+  nv.opts.dragMode = boxes ? niivue.DRAG_MODE.callbackOnly : niivue.DRAG_MODE.contrast;
+}
+
+function fmt(mm) {
+  return `(${mm.map((v) => v.toFixed(1)).join(", ")})`;
+}
+
+async function main() {
+  await nv.attachToCanvas($("viewer"));
+  nv.setSliceType(nv.sliceTypeMultiplanar);
+  nv.opts.multiplanarShowRender = niivue.SHOW_RENDER.ALWAYS;
+  nv.onDragRelease = (drag) => {
+    if (drag.axCorSag > 2 || !currentSet() || currentSet().kind !== "box") return;
+    const start = Array.from(drag.mmStart).slice(0, 3);
+    const end = Array.from(drag.mmEnd).slice(0, 3);
+    addPrompt({ kind: "box", min: start.map((v, a) => Math.min(v, end[a])),
+                max: start.map((v, a) => Math.max(v, end[a])) });
+  };
+  let pressed = null;
+  $("viewer").addEventListener("pointerdown", (e) => { pressed = [e.clientX, e.clientY]; });
+  $("viewer").addEventListener("pointerup", (e) => {
+    const set = currentSet();
+    const click = pressed && Math.hypot(e.clientX - pressed[0], e.clientY - pressed[1]) < 3;
+    if (click && e.button === 0 && set && set.kind === "point" && state.shown) {
+      setTimeout(() => addPrompt({ kind: "point", position: Array.from(
+        nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3) }), 0);
+    }
+  });
+  $("tokenButton").addEventListener("click", connect);
+  $("tokenInput").addEventListener("keydown", (e) => { if (e.key === "Enter") connect(); });
+  $("fileInput").addEventListener("change", (e) => openFiles(Array.from(e.target.files)));
+  const drop = $("dropZone");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    openFiles(Array.from(e.dataTransfer.files));
+  });
+  $("newSetButton").addEventListener("click", () => {
+    try {
+      newSet($("setName").value, $("setColour").value, $("setKind").value);
+      showError("setError", "");
+      promptsChanged();
+    } catch (error) {
+      showError("setError", error.message);
+    }
+  });
+  $("exportButton").addEventListener("click", () => {
+    const set = currentSet();
+    if (!set) return showError("setError", "Create a context set first.");
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([JSON.stringify(exportSet(set), null, 1)],
+                                             { type: "application/json" }));
+    link.download = `${set.name}.json`;
+    link.click();
+  });
+  $("importInput").addEventListener("change", async (e) => {
+    try {
+      importSet(JSON.parse(await e.target.files[0].text()));
+      showError("setError", "");
+    } catch (error) {
+      showError("setError", error instanceof SyntaxError
+        ? `${e.target.files[0].name}: not JSON (${error.message}).` : error.message);
+    }
+    e.target.value = "";
+    promptsChanged();
+  });
+  $("segmentButton").addEventListener("click", () => segment(state.shown ? [state.shown] : []));
+  $("segmentAllButton").addEventListener("click", () => segment(
+    state.volumes.filter((v) => v.role === "target")));
+  $("cancelButton").addEventListener("click", cancel);
+  $("undoButton").addEventListener("click", undo);
+  $("downloadButton").addEventListener("click", download);
+  $("opacity").addEventListener("input", applyOpacity);
+  $("interactiveBox").addEventListener("change", () => {
+    if ($("interactiveBox").checked) scheduleInteractive();
+  });
+  $("viewSelect").addEventListener("change", () => {
+    nv.setSliceType($("viewSelect").value === "axial" ? nv.sliceTypeAxial
+      : nv.sliceTypeMultiplanar);
+  });
+  window.wsicl = { state, nv, exportSet, currentSet };   // for scripts and tests
+  if (state.token) await connect();
+  render();
+}
+
+main();
