@@ -182,3 +182,24 @@ def test_cancel_stops_a_run_and_changes_nothing(served, browser):
         "return window.wsicl.state.volumes.map(v => Object.keys(v.results).length)") == \
         [0] * 5
     assert browser.find_element(By.ID, "segmentAllButton").is_enabled()
+
+
+def test_every_upload_format_keeps_its_voxel_order_in_the_page(served, browser):
+    """The page overlays a result mask (sent in the uploaded file's voxel order) on NiiVue's
+    image voxel for voxel; that holds if NiiVue keeps each format's voxels in file order,
+    oblique directions included."""
+    from conftest import rotation_direction
+    server, folder = served
+    image = blob(5, direction=rotation_direction(30.0, axis=2))
+    names = [f"oblique.{suffix}" for suffix in ("nii.gz", "nii", "nrrd", "mha")]
+    for name in names:
+        sitk.WriteImage(image, str(folder / name))
+    open_page(browser, server.url, TOKEN)
+    wait_for(browser, lambda d: d.find_element(By.ID, "workspace").is_displayed())
+    browser.find_element(By.ID, "fileInput").send_keys("\n".join(str(folder / n) for n in names))
+    wait_for(browser, lambda d: d.execute_script("return window.wsicl.state.volumes.length") == 4)
+    expected = sitk.GetArrayFromImage(image).ravel()
+    for index, name in enumerate(names):
+        shown = np.array(browser.execute_script(
+            f"return Array.from(window.wsicl.state.volumes[{index}].image.img)"))
+        assert shown.shape == expected.shape and np.allclose(shown, expected, atol=1e-3), name
