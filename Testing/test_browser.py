@@ -203,3 +203,41 @@ def test_every_upload_format_keeps_its_voxel_order_in_the_page(served, browser):
         shown = np.array(browser.execute_script(
             f"return Array.from(window.wsicl.state.volumes[{index}].image.img)"))
         assert shown.shape == expected.shape and np.allclose(shown, expected, atol=1e-3), name
+
+
+def test_interactive_mode_follows_the_prompts_and_points_are_placed_by_a_click(served,
+                                                                              browser):
+    """Interactive: the shown volume is segmented from its own box once it is drawn, as the
+    Python client's interactive request; a point set's click places a point, which this
+    box-only server cannot use: the page says so beside Segment."""
+    from wsicl import Point
+    server, folder = served
+    open_page(browser, server.url, TOKEN)
+    open_volumes(browser, folder)
+    browser.find_element(By.ID, "newSetButton").click()
+    browser.find_element(By.ID, "interactiveBox").click()
+    draw_box(browser)
+    wait_for(browser, lambda d: d.execute_script(
+        "return Boolean(window.wsicl.state.volumes[0].results.structure)"))
+    ((low, high),) = [(b["min"], b["max"]) for b in exported(browser)["context"][0]["boxes"]]
+    expected = sitk.GetArrayFromImage(RemotePredictor(server.url, TOKEN, "tiny")
+                                      .segment_interactive(
+        sitk.ReadImage(str(folder / "context.nii.gz")), [Box(tuple(low), tuple(high), "RAS")]
+    ).mask)
+    shown = np.array(browser.execute_script(
+        "return Array.from(window.wsicl.state.volumes[0].results.structure.img)"))
+    assert np.array_equal(shown, expected.ravel()) and expected.any()
+    browser.find_element(By.ID, "interactiveBox").click()             # off again
+    Select(browser.find_element(By.ID, "setKind")).select_by_value("point")
+    browser.find_element(By.ID, "setName").clear()
+    browser.find_element(By.ID, "setName").send_keys("spot")
+    browser.find_element(By.ID, "newSetButton").click()
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "viewer")).click() \
+        .perform()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#promptList li")) == 2)
+    (position,) = exported(browser)["context"][0]["points"]
+    assert len(position) == 3 and Point(tuple(position), "RAS")
+    browser.find_element(By.ID, "segmentButton").click()
+    wait_for(browser, lambda d: text(d, "segmentError"))
+    assert text(browser, "segmentError") == \
+        "No model on this server reads point prompts (it has tiny)."
