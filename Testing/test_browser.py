@@ -148,6 +148,15 @@ def test_the_page_segments_a_target_as_the_python_client_does(served, browser):
                                   ) == []
     severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []                            # no CSP violation, no failed request
+    browser.execute_script(                  # as if the server had forgotten the volumes
+        "window.wsicl.state.volumes.forEach(v => { v.serverId = 'forgotten'; })")
+    browser.find_element(By.ID, "segmentButton").click()
+    wait_for(browser, lambda d: text(d, "status").startswith("Done"))
+    assert np.array_equal(np.array(browser.execute_script(
+        "return Array.from(window.wsicl.state.volumes[1].results['core'].img)")),
+        expected.ravel())                                           # uploaded again
+    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(severe) == 1 and "/v1/jobs" in severe[0] and "404" in severe[0]
 
 
 def test_a_wrong_token_is_one_sentence_beside_the_field_and_shows_nothing(served, browser):

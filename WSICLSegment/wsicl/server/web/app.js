@@ -28,7 +28,12 @@ const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true,
 
 // --- the server --------------------------------------------------------------------
 
-class ServerError extends Error {}
+class ServerError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 async function api(path, options = {}) {
   let response;
@@ -49,7 +54,7 @@ async function api(path, options = {}) {
       const body = await response.json();
       detail = body.detail || body.error || detail;
     } catch (ignored) { /* not JSON */ }
-    throw new ServerError(detail);
+    throw new ServerError(detail, response.status);
   }
   return response;
 }
@@ -94,6 +99,18 @@ async function upload(volume) {
     volume.serverId = (await answer.json()).id;
   }
   return volume.serverId;
+}
+
+// One job from ``makeRequest`` (which uploads what it names). The server forgets volumes
+// unused for a while (or when its cache is full): then they are uploaded again, once.
+async function submit(makeRequest, describe) {
+  try {
+    return await runJob(await makeRequest(), describe);
+  } catch (error) {
+    if (!(error.status === 404 && /unknown volume id/.test(error.message))) throw error;
+    state.volumes.forEach((volume) => { volume.serverId = null; });
+    return runJob(await makeRequest(), describe);
+  }
 }
 
 // One job: submitted, followed until it ends, its mask fetched and inflated.
@@ -343,16 +360,16 @@ async function segment(targets) {
     const jobs = targets.flatMap((t) => sets.map((s) => [t, s]));
     for (const [index, [target, set]] of jobs.entries()) {
       if (state.run.cancelled) return null;
-      const entries = [];
-      for (const volume of contextEntries(set)) {
-        entries.push({ image: await upload(volume), name: volume.name,
-                       ...jobPrompts(set.prompts[volume.name]) });
-      }
-      const request = { model: modelFor(set.kind), mode: "context",
-                        target: await upload(target), name: target.name,
-                        context: { name: set.name, entries } };
-      const mask = await runJob(request, `${set.name} in ${target.name} ` +
-                                         `(${index + 1}/${jobs.length})`);
+      const model = modelFor(set.kind);
+      const mask = await submit(async () => {
+        const entries = [];
+        for (const volume of contextEntries(set)) {
+          entries.push({ image: await upload(volume), name: volume.name,
+                         ...jobPrompts(set.prompts[volume.name]) });
+        }
+        return { model, mode: "context", target: await upload(target), name: target.name,
+                 context: { name: set.name, entries } };
+      }, `${set.name} in ${target.name} (${index + 1}/${jobs.length})`);
       if (mask === null) return null;
       changes.push({ volume: target, set, mask });
     }
@@ -370,10 +387,10 @@ async function runInteractive() {
     return;
   }
   await runWork(async () => {
-    const request = { model: modelFor(set.kind), mode: "interactive",
-                      target: await upload(volume), name: volume.name,
-                      ...jobPrompts(prompts) };
-    const mask = await runJob(request, `${set.name} in ${volume.name} (interactive)`);
+    const model = modelFor(set.kind);
+    const mask = await submit(async () => ({
+      model, mode: "interactive", target: await upload(volume), name: volume.name,
+      ...jobPrompts(prompts) }), `${set.name} in ${volume.name} (interactive)`);
     return mask === null ? null : [{ volume, set, mask }];
   });
 }
