@@ -106,6 +106,7 @@ def test_torchrun_splits_a_cohort_and_rank_0_reports_the_whole_run(cohort, capsy
     report; --report-only gives the same summary again."""
     good = (cohort / "scans" / "case1.nii.gz").read_bytes()
     (cohort / "scans" / "case9.nii.gz").write_bytes(good[:len(good) // 2])   # truncated
+    (cohort / "scans" / "case1_label.nii.gz").write_bytes(good)       # not a target
     assert main(segment_arguments(cohort, cohort / "one", "--quiet")) == 1
     finished = subprocess.run(torchrun(cohort, cohort / "two"), capture_output=True,
                               text=True, timeout=240)
@@ -113,6 +114,7 @@ def test_torchrun_splits_a_cohort_and_rank_0_reports_the_whole_run(cohort, capsy
     assert_same_masks(cohort / "one", cohort / "two")
     lines = finished.stdout.splitlines()
     assert lines.count("9 targets on 2 ranks") == 1, finished.stdout
+    assert sum("skipping" in line and "case1_label" in line for line in lines) == 1
     closing = [line for line in lines if line.startswith("done: ")]
     assert closing == [f"done: 8 segmented, 0 skipped, 1 failed of 9; report "
                        f"{cohort / 'two' / 'wsicl-run.json'}"], finished.stdout

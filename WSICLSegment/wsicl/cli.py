@@ -267,6 +267,11 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.interactive and (args.targets or len(context_sets) > 1):
         raise ValueError("--interactive segments the context images of one context set "
                          "themselves; drop the TARGET arguments and extra --context-set")
+    shard = None if args.interactive else \
+        parse_shard(args.shard) if args.shard else environment_shard()
+    launch = Launch.join("segment") if shard is not None and not args.shard else None
+    if launch is not None and launch.rank != 0:
+        args.quiet = True            # rank 0 speaks for the whole run, the others for errors
     if args.interactive:
         jobs = [(case_name(Path(entry.source)), entry) for entry in context_sets[0].entries]
     elif not args.targets:
@@ -277,11 +282,6 @@ def run_segment(args: argparse.Namespace) -> int:
                           for entry in context_set.entries if entry.source]
         jobs = list_targets(args.targets, context_images, lambda line: _say(args, line))
     total = len(jobs)
-    shard = None if args.interactive else \
-        parse_shard(args.shard) if args.shard else environment_shard()
-    launch = Launch.join("segment") if shard is not None and not args.shard else None
-    if launch is not None and launch.rank != 0:
-        args.quiet = True            # rank 0 speaks for the whole run, the others for errors
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
         _say(args, f"{total} targets on {shard[1]} ranks" if launch is not None else
