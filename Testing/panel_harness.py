@@ -251,7 +251,8 @@ class UiLoader(QtUiTools.QUiLoader):
 
     @staticmethod
     def _named(root, name: str):
-        found = root if QtCore.QObject.objectName(root) == name else root.findChild(QtCore.QObject, name)
+        found = root if QtCore.QObject.objectName(root) == name else \
+            root.findChild(QtCore.QObject, name)
         if found is None:
             raise RuntimeError(f"the .ui connects {name}, which it does not have")
         return found

@@ -5,8 +5,9 @@ of the network's output read as a logit, with Adam, a linear warm-up and cosine 
 the planned steps, gradient clipping, and the precision of inference (``auto``: bfloat16
 autocast on CUDA and on CPUs with AMX or AVX512-BF16, which compute it natively, fp32 on
 other CPUs, where bfloat16 is emulated and slower). The run stops at ``steps`` or after
-``minutes``, whichever comes first, writing ``last.pt`` (weights, metadata, optimiser, step, history) every ``checkpoint_seconds``
-and at the end; a run started on a folder holding ``last.pt`` resumes from it. The first
+``minutes``, whichever comes first, writing ``last.pt`` (weights, metadata, optimiser,
+step, history) every ``checkpoint_seconds`` and at the end; a run started on a folder
+holding ``last.pt`` resumes from it. The first
 Ctrl-C (or SIGTERM) ends the run after the current step with that final checkpoint; a
 second one interrupts at once.
 

@@ -6,9 +6,10 @@ target is its own context (``interactive`` mode); in ``mask`` mode the other sub
 dense masks are the context (kind ``"mask"``, the upper bound for weak prompts). Prompts
 are simulated on the context masks on the model grid (``prompts_per_image`` axial slices
 per image, one prompt per component); the prediction is mapped back to the target's
-original grid and scored there against the original label. With box prompts in ``icl`` mode a baseline that ignores the
-target image is scored too: the average, over the context images, of the bounding box of
-each image's prompts in coordinates normalised to the image's extent, filled in the target.
+original grid and scored there against the original label. With box prompts in ``icl``
+mode a baseline that ignores the target image is scored too: the average, over the context
+images, of the bounding box of each image's prompts in coordinates normalised to the
+image's extent, filled in the target.
 """
 import dataclasses
 from pathlib import Path
