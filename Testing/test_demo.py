@@ -26,7 +26,8 @@ def test_demo_writes_masks_context_picture_and_dice(tmp_path, capsys):
     assert scores["interactive"] > 0.55
     target = sitk.ReadImage(str(output.parent / "demo" / "mr_liver_in_context.nii.gz"))
     assert target.GetSize() == (117, 91, 20)
-    assert json.loads((output / "context_liver.json").read_text(encoding="utf-8"))["context"][0]["boxes"]
+    written = json.loads((output / "context_liver.json").read_text(encoding="utf-8"))
+    assert written["context"][0]["boxes"]
     assert (output / "overview.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -15,7 +15,8 @@ from WSICLSegmentLib import context_sets as sets  # noqa: E402
 from WSICLSegmentLib.logic import SegmentationLogic, non_context_volumes  # noqa: E402
 from slicer_scene import new_scene  # noqa: E402
 from WSICLSegmentLib.settings import RunSettings, load_settings, save_settings  # noqa: E402
-from WSICLSegmentLib.segments import SEGMENT_ID_PREFIX, segment_array, write_structure  # noqa: E402,E501
+from WSICLSegmentLib.segments import (SEGMENT_ID_PREFIX, segment_array,  # noqa: E402
+                                      write_structure)
 from WSICLSegmentLib.volumes import image_to_volume, volume_to_image  # noqa: E402
 from WSICLSegmentLib.worker import InferenceWorker, State  # noqa: E402
 from wsicl import Cancelled  # noqa: E402
@@ -87,7 +88,8 @@ def test_markups_become_the_same_model_prompts_as_the_json(logics, tmp_path, tin
                                              {"min": [10, 12, 9], "max": [24, 28, 9]}]}),
                           ("point", {"points": [[18, 20, 8], [12, 25, 7]]})):
         path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps({"name": kind, "context": [{"image": "ctx.nrrd", **prompts}]}), encoding="utf-8")
+        path.write_text(json.dumps({"name": kind, "context": [{"image": "ctx.nrrd", **prompts}]}),
+                        encoding="utf-8")
         tiny_network.metadata.prompt_kinds = [kind]
         predictor = cpu_fp32(tiny_network)
         from_json = predictor.prepare_context(read_context_file(path))
@@ -131,7 +133,8 @@ def save_scene(scene, path):
         if storage.GetScene() is None:
             scene.AddNode(storage)
             node.SetAndObserveStorageNodeID(storage.GetID())
-        storage.SetFileName(str(path.parent / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        extension = storage.GetDefaultWriteFileExtension()
+        storage.SetFileName(str(path.parent / f"{node.GetID()}.{extension}"))
         assert storage.WriteData(node)
     scene.SetURL(str(path))
     assert scene.Commit()

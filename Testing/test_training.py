@@ -33,7 +33,8 @@ def dataset(tmp_path_factory):
         spacing = (1.0, 1.0, 1.5)
         sitk.WriteImage(make_image(image.astype(np.float32), spacing),
                         str(folder / "imagesTr" / f"case{index}_0000.nii.gz"))
-        sitk.WriteImage(make_image(labels, spacing), str(folder / "labelsTr" / f"case{index}.nii.gz"))
+        sitk.WriteImage(make_image(labels, spacing),
+                        str(folder / "labelsTr" / f"case{index}.nii.gz"))
     (folder / "dataset.json").write_text(json.dumps(
         {"labels": {"background": 0, "ball": 1, "slab": 2}, "channel_names": {"0": "MR"}}),
         encoding="utf-8")

@@ -23,7 +23,8 @@ def write_dataset(folder: Path, cases: Cases, labels: Dict[str, int]) -> None:
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     for case, image, label in cases:
-        sitk.WriteImage(sitk.ReadImage(str(image)), str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
+        sitk.WriteImage(sitk.ReadImage(str(image)),
+                        str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
         sitk.WriteImage(sitk.ReadImage(str(label)), str(folder / "labelsTr" / f"{case}.nii.gz"))
     meta = {"name": folder.name, "channel_names": {"0": "image"},
             "labels": {"background": 0, **labels}, "numTraining": len(cases),
