@@ -354,3 +354,38 @@ def test_a_context_set_is_exported_and_imported_through_the_file_dialogs(panel, 
     assert panel.ui.contextSetList.count == 2 and panel.dialogs.errors() == []
     imported = sets.context_sets(panel.scene)[1]
     assert sets.context_volumes(imported)[0].prompt_count == 1
+
+
+def test_without_pytorch_the_panel_offers_the_install_and_nothing_else(tmp_path,
+                                                                      monkeypatch):
+    """A Slicer without PyTorch: the panel loads, says what is missing, disables the runs,
+    and Install asks first, then runs the PyTorch extension's installer (a stand-in that
+    installs nothing here), whose failure is one message with the fix."""
+    import importlib.util
+    import sys
+    import types
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None
+                        if name == "torch" else real_find_spec(name, *rest))
+    calls = []
+    installer = types.SimpleNamespace(PyTorchUtilsLogic=lambda: types.SimpleNamespace(
+        installTorch=lambda askConfirmation: calls.append(askConfirmation)))
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", installer)
+    panel = Panel(tmp_path / "settings")
+    try:
+        assert not panel.ui.installButton.isHidden()
+        assert panel.ui.dependencyLabel.text == "Missing: torch"
+        assert not any(b.enabled for b in (panel.ui.segmentButton, panel.ui.segmentAllButton,
+                                           panel.ui.interactiveButton, panel.ui.newSetButton,
+                                           panel.ui.importSetButton))
+        panel.dialogs.button = QtWidgets.QMessageBox.StandardButton.Cancel
+        panel.ui.installButton.click()
+        assert "WSICL needs torch. Install now?" in panel.dialogs.shown[-1]["text"]
+        assert calls == []                               # Cancel: nothing installed
+        panel.dialogs.button = QtWidgets.QMessageBox.StandardButton.Ok
+        panel.ui.installButton.click()
+        assert calls == [False]                          # the installer, without asking again
+        assert "install the PyTorch extension from the Extensions Manager" in \
+            panel.dialogs.errors()[-1]
+    finally:
+        panel.close()

@@ -162,7 +162,8 @@ class SettingsSection:
         missing, ui = missing_packages(), self.ui
         ui.installButton.setVisible(bool(missing))
         ui.dependencyLabel.setText(f"Missing: {', '.join(missing)}" if missing else "")
-        for button in (ui.segmentButton, ui.segmentAllButton, ui.interactiveButton):
+        for button in (ui.segmentButton, ui.segmentAllButton, ui.interactiveButton,
+                       ui.newSetButton, ui.importSetButton):   # all need the engine
             button.setEnabled(not missing)
         if missing:
             ui.deviceWarningLabel.setVisible(False)
