@@ -143,6 +143,22 @@ def test_the_page_segments_a_target_as_the_python_client_does(served, browser):
     assert np.array_equal(sitk.GetArrayFromImage(saved).astype(np.uint8), expected)
     assert np.allclose(saved.GetOrigin(), sitk.ReadImage(str(folder / "target.nii.gz"))
                        .GetOrigin(), atol=1e-4)
+    Select(browser.find_element(By.ID, "downloadFormat")).select_by_value("seg.nrrd")
+    browser.find_element(By.ID, "downloadButton").click()             # for 3D Slicer
+    segmentation = folder / "downloads" / "target.seg.nrrd"
+    wait_for(browser, lambda d: segmentation.exists() and segmentation.stat().st_size > 0)
+    time.sleep(0.5)
+    segments = sitk.ReadImage(str(segmentation))
+    target = sitk.ReadImage(str(folder / "target.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(segments), expected)   # label 1: core
+    for read, wanted in ((segments.GetOrigin(), target.GetOrigin()),
+                         (segments.GetSpacing(), target.GetSpacing()),
+                         (segments.GetDirection(), target.GetDirection())):
+        assert np.allclose(read, wanted, atol=1e-4)
+    assert segments.GetMetaData("Segment0_Name") == "core"
+    assert segments.GetMetaData("Segment0_LabelValue") == "1"
+    assert np.allclose([float(c) for c in segments.GetMetaData("Segment0_Color").split()],
+                       [0xe6 / 255, 0x4d / 255, 0x33 / 255], atol=1e-3)
     browser.find_element(By.ID, "undoButton").click()
     assert browser.execute_script("return Object.keys(window.wsicl.state.volumes[1].results)"
                                   ) == []
@@ -212,6 +228,21 @@ def test_every_upload_format_keeps_its_voxel_order_in_the_page(served, browser):
         shown = np.array(browser.execute_script(
             f"return Array.from(window.wsicl.state.volumes[{index}].image.img)"))
         assert shown.shape == expected.shape and np.allclose(shown, expected, atol=1e-3), name
+        written = bytes(browser.execute_script(f"""
+            const volume = window.wsicl.state.volumes[{index}];
+            const result = volume.image.clone();
+            result.zeroImage();
+            result.img[7] = 1;
+            volume.results.s = result;
+            const set = {{name: "s", colour: "#ff0000", kind: "box", prompts: {{}}}};
+            return Array.from(await window.wsicl.segNrrd(volume, [set]));"""))
+        (folder / f"{name}.seg.nrrd").write_bytes(written)      # its grid is the image's
+        segments = sitk.ReadImage(str(folder / f"{name}.seg.nrrd"))
+        for read, wanted in ((segments.GetOrigin(), image.GetOrigin()),
+                             (segments.GetSpacing(), image.GetSpacing()),
+                             (segments.GetDirection(), image.GetDirection())):
+            assert np.allclose(read, wanted, atol=1e-4), name
+        assert np.flatnonzero(sitk.GetArrayFromImage(segments)).tolist() == [7], name
 
 
 def test_interactive_mode_follows_the_prompts_and_points_are_placed_by_a_click(served,

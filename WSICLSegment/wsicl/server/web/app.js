@@ -471,22 +471,78 @@ async function cancel() {
   }
 }
 
+// Saves the shown volume's result: ``.nii.gz`` the current set's mask; ``.seg.nrrd`` every
+// set's result as a 3D Slicer segmentation (segment n = label n + 1 with the set's name and
+// colour; where results overlap, the later set wins).
 async function download() {
   const set = currentSet();
   const volume = state.shown;
-  const result = set && volume ? volume.results[set.name] : null;
-  if (!result) {
-    showError("segmentError", "Show a volume with a result of the current set first.");
-    return;
+  const format = $("downloadFormat").value;
+  const stem = volume ? volume.name.replace(/\.(nii\.gz|nii|nrrd|mha)$/i, "") : "";
+  let name;
+  let bytes;
+  if (format === "seg.nrrd") {
+    const sets = volume ? state.sets.filter((s) => volume.results[s.name]) : [];
+    if (!sets.length) {
+      showError("segmentError", "Show a volume with a result first.");
+      return;
+    }
+    name = `${stem}.seg.nrrd`;
+    bytes = await segNrrd(volume, sets);
+  } else {
+    const result = set && volume ? volume.results[set.name] : null;
+    if (!result) {
+      showError("segmentError", "Show a volume with a result of the current set first.");
+      return;
+    }
+    name = `${stem}_${set.name}.nii.gz`;
+    bytes = await result.saveToUint8Array(name);
   }
-  const stem = volume.name.replace(/\.(nii\.gz|nii|nrrd|mha)$/i, "");
-  const name = `${stem}_${set.name}.nii.gz`;
-  const bytes = await result.saveToUint8Array(name);
+  showError("segmentError", "");
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([bytes], { type: "application/gzip" }));
+  link.href = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
   link.download = name;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+// A 3D Slicer segmentation file (NRRD, gzip, LPS) of ``sets``' results on ``volume``: the
+// grid comes from the volume's voxel-to-RAS affine, turned into LPS.
+async function segNrrd(volume, sets) {
+  const dims = volume.image.hdr.dims.slice(1, 4);
+  const labels = new Uint8Array(dims[0] * dims[1] * dims[2]);
+  sets.forEach((set, index) => {
+    volume.results[set.name].img.forEach((value, voxel) => {
+      if (value > 0.5) labels[voxel] = index + 1;
+    });
+  });
+  const affine = volume.image.hdr.affine;
+  const lps = (x, a) => (a < 2 ? -x : x);
+  const vector = (values) => `(${values.map((v) => Number(v).toPrecision(17)).join(",")})`;
+  const directions = [0, 1, 2].map((column) => vector(
+    [0, 1, 2].map((row) => lps(affine[row][column], row))));
+  const origin = vector([0, 1, 2].map((row) => lps(affine[row][3], row)));
+  const fields = ["NRRD0004", "type: unsigned char", "dimension: 3",
+    "space: left-posterior-superior", `sizes: ${dims.join(" ")}`,
+    `space directions: ${directions.join(" ")}`, "kinds: domain domain domain",
+    "endian: little", "encoding: gzip", `space origin: ${origin}`,
+    "Segmentation_MasterRepresentation:=Binary labelmap",
+    "Segmentation_ContainedRepresentationNames:=Binary labelmap|"];
+  sets.forEach((set, index) => {
+    const colour = rgb(set.colour).map((c) => (c / 255).toPrecision(4)).join(" ");
+    const name = set.name.replace(/[\u0000-\u001f\u007f]/g, " ");    // one header line
+    fields.push(`Segment${index}_ID:=Segment_${index + 1}`, `Segment${index}_Name:=${name}`,
+                `Segment${index}_Color:=${colour}`, `Segment${index}_LabelValue:=${index + 1}`,
+                `Segment${index}_Layer:=0`,
+                `Segment${index}_Extent:=${dims.map((d) => `0 ${d - 1}`).join(" ")}`);
+  });
+  const header = new TextEncoder().encode(fields.join("\n") + "\n\n");
+  const packed = new Blob([labels]).stream().pipeThrough(new CompressionStream("gzip"));
+  const data = new Uint8Array(await new Response(packed).arrayBuffer());
+  const file = new Uint8Array(header.length + data.length);
+  file.set(header);
+  file.set(data, header.length);
+  return file;
 }
 
 // --- the page ----------------------------------------------------------------------
@@ -659,7 +715,7 @@ async function main() {
     nv.setSliceType($("viewSelect").value === "axial" ? nv.sliceTypeAxial
       : nv.sliceTypeMultiplanar);
   });
-  window.wsicl = { state, nv, exportSet, currentSet };   // for scripts and tests
+  window.wsicl = { state, nv, exportSet, currentSet, segNrrd };   // for scripts and tests
   if (state.token) await connect();
   render();
 }
