@@ -268,6 +268,13 @@ def test_interactive_mode_follows_the_prompts_and_points_are_placed_by_a_click(s
         "return Array.from(window.wsicl.state.volumes[0].results.structure.img)"))
     assert np.array_equal(shown, expected.ravel()) and expected.any()
     browser.find_element(By.ID, "interactiveBox").click()             # off again
+    saved = exported(browser)                        # the set, as Export JSON writes it
+    (folder / "structure.json").write_text(json.dumps(saved))
+    browser.find_element(By.CSS_SELECTOR, "#setList button").click()  # deleted
+    wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#promptList li"))
+    browser.find_element(By.ID, "importInput").send_keys(str(folder / "structure.json"))
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#promptList li")) == 1)
+    assert exported(browser) == saved                                 # back as it was
     Select(browser.find_element(By.ID, "setKind")).select_by_value("point")
     browser.find_element(By.ID, "setName").clear()
     browser.find_element(By.ID, "setName").send_keys("spot")
