@@ -250,9 +250,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from .contextfile import read_context_file
     from .imageio import case_name, check_target_header, list_targets, read_image
     from .files import check_writable_folder
-    from .launch import Launch
-    from .runs import (RunReport, environment_shard, merge_reports, outputs_done, parse_shard,
-                       shard_jobs)
+    from .launch import Launch, environment_shard
+    from .runs import RunReport, merge_reports, outputs_done, parse_shard, shard_jobs
     if args.report_only:
         path, counts = merge_reports(args.report_only)
         print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")

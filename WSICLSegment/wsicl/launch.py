@@ -11,10 +11,20 @@ import json
 import os
 import time
 from datetime import timedelta
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 CONNECT_TIMEOUT = timedelta(minutes=5)
 """How long a rank waits to reach the launch's store before giving up."""
+
+
+def environment_shard() -> Optional[Tuple[int, int]]:
+    """``(RANK, WORLD_SIZE)`` when started by ``torchrun`` (or a scheduler that sets them)
+    with more than one process."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, world) if world > 1 and 0 <= rank < world else None
 
 
 class Launch:
@@ -29,13 +39,8 @@ class Launch:
         """The launch this process belongs to, with its keys under ``name``; None unless
         started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` > 1, ``MASTER_ADDR``,
         ``MASTER_PORT``). A RuntimeError if the store cannot be reached."""
-        try:
-            world = int(os.environ["WORLD_SIZE"])
-            int(os.environ["RANK"])
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-        except (KeyError, ValueError):
-            return None
-        if world < 2:
+        if environment_shard() is None or not os.environ.get("MASTER_ADDR") or \
+                not os.environ.get("MASTER_PORT", "").isdigit():
             return None
         import torch.distributed as dist
         try:

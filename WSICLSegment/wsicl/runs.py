@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import platform
 import sys
 import time
@@ -39,15 +38,6 @@ def parse_shard(text: str) -> Tuple[int, int]:
     if not 1 <= index <= count:
         raise ValueError(f"--shard {text!r}: I must be between 1 and N")
     return index - 1, count
-
-
-def environment_shard() -> Optional[Tuple[int, int]]:
-    """``(RANK, WORLD_SIZE)`` when started by ``torchrun`` with more than one process."""
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except (KeyError, ValueError):
-        return None
-    return (rank, world) if world > 1 and 0 <= rank < world else None
 
 
 def shard_jobs(jobs: Sequence[Tuple[str, Job]], index: int, count: int
