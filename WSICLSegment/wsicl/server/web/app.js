@@ -499,8 +499,13 @@ async function download() {
     bytes = await result.saveToUint8Array(name);
   }
   showError("segmentError", "");
+  save(new Blob([bytes], { type: "application/octet-stream" }), name);
+}
+
+// Hands ``blob`` to the browser as a download named ``name``.
+function save(blob, name) {
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+  link.href = URL.createObjectURL(blob);
   link.download = name;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
@@ -684,11 +689,8 @@ async function main() {
   $("exportButton").addEventListener("click", () => {
     const set = currentSet();
     if (!set) return showError("setError", "Create a context set first.");
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(new Blob([JSON.stringify(exportSet(set), null, 1)],
-                                             { type: "application/json" }));
-    link.download = `${set.name}.json`;
-    link.click();
+    save(new Blob([JSON.stringify(exportSet(set), null, 1)], { type: "application/json" }),
+         `${set.name}.json`);
   });
   $("importInput").addEventListener("change", async (e) => {
     try {
