@@ -76,15 +76,9 @@ def shaped(class_name: str) -> Optional[type]:
 
 
 class ctkCollapsibleButton(pythonqt_class(QtWidgets.QGroupBox, "ctkCollapsibleButtonBase")):
-    """A titled section; ``text`` (from the ``.ui``) is its title; ``collapsed``."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._collapsed = False
+    """A titled section; ``text`` (from the ``.ui``) is its title."""
 
     text = property(lambda self: self.title, lambda self, value: self.setTitle(value))
-    collapsed = property(lambda self: self._collapsed,
-                         lambda self, value: setattr(self, "_collapsed", bool(value)))
 
 
 class ctkColorPickerButton(shaped("QPushButton")):
@@ -138,16 +132,8 @@ class qMRMLWidget(shaped("QWidget")):
 
     mrmlSceneChanged = QtCore.Signal(object)
 
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._scene = None
-
     def setMRMLScene(self, scene) -> None:
-        self._scene = scene
         self.mrmlSceneChanged.emit(scene)
-
-    def mrmlScene(self):
-        return self._scene
 
 
 class qMRMLNodeComboBox(shaped("QComboBox")):
