@@ -34,8 +34,9 @@ CPU_FP32 = ["--device", "cpu", "--precision", "fp32"]
 
 def results(folder: Path) -> list:
     """The names of the files a run wrote into ``folder``, without its run report
-    (``wsicl-run*.json`` / ``.csv``), sorted."""
-    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("wsicl-run"))
+    (``wsicl-run*.json`` / ``.csv``) and its records (``.wsicl-records/``), sorted."""
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if not p.name.startswith(("wsicl-run", ".wsicl-records")))
 
 
 def cpu_fp32(model, **options) -> Predictor:

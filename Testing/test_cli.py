@@ -77,7 +77,7 @@ def test_voxel_lps_ras_and_markups_give_the_same_result(workspace):
         assert run(workspace, path, workspace / name, str(workspace / "target.nrrd"),
                    "--overwrite") == 0
         results[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(workspace / name /
-                                                                   "target.nii.gz")))
+                                                                   f"target_{name}.nii.gz")))
     for name in ("LPS", "RAS", "markups"):
         assert np.array_equal(results[name], results["voxel"]), name
 
@@ -89,22 +89,23 @@ def test_output_matches_the_target_grid_and_formats(workspace):
     for output_format in ("nii.gz", "nrrd", "seg.nrrd"):
         assert run(workspace, path, workspace / "out", str(workspace / "target.nrrd"),
                    "--format", output_format) == 0
-        written = sitk.ReadImage(str(workspace / "out" / f"target.{output_format}"))
+        written = sitk.ReadImage(str(workspace / "out" / f"target_ctx.{output_format}"))
         assert written.GetPixelID() == sitk.sitkUInt8
         assert written.GetSize() == target.GetSize()
         assert np.allclose(written.GetSpacing(), target.GetSpacing())
         assert np.allclose(written.GetOrigin(), target.GetOrigin())
         assert np.allclose(written.GetDirection(), target.GetDirection())
-    segmentation = sitk.ReadImage(str(workspace / "out" / "target.seg.nrrd"))
+    segmentation = sitk.ReadImage(str(workspace / "out" / "target_ctx.seg.nrrd"))
     assert segmentation.GetMetaData("Segment0_Name") == "ctx"
-    assert not list((workspace / "out").glob(".*"))
+    hidden = [p.name for p in (workspace / "out").rglob(".*")]   # no temporary file left
+    assert hidden == [".wsicl-records"]
 
 
 def test_interactive_writes_each_context_image(workspace):
     path = write_context(workspace, {"name": "ball", "context": [
         {"image": "context.nii.gz", "boxes": [VOXEL_BOX]}]})
     assert run(workspace, path, workspace / "out", "--interactive") == 0
-    written = sitk.ReadImage(str(workspace / "out" / "context.nii.gz"))
+    written = sitk.ReadImage(str(workspace / "out" / "context_ball.nii.gz"))
     assert written.GetSize() == sitk.ReadImage(str(workspace / "context.nii.gz")).GetSize()
 
 
@@ -137,7 +138,7 @@ def test_dicom_series_folder_is_a_target(workspace):
     path = write_context(workspace, {"context": [{"image": "context.nii.gz",
                                                   "boxes": [VOXEL_BOX]}]})
     assert run(workspace, path, workspace / "out", str(workspace / "series")) == 0
-    written = sitk.ReadImage(str(workspace / "out" / "series.nii.gz"))
+    written = sitk.ReadImage(str(workspace / "out" / "series_ctx.nii.gz"))
     assert written.GetSize() == target.GetSize()
     assert np.allclose(written.GetOrigin(), target.GetOrigin(), atol=1e-3)
 
@@ -146,9 +147,9 @@ def test_existing_output_is_kept_without_overwrite(workspace, capsys):
     path = write_context(workspace, {"context": [{"image": "context.nii.gz",
                                                   "boxes": [VOXEL_BOX]}]})
     (workspace / "out").mkdir()
-    (workspace / "out" / "target.nii.gz").write_bytes(b"precious")
+    (workspace / "out" / "target_ctx.nii.gz").write_bytes(b"precious")
     assert run(workspace, path, workspace / "out", str(workspace / "target.nrrd")) != 0
-    assert (workspace / "out" / "target.nii.gz").read_bytes() == b"precious"
+    assert (workspace / "out" / "target_ctx.nii.gz").read_bytes() == b"precious"
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -168,9 +169,6 @@ def test_existing_output_is_kept_without_overwrite(workspace, capsys):
      "boxes: expected a list, got str"),
     ({"context": [{"image": "context.nii.gz", "boxes": [VOXEL_BOX]}]}, ["missing.nrrd"],
      "missing.nrrd"),
-    ({"context": [{"image": "context.nii.gz", "boxes": [{"min": [20, 20, 1],
-                                                         "max": [10, 10, 1]}]}]},
-     ["target.nrrd"], "context[0].boxes[0]: box min [20.0, 20.0, 1.0] exceeds max"),
     ({"context": [{"image": "context.nii.gz", "mask": "absent_seg.nii.gz"}]},
      ["target.nrrd"], "absent_seg.nii.gz: no such file"),
 ])
@@ -211,7 +209,7 @@ def test_refine_flags_reach_the_predictor(workspace):
     path = write_context(workspace, {"context": [{"image": "context.nii.gz",
                                                   "boxes": [VOXEL_BOX]}]})
     assert run(workspace, path, workspace / "out", "--interactive", "--refine") == 0
-    assert (workspace / "out" / "context.nii.gz").is_file()
+    assert (workspace / "out" / "context_ctx.nii.gz").is_file()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
@@ -274,7 +272,7 @@ def test_several_context_sets_give_one_file_per_structure_or_one_label_image(two
     for path in sets:                                # one structure per run, as before
         assert segment_with(folder, [path], folder / path.stem) == 0
     single = {(case, path.stem): sitk.GetArrayFromImage(sitk.ReadImage(
-        str(folder / path.stem / f"{case}.nii.gz"))) for case in ("case1", "case2")
+        str(folder / path.stem / f"{case}_{path.stem}.nii.gz"))) for case in ("case1", "case2")
         for path in sets}
     assert all(mask.any() for mask in single.values())
     assert segment_with(folder, sets, folder / "both") == 0
@@ -299,7 +297,7 @@ def test_several_context_sets_give_one_file_per_structure_or_one_label_image(two
 
 
 def test_overlapping_structures_go_to_the_more_probable_one_in_a_label_image(tmp_path):
-    from wsicl.cli import _write_results
+    from wsicl.segment_run import write_results
     from wsicl.predictor import Segmentation
     first, second = np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 4), np.float32)
     first[0], second[:, 0] = 0.9, 0.7          # they overlap on row 0 of slice 0
@@ -311,10 +309,15 @@ def test_overlapping_structures_go_to_the_more_probable_one_in_a_label_image(tmp
         return Segmentation(*images)
 
     paths = [tmp_path / "t.nii.gz", tmp_path / "t.labels.json"]
-    _write_results([result(first), result(second)], paths, ["a", "b"], "multilabel", "nii.gz")
+    measures = write_results([result(first), result(second)], paths, ["a", "b"], "multilabel",
+                             "nii.gz")
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))
     assert labels[0, 0, 0] == 2 and labels[0, 0, 1] == 1 and labels[1, 0, 0] == 2
     assert labels[0, 1, 0] == 1 and labels[1, 1, 0] == 0
+    assert measures == {name: {"voxels": int((labels == value).sum()),          # as written
+                               "ml": int((labels == value).sum()) / 1000}    # 1 mm voxels
+                        for name, value in (("a", 1), ("b", 2))}
+    assert measures["a"]["voxels"] < int((first >= 0.5).sum())      # not before overlaps
 
 
 def test_a_folder_target_skips_label_maps_and_the_context_images(two_structures, capsys):
@@ -331,8 +334,7 @@ def test_a_folder_target_skips_label_maps_and_the_context_images(two_structures,
                  "--output-dir", str(folder / "out"), "--model", str(folder / "m.pt"),
                  *CPU_FP32]
     assert main(arguments) == 0
-    assert results(folder / "out") == ["case1.nii.gz",
-                                                                  "case2.nii.gz"]
+    assert results(folder / "out") == ["case1_core.nii.gz", "case2_core.nii.gz"]
     printed = capsys.readouterr().out
     for name, reason in (("case1_seg.nii.gz", "its name marks a label map"),
                          ("atlas.nrrd", "only 2 distinct values"),
@@ -448,3 +450,83 @@ def test_a_dicom_series_gives_a_dicom_seg_with_every_structure(two_structures, c
                  str(folder / "m.pt"), *CPU_FP32, "--context-set", str(liver),
                  "--output-dir", str(folder / "bad"), "--format", "dicom-seg"]) == 1
     assert "needs a DICOM series folder" in capsys.readouterr().err
+
+
+def test_a_box_given_max_first_is_used_the_right_way_round_with_a_note(workspace, capsys):
+    swapped = {"min": VOXEL_BOX["max"][:2] + [8], "max": VOXEL_BOX["min"][:2] + [8]}
+    for name, box in (("plain", VOXEL_BOX), ("swapped", swapped)):
+        path = write_context(workspace, {"name": "ball", "context": [
+            {"image": "context.nii.gz", "boxes": [box]}]}, f"{name}.json")
+        assert run(workspace, path, workspace / name, str(workspace / "target.nrrd")) == 0
+    error = capsys.readouterr().err
+    assert error.count("wsicl: note: box min [26.0, 28.0, 8.0] max [10.0, 12.0, 8.0] (voxel) "
+                       "has min above max; used as min [10.0, 12.0, 8.0] max [26.0, 28.0, "
+                       "8.0]") == 1
+    assert np.array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(
+        workspace / name / "target_ball.nii.gz"))) for name in ("plain", "swapped")))
+
+
+def test_an_image_given_as_the_context_set_is_named_as_such(workspace, capsys):
+    assert run(workspace, workspace / "context.nii.gz", workspace / "out",
+               str(workspace / "target.nrrd")) == 1
+    error = capsys.readouterr().err
+    assert "is a gzip file (a compressed image such as .nii.gz?), not a context-set file" \
+        in error and "codec" not in error
+    assert run(workspace, workspace / "target.nrrd", workspace / "out",
+               str(workspace / "target.nrrd")) == 1
+    assert "is an image (NRRD), not a context-set file" in capsys.readouterr().err
+
+
+def test_python_dash_m_wsicl_is_the_command_line():
+    completed = subprocess.run([sys.executable, "-m", "wsicl", "--version"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0 and completed.stdout.startswith("wsicl ")
+
+
+def test_a_label_map_named_as_a_target_is_refused_unless_allowed(workspace, capsys):
+    labels = np.zeros((16, 40, 36), np.uint8)
+    labels[4:10, 10:30, 10:26] = 2
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(workspace / "atlas.nii.gz"))
+    shutil_copy = (workspace / "target_seg.nrrd")
+    shutil_copy.write_bytes((workspace / "target.nrrd").read_bytes())
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    for label_map, reason in (("atlas.nii.gz", "only 2 distinct values"),
+                              ("target_seg.nrrd", "its name marks a label map")):
+        assert run(workspace, path, workspace / "out", str(workspace / label_map)) == 1
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "looks like a label map" in error, error
+        assert reason in error and "--allow-label-targets" in error
+    assert not (workspace / "out").exists()
+    assert run(workspace, path, workspace / "out", str(workspace / "atlas.nii.gz"),
+               "--allow-label-targets") == 0
+    assert (workspace / "out" / "atlas_ctx.nii.gz").is_file()
+
+
+def test_ctrl_c_between_targets_reports_every_target(workspace, capsys, monkeypatch):
+    """Interrupted while segmenting the second of three targets: exit 130, one line with
+    the counts, and a report with a row per target (done, interrupted, not started)."""
+    from wsicl.predictor import Predictor
+    for copy in (2, 3):
+        (workspace / f"target{copy}.nrrd").write_bytes((workspace / "target.nrrd").read_bytes())
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    calls = []
+    segment = Predictor.segment
+
+    def interrupted_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "segment", interrupted_second)
+    targets = [str(workspace / name) for name in ("target.nrrd", "target2.nrrd",
+                                                  "target3.nrrd")]
+    assert run(workspace, path, workspace / "out", *targets) == 130
+    error = capsys.readouterr().err.splitlines()
+    assert error[0].startswith("wsicl: 1 segmented now, 0 done before, 0 failed, 1 interrupted, "
+                               "1 not started of 3; report ") and error[1] == "wsicl: interrupted"
+    report = json.loads((workspace / "out" / "wsicl-run.json").read_text())
+    assert [(t["target"], t["status"]) for t in report["targets"]] == [
+        ("target", "done"), ("target2", "interrupted"), ("target3", "not started")]

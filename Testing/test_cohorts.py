@@ -81,19 +81,22 @@ def test_shards_take_every_target_once_and_a_rerun_finishes_what_was_left(cohort
     done = [t["target"] for shard in shards for t in shard["targets"]]
     assert sorted(done) == [f"case{i}" for i in range(1, 9)]          # each exactly once
     assert all(2 <= len(shard["targets"]) <= 3 for shard in shards)   # balanced
-    assert results(out) == [f"case{i}.nii.gz" for i in range(1, 9)]
-    (out / "case4.nii.gz").unlink()                         # a run stopped before case4
+    assert results(out) == [f"case{i}_core.nii.gz" for i in range(1, 9)]
+    (out / "case4_core.nii.gz").unlink()                    # lost since
     assert main(segment_arguments(cohort, out, "--quiet")) == 0
     report = json.loads((out / "wsicl-run.json").read_text())
     status = {t["target"]: t["status"] for t in report["targets"]}
     assert status.pop("case4") == "done" and set(status.values()) == {"skipped"}
     case4 = next(t for t in report["targets"] if t["target"] == "case4")
-    mask = sitk.ReadImage(str(out / "case4.nii.gz"))
+    mask = sitk.ReadImage(str(out / "case4_core.nii.gz"))
     voxels = int(sitk.GetArrayViewFromImage(mask).sum())
     assert case4["structures"]["core"]["voxels"] == voxels > 0
     assert case4["structures"]["core"]["ml"] == pytest.approx(
         voxels * np.prod(mask.GetSpacing()) / 1000, abs=1e-3)
-    assert report["counts"] == {"done": 1, "skipped": 7, "failed": 0}
+    assert report["counts"] == {"done": 1, "skipped": 7, "failed": 0, "not started": 0,
+                                "interrupted": 0}
+    skipped = next(t for t in report["targets"] if t["target"] == "case5")
+    assert skipped["structures"]["core"]["voxels"] > 0      # kept from the target's record
     assert report["model_sha256"] and list(report["context_sets"].values())[0]
     rows = (out / "wsicl-run.csv").read_text().splitlines()
     assert rows[0].startswith("target,input,status") and len(rows) == 9
@@ -116,7 +119,7 @@ def test_torchrun_splits_a_cohort_and_rank_0_reports_the_whole_run(cohort, capsy
     assert lines.count("9 targets on 2 ranks") == 1, finished.stdout
     assert sum("skipping" in line and "case1_label" in line for line in lines) == 1
     closing = [line for line in lines if line.startswith("done: ")]
-    assert closing == [f"done: 8 segmented, 0 skipped, 1 failed of 9; report "
+    assert closing == [f"done: 8 segmented now, 0 done before, 1 failed of 9; report "
                        f"{cohort / 'two' / 'wsicl-run.json'}"], finished.stdout
     assert not any(line.startswith("[") for line in lines)         # no per-target lines
     assert finished.stderr.count("case9.nii.gz:") == 1
@@ -127,7 +130,8 @@ def test_torchrun_splits_a_cohort_and_rank_0_reports_the_whole_run(cohort, capsy
     assert [t["target"] for t in failed] == ["case9"] and "case9.nii.gz" in failed[0]["error"]
     capsys.readouterr()
     assert main(["segment", "--report-only", str(cohort / "two")]) == 1
-    assert capsys.readouterr().out.startswith("8 done, 0 skipped, 1 failed; wrote ")
+    assert capsys.readouterr().out.startswith(
+        "8 segmented now, 0 done before, 1 failed of 9; wrote ")
 
 
 def rank_process(rank: int, output: Path, timeout_s: float = 60.0) -> int:
@@ -161,11 +165,11 @@ def test_a_rank_killed_midway_loses_only_its_current_target(cohort):
     try:
         victim = rank_process(1, out)
         deadline = time.monotonic() + 120
-        while not any((out / f"{name}.nii.gz").exists() for name in share):
+        while not any((out / f"{name}_core.nii.gz").exists() for name in share):
             assert time.monotonic() < deadline and launch.poll() is None
             time.sleep(0.005)
         os.kill(victim, signal.SIGSTOP)                 # frozen after its first result
-        finished_before = [name for name in share if (out / f"{name}.nii.gz").exists()]
+        finished_before = [name for name in share if (out / f"{name}_core.nii.gz").exists()]
         os.kill(victim, signal.SIGKILL)
         launch.wait(timeout=120)
     finally:
@@ -173,6 +177,13 @@ def test_a_rank_killed_midway_loses_only_its_current_target(cohort):
             launch.kill()
     assert launch.returncode != 0
     assert 1 <= len(finished_before) < len(share)       # killed midway through its share
+    stopped = json.loads((out / "wsicl-run.json").read_text())   # merged by the stopped rank
+    stopped_status = {t["target"]: t["status"] for t in stopped["targets"]}
+    assert sorted(stopped_status) == [f"case{i}" for i in range(1, 9)]   # the killed rank's
+    assert all(stopped_status[name] in ("done", "interrupted") for name in finished_before)
+    assert all((out / f"{name}_core.nii.gz").exists() for name in stopped_status
+               if stopped_status[name] == "done")
+    assert "not started" in stopped_status.values()
     again = subprocess.run(torchrun(cohort, out, "--quiet"), capture_output=True, text=True,
                            timeout=240)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -180,10 +191,11 @@ def test_a_rank_killed_midway_loses_only_its_current_target(cohort):
     status = {t["target"]: t["status"] for t in report["targets"]}
     assert sorted(status) == [f"case{i}" for i in range(1, 9)]
     assert all(status[name] in ("done", "skipped") for name in status)
-    assert all(status[name] == "skipped" for name in finished_before)
+    assert all(status[name] == ("skipped" if stopped_status[name] == "done" else "done")
+               for name in finished_before)          # an interrupted write is redone
     assert any(status[name] == "done" for name in share)
     for name in status:
-        check_complete(out / f"{name}.nii.gz")
+        check_complete(out / f"{name}_core.nii.gz")
     assert main(segment_arguments(cohort, cohort / "one", "--quiet")) == 0
     assert_same_masks(cohort / "one", out)
 
@@ -211,7 +223,8 @@ def test_rank_0_prints_the_whole_run_until_every_rank_finished(tmp_path, monkeyp
     worker.start()
     path, counts = first.close()
     worker.join(10)
-    assert counts == {"done": 2, "skipped": 0, "failed": 1} and path.name == "wsicl-run.json"
+    assert counts == {"done": 2, "skipped": 0, "failed": 1, "not started": 0,
+                      "interrupted": 0} and path.name == "wsicl-run.json"
     assert said and all(line.startswith("run: ") for line in said)
     assert said[0].startswith("run: 1 done, 0 skipped, 0 failed, 2 left of 3; ")
 
@@ -226,3 +239,38 @@ def test_the_progress_line_gives_the_rate_and_the_time_left():
         "run: 0 done, 4 skipped, 0 failed, 0 left of 4")
     assert progress_line({"done": 1, "skipped": 0, "failed": 0}, 10_000, 60.0).endswith(
         "; 1.0 targets/min; about 166.7 h left")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks in /proc")
+def test_ctrl_c_of_a_torchrun_cohort_leaves_a_report_of_every_target(cohort):
+    """Ctrl-C in the terminal (SIGINT to torchrun and its ranks) after the first result:
+    every rank writes its report, and the merged one lists every target of the cohort as
+    done, interrupted or not started, done exactly where the outputs are; --report-only
+    and a rerun say what this run did and what was done before."""
+    out = cohort / "out"
+    launch = subprocess.Popen(torchrun(cohort, out, "--quiet"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        rank_process(1, out)
+        deadline = time.monotonic() + 120
+        while not list(out.glob("case*_core.nii.gz")):
+            assert time.monotonic() < deadline and launch.poll() is None
+            time.sleep(0.005)
+        os.killpg(launch.pid, signal.SIGINT)
+        launch.wait(timeout=120)
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+    assert launch.returncode != 0
+    report = json.loads((out / "wsicl-run.json").read_text())
+    status = {t["target"]: t["status"] for t in report["targets"]}
+    assert sorted(status) == [f"case{i}" for i in range(1, 9)]
+    assert set(status.values()) <= {"done", "interrupted", "not started"}
+    assert {"interrupted", "not started"} & set(status.values())    # it did not finish
+    for name, state in status.items():          # an interrupted one may have its file
+        written = (out / f"{name}_core.nii.gz").exists()
+        assert written if state == "done" else not written or state == "interrupted", name
+    done = sum(state == "done" for state in status.values())
+    again = subprocess.run(torchrun(cohort, out), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"done: {8 - done} segmented now, {done} done before, 0 failed of 8" in again.stdout

@@ -1,5 +1,7 @@
 """The README's first command: the demo on the bundled model and sample data."""
 import json
+import re
+from pathlib import Path
 
 import SimpleITK as sitk
 
@@ -24,6 +26,12 @@ def test_demo_writes_masks_context_picture_and_dice(tmp_path, capsys):
     assert all(0.0 <= value <= 1.0 for value in scores.values())
     # The bundled box model follows the liver from three boxes (v2.1: 0.69, v2 0.63, v1 0.43).
     assert scores["interactive"] > 0.55
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"The demo's liver reaches (\d\.\d+)\s+interactively and (\d\.\d+) in "
+                       r"context", readme)
+    assert stated, "the README no longer states the demo's figures"
+    assert abs(float(stated.group(1)) - scores["interactive"]) <= 0.01     # fp32
+    assert abs(float(stated.group(2)) - scores["in_context"]) <= 0.01
     target = sitk.ReadImage(str(output.parent / "demo" / "mr_liver_in_context.nii.gz"))
     assert target.GetSize() == (117, 91, 20)
     written = json.loads((output / "context_liver.json").read_text(encoding="utf-8"))
@@ -83,7 +91,7 @@ def test_the_demo_folder_is_self_contained_and_never_overwritten_silently(tmp_pa
     assert main(["segment", str(moved / "example_mr_sm.nii.gz"), "--context-set",
                  str(moved / "context_liver.json"), "--output-dir", str(tmp_path / "liver"),
                  *CPU_FP32, "--quiet"]) == 0
-    assert (tmp_path / "liver" / "example_mr_sm.nii.gz").is_file()
+    assert (tmp_path / "liver" / "example_mr_sm_liver.nii.gz").is_file()
     before = (moved / "dice.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["demo", "--output-dir", str(moved), *CPU_FP32, "--quiet"]) == 1

@@ -237,9 +237,8 @@ CONTEXT_FAULTS = [
     Fault("context file box outside the image", context_entries(
         [{"image": "context.nii.gz", "boxes": [{"min": [200, 200, 1], "max": [220, 220, 1]}]}],
         "outside")),
-    Fault("context file reversed box", context_entries(
-        [{"image": "context.nii.gz", "boxes": [{"min": [20, 20, 1], "max": [10, 10, 1]}]}],
-        "exceeds max")),
+    Fault("context file is an image", lambda ws: Arranged("a gzip file", context=str(
+        ws / "context.nii.gz"))),
     Fault("context file NaN coordinate", context_text(
         b'{"context": [{"image": "context.nii.gz", "boxes": [{"min": [NaN, 1, 1], '
         b'"max": [5, 5, 1]}]}]}')),
@@ -344,7 +343,7 @@ def check(capfd, status: int, culprit: str, output: Path, good_kept: bool) -> No
     assert culprit in lines[0] and "Traceback" not in err, err
     assert not out.strip() or good_kept, out
     leftovers = results(output) if output.is_dir() else []
-    assert leftovers == (["good.nii.gz"] if good_kept else []), leftovers
+    assert leftovers == (["good_ball.nii.gz"] if good_kept else []), leftovers
 
 
 @pytest.mark.parametrize("fault", ALL, ids=[f.name for f in ALL])
@@ -372,13 +371,13 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_other_targets(ws, capfd, mo
         real_write(image, path, *args)
 
     monkeypatch.setattr(sitk, "WriteImage", failing)
-    arranged = Arranged("good.nii.gz", targets=["good.nrrd", "second.nrrd"])
+    arranged = Arranged("good_ball.nii.gz", targets=["good.nrrd", "second.nrrd"])
     capfd.readouterr()
     status = segment(ws, arranged, ws / "out")
     out, err = capfd.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
-    assert status == 1 and len(lines) == 1 and "good.nii.gz" in lines[0], err
-    assert results(ws / "out") == ["second.nii.gz"]
+    assert status == 1 and len(lines) == 1 and "good_ball.nii.gz" in lines[0], err
+    assert results(ws / "out") == ["second_ball.nii.gz"]
 
 
 def test_the_matrix_is_listed_in_the_testing_readme():

@@ -192,7 +192,7 @@ def test_cli_runs_a_mask_context_set_and_refuses_a_box_model(mask_context_file, 
     assert main(common + ["--output-dir", str(tmp_path / "b"), "--model",
                           str(tmp_path / "tiny_box.pt"), "--context-kind", "mask"]) == 0
     assert main(common + ["--output-dir", str(tmp_path / "c"), "--model", str(NEUROVERSE)]) == 0
-    written = sitk.ReadImage(str(tmp_path / "c" / "case1.nii.gz"))
+    (written,) = [sitk.ReadImage(str(path)) for path in (tmp_path / "c").glob("case1_*.nii.gz")]
     assert written.GetSize() == (24, 24, 20)
 
 

@@ -92,9 +92,11 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 
 NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
                          "wsicl/server/app.py", "wsicl/server/service.py", "wsicl/dicomseg.py",
-                         "wsicl/runs.py", "wsicl/launch.py", "wsicl/server/page.py")
-"""What only ``pip install`` brings: the command line (and its DICOM SEG writer, run
-reports and torchrun launches), the demo, the training layer and the server with its
+                         "wsicl/runs.py", "wsicl/launch.py", "wsicl/server/page.py",
+                         "wsicl/__main__.py", "wsicl/segment_run.py", "wsicl/resume.py")
+"""What only ``pip install`` brings: the command line (``python -m wsicl``, its
+``segment`` runs with their resume records, DICOM SEG writer, run reports and torchrun
+launches), the demo, the training layer and the server with its
 browser page (Slicer ships its client, ``wsicl/server/client.py``, and the wire format)."""
 
 

@@ -88,8 +88,8 @@ def test_cli_segment_with_server_writes_what_a_local_run_writes(server, model_fi
                           *CPU_FP32]) == 0
     assert main(common + ["--output-dir", str(tmp_path / "remote"), "--model", "tiny",
                           "--server", server.url, "--token-file", str(token_file)]) == 0
-    same(sitk.ReadImage(str(tmp_path / "remote" / "target.nii.gz")),
-         sitk.ReadImage(str(tmp_path / "local" / "target.nii.gz")))
+    same(sitk.ReadImage(str(tmp_path / "remote" / "target_blob.nii.gz")),
+         sitk.ReadImage(str(tmp_path / "local" / "target_blob.nii.gz")))
 
 
 def raw(url: str, method: str = "GET", body: bytes = None, token: str = TOKEN,
@@ -236,7 +236,7 @@ def test_killed_and_restarted_servers(model_file, token_file, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "cannot reach" in result.stderr
-    assert not (tmp_path / "out" / "target.nii.gz").exists()
+    assert not (tmp_path / "out" / "target_set.nii.gz").exists()
     # restarted on the same port: the same client carries on (uploading again)
     second = ServerProcess("--port", port, "--model", str(model_file), "--token-file",
                            str(token_file))

@@ -382,15 +382,20 @@ def test_a_loopback_server_answers_only_requests_addressed_to_loopback(server):
         assert with_host(host) == 200, host
 
 
-def test_sigterm_stops_the_server_cleanly_and_removes_its_folder(model_file, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_stop_signal_ends_the_server_cleanly_and_removes_its_folder(model_file, tmp_path,
+                                                                     stop):
+    """kill or a service manager (SIGTERM), Ctrl-C (SIGINT) and a closed terminal or SSH
+    session (SIGHUP) each stop the server with exit status 0 and no upload folder left."""
     import os
+    import signal
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     running = ServerProcess("--port", "0", "--model", str(model_file),
                             env={**os.environ, "TMPDIR": str(temporary)})
     assert [p.name for p in temporary.iterdir() if p.name.startswith("wsicl-serve-")]
-    running.process.terminate()
-    assert running.process.wait(20) == 0
+    running.process.send_signal(getattr(signal, stop))
+    assert running.process.wait(20) == 0, "".join(running.output)
     assert not [p for p in temporary.iterdir() if p.name.startswith("wsicl-serve-")]
 
 

@@ -1,12 +1,13 @@
 """The ``wsicl`` command line: segment, demo, train, evaluate, serve."""
 import argparse
+import functools
 import json
 import logging
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from . import __version__
 from .options import DEVICE_CHOICES, OUTPUT_FORMATS, OUTPUT_TYPES, PRECISIONS
@@ -200,7 +201,8 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
                     "uint8 0/1 masks on each target's exact grid.")
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help="image files (NIfTI, NRRD, MHA), DICOM series folders, or folders "
-                             "of them (label maps and the context images inside are skipped)")
+                             "of them (label maps and the context images inside are skipped; "
+                             "a label map named here is refused)")
     parser.add_argument("--context-set", type=Path, metavar="CTX.json", action="append",
                         help="context-set file defining one structure (named by its 'name' or "
                              "the file's stem); repeat for several structures in one run")
@@ -209,22 +211,27 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="box",
                         help="box, point or a weights file (default: %(default)s)")
     parser.add_argument("--interactive", action="store_true",
-                        help="segment each context image from its own prompts")
+                        help="segment each context image from its own prompts (with several "
+                             "--context-set: each structure from its own set's prompts)")
     parser.add_argument("--format", default="nii.gz", choices=OUTPUT_FORMATS,
                         help="file format of the results; dicom-seg: one DICOM SEG per "
                              "DICOM series target with every structure as a segment, "
                              "TARGET.seg.dcm (needs pip install '.[dicom]') (default: "
                              "%(default)s)")
     parser.add_argument("--output-type", choices=OUTPUT_TYPES, default=None,
-                        help="with several context sets: one file per target and structure, "
-                             "TARGET_STRUCTURE.FORMAT (per-structure, the default), or one "
-                             "label image per target, TARGET.FORMAT, labels 1, 2, ... in the "
-                             "order of --context-set, an overlap going to the more probable "
-                             "structure, with the names in TARGET.labels.json or as named "
-                             "segments of a .seg.nrrd (multilabel)")
+                        help="one file per target and structure, TARGET_STRUCTURE.FORMAT "
+                             "(per-structure, the default), or one label image per target, "
+                             "TARGET.FORMAT, labels 1, 2, ... in the order of --context-set, "
+                             "an overlap going to the more probable structure, with the names "
+                             "in TARGET.labels.json or as named segments of a .seg.nrrd "
+                             "(multilabel)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="redo targets whose outputs exist (without it they are skipped, "
-                             "so a stopped run finishes when run again)")
+                        help="replace outputs that another run made (other context sets, "
+                             "model or options; without it the run refuses). Targets done "
+                             "before by the same work are always skipped, so a stopped run "
+                             "finishes when run again")
+    parser.add_argument("--allow-label-targets", action="store_true",
+                        help="segment a TARGET file even though it looks like a label map")
     parser.add_argument("--report-only", type=Path, metavar="OUT",
                         help="merge the run reports in OUT (shards, reruns) into "
                              "OUT/wsicl-run.json and .csv, print the counts and stop")
@@ -240,21 +247,20 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_segment)
 
 
-COLOURS = ((0.9, 0.3, 0.2), (0.2, 0.6, 0.9), (0.3, 0.8, 0.3), (0.95, 0.8, 0.2),
-           (0.7, 0.4, 0.9), (0.2, 0.85, 0.8), (0.95, 0.55, 0.75), (0.6, 0.45, 0.3))
-"""Segment colours (RGB in [0, 1]) by structure, in the order of --context-set."""
-
-
 def run_segment(args: argparse.Namespace) -> int:
     from .checkpoints import resolve_source
     from .contextfile import read_context_file
-    from .imageio import case_name, check_target_header, list_targets, read_image
     from .files import check_writable_folder
+    from .imageio import check_target_header, label_map_reason, list_targets
     from .launch import Launch, environment_shard
-    from .runs import RunReport, merge_reports, outputs_done, parse_shard, shard_jobs
+    from .resume import decide, input_digest
+    from .runs import (RunReport, closing_line, merge_reports, parse_shard, shard_jobs,
+                       status_counts)
+    from .segment_run import (Target, common_work, failure_line, interactive_targets,
+                              stops_as_interrupts, structures_work, unit_digest, units_of)
     if args.report_only:
         path, counts = merge_reports(args.report_only)
-        print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")
+        print(closing_line(counts) + f"; wrote {path}")
         return 0 if counts["failed"] == 0 else 1
     if not args.context_set or args.output_dir is None:
         raise ValueError("segment needs --context-set and --output-dir (or --report-only OUT)")
@@ -263,210 +269,172 @@ def run_segment(args: argparse.Namespace) -> int:
     if len(set(structures)) != len(structures):
         raise ValueError(f"context sets {structures} share a name; give each a distinct "
                          "'name' (or file name)")
-    if args.interactive and (args.targets or len(context_sets) > 1):
-        raise ValueError("--interactive segments the context images of one context set "
-                         "themselves; drop the TARGET arguments and extra --context-set")
+    if args.interactive and args.targets:
+        raise ValueError("--interactive segments the context images themselves, each from "
+                         "its own prompts; drop the TARGET arguments")
     shard = None if args.interactive else \
         parse_shard(args.shard) if args.shard else environment_shard()
     launch = Launch.join("segment") if shard is not None and not args.shard else None
     if launch is not None and launch.rank != 0:
         args.quiet = True            # rank 0 speaks for the whole run, the others for errors
     if args.interactive:
-        jobs = [(case_name(Path(entry.source)), entry) for entry in context_sets[0].entries]
+        targets = interactive_targets(context_sets)
     elif not args.targets:
         raise ValueError("no TARGET given; name image files or folders to segment, or use "
                          "--interactive")
     else:
         context_images = [Path(entry.source) for context_set in context_sets
                           for entry in context_set.entries if entry.source]
-        jobs = list_targets(args.targets, context_images, lambda line: _say(args, line))
-    total = len(jobs)
+        targets = [Target(name, path) for name, path in
+                   list_targets(args.targets, context_images, lambda line: _say(args, line))]
+    cohort = [(target.name, target.source) for target in targets]
     if shard is not None:
-        jobs = shard_jobs(jobs, *shard)
-        _say(args, f"{total} targets on {shard[1]} ranks" if launch is not None else
-             f"shard {shard[0] + 1} of {shard[1]}: {len(jobs)} target(s)")
+        kept = {name for name, _ in shard_jobs(cohort, *shard)}
+        targets = [target for target in targets if target.name in kept]
+        _say(args, f"{len(cohort)} targets on {shard[1]} ranks" if launch is not None else
+             f"shard {shard[0] + 1} of {shard[1]}: {len(targets)} target(s)")
     per_target = not args.quiet and launch is None     # a line per target, a progress bar
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise ValueError(f"{args.output_dir}: exists and is not a folder; choose another "
                          "--output-dir")
-    kind = args.output_type or "per-structure"
-    outputs = {name: _outputs(args.output_dir, name, structures, kind, args.format)
-               for name, _ in jobs}
-    report = RunReport(None if args.server else resolve_source(args.model), args.model,
-                       args.context_set, shard, args.output_dir, launch, total,
-                       lambda line: _say(args, line))
-    usable = []
-    for index, (name, job) in enumerate(jobs):         # before the model loads
-        label = f"[{index + 1}/{len(jobs)}] {name}"
-        source = job.source if args.interactive else job
+    model_file = None if args.server else resolve_source(args.model)
+    common = common_work(args, model_file)
+    run_key = structures_work(common, context_sets, range(len(context_sets)),
+                              args.interactive).key
+    explicit = {Path(path) for path in args.targets}
+    plans, failures, conflicts = {}, {}, []
+    for target in targets:                             # before the model loads
         try:
-            if not args.overwrite and outputs_done(outputs[name]):
-                if per_target:
-                    print(f"{label}: done before, skipped (--overwrite redoes it)")
-                report.add(name, source, "skipped", outputs=outputs[name])
-                continue
-            if args.format == "dicom-seg" and (args.interactive or not Path(job).is_dir()):
+            if args.format == "dicom-seg" and (args.interactive or not target.source.is_dir()):
                 raise ValueError("DICOM SEG output needs a DICOM series folder as target; "
                                  "choose another --format for image files")
             if not args.interactive:
-                check_target_header(Path(job))
-            usable.append((label, name, job, source))
-        except ValueError as error:
-            print(_failure_line(label, name, job, error), file=sys.stderr)
-            report.add(name, source, "failed", error=str(error))
-    if usable:
-        check_writable_folder(args.output_dir)  # before the model loads, not after the work
-        predictor = make_predictor(args) if not args.server else remote_predictor(args)
-        _say(args, f"model {args.model} on the server at {args.server}" if args.server
-             else predictor.describe())
-        contexts = None if args.interactive else \
-            [predictor.prepare_context(context_set) for context_set in context_sets]
+                check_target_header(target.source)
+                reason = label_map_reason(target.source) if target.source in explicit and \
+                    target.source.is_file() and not args.allow_label_targets else None
+                if reason:
+                    raise ValueError(f"{target.source}: looks like a label map, not a scan "
+                                     f"({reason}); segment the scan it belongs to, or pass "
+                                     "--allow-label-targets")
+            content = functools.lru_cache(None)(functools.partial(input_digest, target.source))
+            units = units_of(target, args.output_dir, context_sets, common, args)
+            decisions = [decide(args.output_dir, unit.name, unit.work, unit.outputs,
+                                functools.partial(unit_digest, target, unit, content))
+                         for unit in units]
+            conflicts += [(unit, d.reason) for unit, d in zip(units, decisions)
+                          if d.action == "conflict"]
+            plans[target.name] = (units, decisions)
+        except (ValueError, OSError) as error:
+            failures[target.name] = error
+    if conflicts and not args.overwrite:
+        unit, reason = conflicts[0]
+        existing = next(path for path in unit.outputs if path.exists())
+        more = f" (so do {len(conflicts) - 1} more output(s) there)" if len(conflicts) > 1 \
+            else ""
+        raise ValueError(f"{existing}: exists, and {reason}{more}; pass --overwrite to "
+                         "replace it, or choose another --output-dir")
+    report = RunReport(model_file, args.model, args.context_set, shard, args.output_dir,
+                       launch, len(cohort), lambda line: _say(args, line),
+                       [(t.name, t.source) for t in targets], run_key,
+                       cohort if shard is not None else ())
+    usable = []
+    for index, target in enumerate(targets):
+        label = f"[{index + 1}/{len(targets)}] {target.name}"
+        if target.name in failures:
+            error = failures[target.name]
+            print(failure_line(label, target.name, target.source, error), file=sys.stderr)
+            report.add(target.name, target.source, "failed", error=str(error))
+            continue
+        units, decisions = plans[target.name]
+        kept = {name: measure for unit, decision in zip(units, decisions)
+                if decision.action == "skip"
+                for name, measure in decision.record.get("structures", {}).items()}
+        todo = [unit for unit, decision in zip(units, decisions) if decision.action != "skip"]
+        if todo:
+            usable.append((label, target, units, todo, kept))
+            continue
+        if per_target:
+            print(f"{label}: done before with the same model, context and options, skipped")
+        report.add(target.name, target.source, "skipped",
+                   outputs=[p for unit in units for p in unit.outputs], structures=kept)
+    current = None
     try:
-        for label, name, job, source in usable:
-            started = time.perf_counter()
-            try:
-                if args.interactive:
-                    results = [predictor.segment_interactive(job.image, job.boxes, job.points,
-                                                             name=job.source)]
-                else:
-                    image = read_image(job)             # read once for every structure
-                    results = []
-                    for number, context in enumerate(contexts):
-                        part = f"{label}" if len(contexts) == 1 else \
-                            f"{label} {structures[number]}"
-                        with _progress_bar(part, not per_target) as progress:
-                            results.append(predictor.segment(image, context,
-                                                             progress=progress, name=str(job)))
-                written = _write_results(results, outputs[name], structures, kind,
-                                         args.format, None if args.interactive else Path(job))
-                measures = {s: _measure(r.mask) for s, r in zip(structures, results)}
-                report.add(name, source, "done", time.perf_counter() - started, written,
-                           measures)
-                if per_target:
-                    print(f"{label}: {', '.join(str(v) for v, _ in measures.values())} "
-                          f"voxels -> {', '.join(map(str, written))}")
-            except (ValueError, RuntimeError) as error:
-                print(_failure_line(label, name, job, error), file=sys.stderr)
-                report.add(name, source, "failed", time.perf_counter() - started,
-                           error=str(error))
-    except BaseException:                  # interrupted: keep what was done, wait for no one
-        if args.output_dir.is_dir():
-            report.write()
+        with stops_as_interrupts():
+            if usable:
+                check_writable_folder(args.output_dir)  # before the model loads
+                predictor = make_predictor(args) if not args.server else remote_predictor(args)
+                _say(args, f"model {args.model} on the server at {args.server}" if args.server
+                     else predictor.describe())
+                contexts = None if args.interactive else \
+                    [predictor.prepare_context(context_set) for context_set in context_sets]
+                report.write()          # every target listed before the first is segmented
+            for label, target, units, todo, kept in usable:
+                current = target.name
+                _segment_target(args, predictor, contexts, target, label, units, todo, kept,
+                                {"target": target.name, "run": run_key, "units": len(units)},
+                                report, per_target)
+            current = None
+    except KeyboardInterrupt:              # Ctrl-C, SIGTERM, SIGHUP: say what became of all
+        path = report.interrupt(current)
+        print(f"wsicl: {closing_line(status_counts(report.targets))}"
+              + (f"; report {path}" if path else ""), file=sys.stderr)
         raise
     written_report, counts = report.close()
-    closing = (f"done: {counts['done']} segmented, {counts['skipped']} skipped, "
-               f"{counts['failed']} failed of {sum(counts.values())}"
-               + (f"; report {written_report}" if written_report else ""))
-    _say(args, closing)
+    _say(args, "done: " + closing_line(counts)
+         + (f"; report {written_report}" if written_report else ""))
     return 0 if counts["failed"] == 0 else 1
 
 
-def _failure_line(label: str, name: str, job: object, error: Exception) -> str:
-    """The line that says a target failed, naming it once: ``label`` is ``[i/n] name``,
-    whose name is left out when the message starts with the target's path."""
-    message = str(error)
-    if message.startswith(str(job)):
-        return f"wsicl: {label[:-len(name)]}{message}"
-    return f"wsicl: {label}: {message}"
-
-
-def _measure(mask) -> Tuple[int, float]:
-    """A mask's voxel count and volume in mL."""
-    import numpy as np
-    import SimpleITK as sitk
-    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-    return voxels, voxels * float(np.prod(mask.GetSpacing())) / 1000.0
+def _segment_target(args: argparse.Namespace, predictor, contexts, target, label: str,
+                    units: list, todo: list, kept: dict, about: dict, report,
+                    per_target: bool) -> None:
+    """Segments the units ``todo`` of one target (the others, ``kept``, were done before),
+    writes each unit's outputs between a pending and a complete record, and adds the
+    target's row to the report (a failure: a ``failed`` row and a line on stderr)."""
+    from .imageio import read_image
+    from .resume import input_digest, write_record
+    from .segment_run import ProgressBar, failure_line, unit_digest, write_results
+    started = time.perf_counter()
+    measures = dict(kept)
+    try:
+        content = functools.lru_cache(None)(functools.partial(input_digest, target.source))
+        image = None if target.entries is not None else read_image(target.source)
+        for unit in todo:
+            digest = unit_digest(target, unit, content)
+            write_record(args.output_dir, unit.name, unit.work, digest, about)
+            results = []
+            for index, name in unit.structures:
+                if target.entries is not None:
+                    entry = target.entries[index]
+                    results.append(predictor.segment_interactive(
+                        entry.image, entry.boxes, entry.points, name=entry.source))
+                    continue
+                part = label if len(contexts) == 1 else f"{label} {name}"
+                with ProgressBar(part, not per_target) as progress:
+                    results.append(predictor.segment(image, contexts[index],
+                                                     progress=progress,
+                                                     name=str(target.source)))
+            written = write_results(results, unit.outputs, [n for _, n in unit.structures],
+                                    args.output_type or "per-structure", args.format,
+                                    target.source, [index + 1 for index, _ in unit.structures])
+            write_record(args.output_dir, unit.name, unit.work, digest, about, unit.outputs,
+                         written)
+            measures.update(written)
+        outputs = [path for unit in units for path in unit.outputs]
+        report.add(target.name, target.source, "done", time.perf_counter() - started,
+                   outputs, measures)
+        if per_target:
+            print(f"{label}: {', '.join(str(m['voxels']) for m in measures.values())} "
+                  f"voxels -> {', '.join(map(str, outputs))}")
+    except (ValueError, RuntimeError) as error:
+        print(failure_line(label, target.name, target.source, error), file=sys.stderr)
+        report.add(target.name, target.source, "failed", time.perf_counter() - started,
+                   error=str(error))
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
     if not args.quiet:
         print(line)
-
-
-def _outputs(folder: Path, target: str, structures: List[str], kind: str,
-             output_format: str) -> List[Path]:
-    """The files one target's results go to: ``TARGET.FORMAT`` for one structure or a
-    multilabel image (and ``TARGET.labels.json`` beside a multilabel NIfTI / NRRD), else
-    ``TARGET_STRUCTURE.FORMAT`` per structure."""
-    if output_format == "dicom-seg":
-        return [folder / f"{target}.seg.dcm"]
-    if kind == "multilabel" or len(structures) == 1:
-        main_file = folder / f"{target}.{output_format}"
-        names = folder / f"{target}.labels.json"
-        return [main_file] + ([names] if kind == "multilabel" and output_format != "seg.nrrd"
-                              else [])
-    return [folder / f"{target}_{_file_part(s)}.{output_format}" for s in structures]
-
-
-def _file_part(name: str) -> str:
-    """A structure's name as part of a file name (letters, digits, ``-`` and ``_``)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
-    return cleaned or "structure"
-
-
-def _write_results(results, paths: List[Path], structures: List[str], kind: str,
-                   output_format: str, target: Optional[Path] = None) -> List[Path]:
-    """Writes one target's masks (one per structure, in order) as ``kind`` and
-    ``output_format`` say (``target``: the DICOM series folder a DICOM SEG refers to);
-    returns the files written. The output folder is made by the first write."""
-    import numpy as np
-    import SimpleITK as sitk
-    from .files import WriteError, write_text
-    from .imageio import segmentation_metadata, write_atomic
-    try:
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise WriteError(f"{paths[0].parent}: cannot create it ({error.strerror or error}); "
-                         "choose a writable folder") from None
-    segments = [(name, COLOURS[index % len(COLOURS)]) for index, name in enumerate(structures)]
-    if output_format == "dicom-seg":
-        from .dicomseg import write_dicom_seg
-        from .imageio import dicom_series
-        return [write_dicom_seg([r.mask for r in results], structures,
-                                [colour for _, colour in segments], dicom_series(target),
-                                paths[0])]
-    if kind != "multilabel":
-        for result, path, segment in zip(results, paths, segments):
-            if output_format == "seg.nrrd":
-                segmentation_metadata(result.mask, [segment])
-            write_atomic(result.mask, path)
-        return paths[:len(results)]
-    masks = np.stack([sitk.GetArrayViewFromImage(r.mask) > 0 for r in results])
-    chances = np.stack([sitk.GetArrayViewFromImage(r.probability) if r.probability is not None
-                        else mask for r, mask in zip(results, masks)])   # a server's: masks
-    labels = np.where(masks.any(0), np.argmax(np.where(masks, chances, -1.0), 0) + 1, 0)
-    image = sitk.GetImageFromArray(labels.astype(np.uint8))
-    image.CopyInformation(results[0].mask)
-    if output_format == "seg.nrrd":
-        segmentation_metadata(image, segments)
-    write_atomic(image, paths[0])
-    if len(paths) > 1:
-        write_text(paths[1], json.dumps({str(n + 1): s for n, s in enumerate(structures)},
-                                        indent=1) + "\n")
-    return paths
-
-
-class _progress_bar:
-    """A tqdm bar for one target that the predictor's progress callback drives."""
-
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label, self.quiet, self.bar = label, quiet, None
-
-    def __enter__(self):
-        if not self.quiet:
-            from tqdm import tqdm
-            self.bar = tqdm(total=100, desc=self.label, unit="%", leave=False,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
-        return self.report
-
-    def report(self, fraction: float, message: str) -> None:
-        if self.bar is not None:
-            self.bar.n = int(round(100 * fraction))
-            self.bar.refresh()
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ Box and point coordinates are in one of three spaces: ``voxel`` (integer indices
 (:mod:`wsicl.masks`).
 """
 import dataclasses
+import hashlib
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -13,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import distance_transform_edt
 
-from .geometry import SPACES, Grid, box_corners_lps, require_image
+from .geometry import SPACES, Grid, box_corners_lps, image_digest, require_image
 from .masks import Label, context_mask
 
 PROMPT_KINDS = ("box", "point", "mask")
@@ -47,7 +48,9 @@ def _check_space(space: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """An axis-aligned box with inclusive corners ``min`` <= ``max`` in ``space``.
+    """An axis-aligned box with inclusive corners ``min`` <= ``max`` in ``space`` (corners
+    given the other way round along an axis are swapped there, with a
+    :class:`PromptNote`).
 
     Equal ``min`` and ``max`` along one axis make a 2D box on that slice.
     """
@@ -61,7 +64,13 @@ class Box:
         object.__setattr__(self, "max", _vector(self.max, "box max"))
         _check_space(self.space)
         if any(high < low for low, high in zip(self.min, self.max)):
-            raise ValueError(f"box min {list(self.min)} exceeds max {list(self.max)}")
+            low = tuple(map(min, self.min, self.max))
+            high = tuple(map(max, self.min, self.max))
+            warnings.warn(f"box min {list(self.min)} max {list(self.max)} ({self.space}) has "
+                          f"min above max; used as min {list(low)} max {list(high)}",
+                          PromptNote, stacklevel=3)
+            object.__setattr__(self, "min", low)
+            object.__setattr__(self, "max", high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,16 @@ class ContextEntry:
         present = [kind for kind, given in zip(PROMPT_KINDS, (self.boxes, self.points,
                                                               self.mask is not None)) if given]
         return present[0] if len(present) == 1 else None
+
+    def digest(self) -> bytes:
+        """A 20-byte digest of everything that decides the entry's model inputs: the
+        image's (and the mask's) voxels, type and geometry, and the prompts (its name only
+        labels messages)."""
+        digest = hashlib.blake2b(digest_size=20)
+        for image in (self.image, self.mask):
+            digest.update(b"none" if image is None else image_digest(image))
+        digest.update(repr((self.boxes, self.points)).encode())
+        return digest.digest()
 
 
 class PromptNote(UserWarning):
@@ -142,6 +161,11 @@ class ContextSet:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the entries' digests in order: equal for context sets that give
+        the network the same inputs, whatever their files are called."""
+        return hashlib.sha256(b"".join(entry.digest() for entry in self.entries)).hexdigest()
 
     def kinds(self) -> List[str]:
         """The prompt kinds of the entries (in :data:`PROMPT_KINDS` order); each entry must

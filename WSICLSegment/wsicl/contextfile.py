@@ -64,6 +64,20 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 """Largest context-set or markups file read (hand-written ones are a few kB)."""
 
 
+def binary_kind(head: bytes) -> str:
+    """What a file that cannot be JSON looks like from its first bytes ("a gzip file (a
+    compressed image?)", "an image (NRRD)", ...); "" when it may be text."""
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file (a compressed image such as .nii.gz?)"
+    if head.startswith(b"NRRD"):
+        return "an image (NRRD)"
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+        return "an image (NIfTI)"
+    if b"\0" in head:
+        return "a binary file"
+    return ""
+
+
 def read_json_object(path: Path, what: str) -> Dict[str, Any]:
     """A JSON file holding one object (UTF-8, with or without a byte-order mark), or
     :class:`ContextFileError` naming the file, the problem and the fix."""
@@ -75,6 +89,13 @@ def read_json_object(path: Path, what: str) -> Dict[str, Any]:
     if size > MAX_JSON_BYTES:
         raise ContextFileError(f"{path}: {size:,} bytes, more than a {what} can hold "
                                f"({MAX_JSON_BYTES:,}); is it the right file?")
+    with open(path, "rb") as stream:
+        head = stream.read(348)
+    kind = binary_kind(head)
+    if kind:
+        raise ContextFileError(f"{path}: is {kind}, not a {what}; give the .json file that "
+                               "names the images and their prompts (see the README's "
+                               "context-set format)")
     try:
         document = json.loads(path.read_text(encoding="utf-8-sig"))  # BOM: Windows editors
     except (OSError, ValueError) as error:

@@ -23,7 +23,7 @@ from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region,
 from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
                      resolve_precision)
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
-                       canonical_grid, image_digest, mask_to_model, nonzero_faces,
+                       canonical_grid, mask_to_model, nonzero_faces,
                        point_to_model, prepare, require_image, threshold, to_lps,
                        to_source_grid)
 from .masks import mask_corners
@@ -198,7 +198,7 @@ class Predictor:
         refining) crop; recent entries are remembered (:data:`CONTEXT_CACHE_BYTES`), keyed
         by the image's voxels and geometry, the prompts and the mask, so a context set
         used again (another run, another target list) is not resampled again."""
-        key = _entry_key(entry) + bytes([self.refine])   # refining adds the crop
+        key = entry.digest() + bytes([self.refine])   # refining adds the crop
         if key in self._context_cache:
             self._context_cache.move_to_end(key)
             return self._context_cache[key]
@@ -410,16 +410,6 @@ class Predictor:
         if self.metadata.output == "logit":
             output = torch.sigmoid(output)
         return output.cpu().numpy()
-
-
-def _entry_key(entry: ContextEntry) -> bytes:
-    """A digest of everything that decides an entry's model inputs: the image's (and the
-    mask's) voxels, type and geometry, and the prompts (its name only labels messages)."""
-    digest = hashlib.blake2b(digest_size=20)
-    for image in (entry.image, entry.mask):
-        digest.update(b"none" if image is None else image_digest(image))
-    digest.update(repr((entry.boxes, entry.points)).encode())
-    return digest.digest()
 
 
 def _on_target(output: np.ndarray, prepared: PreparedImage, target: sitk.Image

@@ -13,7 +13,6 @@ the run report.
   context sets' SHA-256 digests and the versions.
 """
 import csv
-import hashlib
 import io
 import json
 import platform
@@ -24,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from . import __version__
 from .files import write_text
+from .resume import file_digest, run_records
 
 Job = TypeVar("Job")
 
@@ -59,39 +59,9 @@ def shard_jobs(jobs: Sequence[Tuple[str, Job]], index: int, count: int
     return [job for i, job in enumerate(jobs) if owner[i] == index]
 
 
-def outputs_done(paths: Sequence[Path]) -> bool:
-    """Whether every output exists and reads back (images: their header and every voxel,
-    see :func:`wsicl.imageio.check_complete`; JSON: parses; DICOM: its header). None
-    existing: False. An existing output that does not read back is a ValueError (it is
-    not overwritten without ``--overwrite``)."""
-    existing = [path for path in paths if path.exists()]
-    for path in existing:
-        try:
-            if path.suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
-            elif path.name.endswith(".dcm"):
-                import pydicom
-                pydicom.dcmread(str(path), stop_before_pixels=True)
-            else:
-                from .imageio import check_complete
-                check_complete(path)
-        except Exception as error:      # any failure to read: not ours, or broken
-            raise ValueError(f"{path}: exists but does not read back ({type(error).__name__}"
-                             "); pass --overwrite to replace it") from None
-    return bool(existing) and len(existing) == len(paths)
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-STATUSES = ("done", "skipped", "failed")
-"""What became of a target in a run."""
+STATUSES = ("done", "skipped", "failed", "not started", "interrupted")
+"""What became of a target in a run: segmented now, done before (kept from an earlier run
+of the same work), failed, never reached, or stopped while being segmented."""
 
 
 def status_counts(targets: Sequence[Dict[str, Any]]) -> Dict[str, int]:
@@ -101,7 +71,7 @@ def status_counts(targets: Sequence[Dict[str, Any]]) -> Dict[str, int]:
 
 def write_report(folder: Path, stem: str, header: Dict[str, Any],
                  targets: Sequence[Dict[str, Any]]) -> Path:
-    """Writes a run report, ``STEM.json`` (``header``, the finishing time, the counts by
+    """Writes a run report, ``STEM.json`` (``header``, the time of writing, the counts by
     status, the targets) and ``STEM.csv`` (a row per target and structure) into
     ``folder``; returns the JSON's path."""
     document = {**header, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -121,6 +91,16 @@ def write_report(folder: Path, stem: str, header: Dict[str, Any],
     return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
 
 
+def target_row(name: str, source: Any, status: str, seconds: float = 0.0,
+               outputs: Sequence[Any] = (), structures: Optional[Dict[str, Any]] = None,
+               error: str = "") -> Dict[str, Any]:
+    """One target's entry in a report: ``structures`` maps each structure to
+    ``{"voxels": N, "ml": V}``."""
+    return {"target": name, "input": str(source), "status": status,
+            "seconds": round(seconds, 3), "outputs": [str(p) for p in outputs],
+            "structures": dict(structures or {}), "error": error}
+
+
 REPORT_EVERY_S = 30.0
 """How often a run's report is rewritten while it runs (a rank killed midway loses at most
 this much of it; its outputs are on disk either way and a rerun skips them)."""
@@ -130,14 +110,18 @@ PROGRESS_EVERY_S = 10.0
 
 
 class RunReport:
-    """What a run did, target by target, written as JSON and CSV into ``folder`` as it
-    goes. Under a ``torchrun`` launch (``launch``) every rank counts its targets in the
-    launch's store; rank 0 prints the whole run's progress through ``say`` and, at the
-    end, merges every rank's report into ``wsicl-run.json``."""
+    """What a run does, target by target, written as JSON and CSV into ``folder`` from the
+    start (every target of ``jobs`` a ``not started`` row) and as it goes. Under a
+    ``torchrun`` launch (``launch``) every rank counts its targets in the launch's store;
+    rank 0 prints the whole run's progress through ``say`` and, at the end, merges every
+    rank's report into ``wsicl-run.json``. ``cohort``: every target's name in the whole
+    run (all shards), so a merged report lists the targets of a rank that never wrote."""
 
     def __init__(self, model_file: Optional[Path], model: str, context_files: Sequence[Path],
                  shard: Optional[Tuple[int, int]], folder: Path, launch: Any = None,
-                 total: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
+                 total: int = 0, say: Optional[Callable[[str], None]] = None,
+                 jobs: Sequence[Tuple[str, Any]] = (), work: str = "",
+                 cohort: Sequence[Tuple[str, Any]] = ()) -> None:
         import torch
         self.stem = "wsicl-run" + (f"-{shard[0] + 1}-of-{shard[1]}" if shard else "")
         self.header = {
@@ -146,24 +130,27 @@ class RunReport:
             "model_sha256": file_digest(model_file) if model_file and model_file.is_file()
             else None,
             "context_sets": {str(p): file_digest(Path(p)) for p in context_files},
-            "shard": f"{shard[0] + 1}/{shard[1]}" if shard else None,
+            "work": work, "shard": f"{shard[0] + 1}/{shard[1]}" if shard else None,
+            "cohort": [[name, str(source)] for name, source in cohort],
             "versions": {"wsicl": __version__, "torch": torch.__version__,
                          "python": platform.python_version()}}
-        self.targets: List[Dict[str, Any]] = []
+        self.rows: Dict[str, Dict[str, Any]] = {
+            name: target_row(name, source, "not started") for name, source in jobs}
         self.folder, self.launch, self.total, self.say = Path(folder), launch, total, say
         self.started = self.written = self.said = time.monotonic()
 
+    @property
+    def targets(self) -> List[Dict[str, Any]]:
+        """The report's rows, in the order of the jobs."""
+        return list(self.rows.values())
+
     def add(self, name: str, source: Any, status: str, seconds: float = 0.0,
-            outputs: Sequence[Path] = (), structures: Dict[str, Tuple[int, float]] = None,
+            outputs: Sequence[Path] = (), structures: Optional[Dict[str, Any]] = None,
             error: str = "") -> None:
-        """One target: ``status`` one of :data:`STATUSES`; ``structures`` maps each
-        structure to its voxel count and volume (mL)."""
-        self.targets.append({
-            "target": name, "input": str(source), "status": status,
-            "seconds": round(seconds, 3), "outputs": [str(p) for p in outputs],
-            "structures": {k: {"voxels": v, "ml": round(ml, 3)}
-                           for k, (v, ml) in (structures or {}).items()},
-            "error": error})
+        """What became of one target: ``status`` one of :data:`STATUSES`; ``structures``
+        maps each structure to ``{"voxels": N, "ml": V}``."""
+        self.rows[name] = target_row(name, source, status, seconds, outputs, structures,
+                                     error)
         now = time.monotonic()
         if now - self.written >= REPORT_EVERY_S and self.folder.is_dir():
             self.write()
@@ -177,6 +164,20 @@ class RunReport:
         JSON's path."""
         self.written = time.monotonic()
         return write_report(self.folder, self.stem, self.header, self.targets)
+
+    def interrupt(self, name: Optional[str]) -> Optional[Path]:
+        """The run was stopped (Ctrl-C, SIGTERM) while segmenting ``name`` (None: between
+        targets): marks it ``interrupted``, writes this report and, in a folder holding
+        several (a launch's ranks, shards), merges them; returns the report's path."""
+        if name is not None and name in self.rows:
+            row = self.rows[name]
+            row.update(status="interrupted", error="stopped while being segmented")
+        if not self.folder.is_dir():
+            return None
+        path = self.write()
+        if self.launch is not None:
+            path, _ = merge_reports(self.folder)
+        return path
 
     def close(self) -> Tuple[Optional[Path], Dict[str, int]]:
         """Writes the final report (none if the folder was never made) and returns its
@@ -207,7 +208,7 @@ def progress_line(counts: Dict[str, int], total: int, seconds: float) -> str:
     left, the rate (targets segmented or failed per minute over ``seconds``) and the time
     left at that rate."""
     worked = counts["done"] + counts["failed"]
-    left = max(total - sum(counts.values()), 0)
+    left = max(total - worked - counts["skipped"], 0)
     line = (f"run: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} "
             f"failed, {left} left of {total}")
     if worked and seconds > 0:
@@ -218,6 +219,16 @@ def progress_line(counts: Dict[str, int], total: int, seconds: float) -> str:
     return line
 
 
+def closing_line(counts: Dict[str, int]) -> str:
+    """A finished or stopped run's counts in words: what was segmented now and what was
+    done before, kept apart."""
+    parts = [f"{counts['done']} segmented now", f"{counts['skipped']} done before",
+             f"{counts['failed']} failed"]
+    parts += [f"{counts[status]} {status}" for status in ("interrupted", "not started")
+              if counts.get(status)]
+    return ", ".join(parts) + f" of {sum(counts.values())}"
+
+
 def format_minutes(minutes: float) -> str:
     """``minutes`` as ``"40 s"``, ``"12 min"`` or ``"3.5 h"``."""
     if minutes < 1:
@@ -225,10 +236,19 @@ def format_minutes(minutes: float) -> str:
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
+UNSETTLED = ("skipped", "not started")
+"""Statuses that say nothing new about a target: a report's row with one of them does not
+replace the same target's row from an earlier report."""
+
+
 def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
-    """Merges every run report in ``folder`` (shards, reruns) into ``wsicl-run.json`` and
-    ``.csv``: per target, the entry of the report that finished last; returns the JSON's
-    path and the counts by status. A ValueError if the folder holds no report."""
+    """Merges the run reports in ``folder`` (shards, ranks, reruns) of the latest report's
+    work (same ``work`` key: reports of other context sets, models or options are left
+    out) into ``wsicl-run.json`` and ``.csv``: per target, the row of the report written
+    last, unless it only says ``skipped`` or ``not started`` and an earlier report says
+    more; a target of the run's cohort that no report lists is ``not started``. Returns
+    the JSON's path and the counts by status; a ValueError if the folder holds no
+    report."""
     reports = []
     for path in sorted(Path(folder).glob("wsicl-run*.json")):
         try:
@@ -239,13 +259,40 @@ def merge_reports(folder: Path) -> Tuple[Path, Dict[str, int]]:
         raise ValueError(f"{folder}: holds no run report (wsicl-run*.json); run wsicl "
                          "segment with --output-dir there first")
     reports.sort(key=lambda item: item[1].get("finished", ""))
+    work = reports[-1][1].get("work")
+    reports = [(path, document) for path, document in reports
+               if path.name != "wsicl-run.json" and document.get("work") == work] or \
+        reports[-1:]
     latest: Dict[str, Dict[str, Any]] = {}
     for _, document in reports:
+        for name, source in document.get("cohort", []):
+            latest.setdefault(name, target_row(name, source, "not started"))
         for target in document.get("targets", []):
-            if target.get("status") != "skipped" or target["target"] not in latest:
+            earlier = latest.get(target["target"])
+            if earlier is None or target.get("status") not in UNSETTLED or \
+                    earlier["status"] == "not started":
                 latest[target["target"]] = target
     header = {key: value for key, value in reports[-1][1].items()
               if key not in ("targets", "counts", "finished")}
     header.update(shard=None, merged_from=sorted(path.name for path, _ in reports))
-    targets = [latest[name] for name in sorted(latest)]
+    records = run_records(Path(folder), work) if work else {}
+    targets = [recorded(Path(folder), latest[name], records.get(name, []))
+               for name in sorted(latest)]
     return write_report(Path(folder), "wsicl-run", header, targets), status_counts(targets)
+
+
+def recorded(folder: Path, row: Dict[str, Any], records: List[Dict[str, Any]]
+             ) -> Dict[str, Any]:
+    """``row`` as its target's ``records`` in this run tell it, for a target that a killed
+    rank reached after it last wrote its report (``not started`` there): ``done`` when
+    every unit of the target is recorded complete with its outputs on disk,
+    ``interrupted`` when some unit is recorded but not complete."""
+    if row["status"] not in ("not started", "interrupted") or not records:
+        return row
+    complete = [r for r in records if r.get("outputs") is not None and all(
+        (folder / name).is_file() for name in r["outputs"])]
+    if len(complete) < max(int(r.get("units", 1)) for r in records):
+        return {**row, "status": "interrupted", "error": "stopped while being segmented"}
+    return target_row(row["target"], row["input"], "done",
+                      outputs=[folder / name for r in complete for name in r["outputs"]],
+                      structures={k: v for r in complete for k, v in r["structures"].items()})

@@ -421,7 +421,8 @@ def write_new_token(path: Path) -> str:
 
 
 class Stopped(Exception):
-    """SIGTERM reached the server (``kill``, systemd, docker stop): it shuts down cleanly."""
+    """A stop signal reached the server (SIGTERM: ``kill``, systemd, docker stop; SIGINT:
+    Ctrl-C; SIGHUP: a closed terminal or SSH session): it shuts down cleanly."""
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -431,12 +432,14 @@ def _stop(signum: int, frame: Any) -> None:
 def serve(service: Service, sock: socket.socket, token: Optional[str],
           max_upload_bytes: int, say: Callable[[str], None] = print) -> None:
     """Serves ``service`` on ``sock`` (from :func:`listening_socket`, which the caller
-    closes) until interrupted (Ctrl-C or SIGTERM: both finish the requests in flight, remove
-    the private upload folder and return); says ``listening on URL`` once requests are
-    accepted."""
+    closes) until stopped (Ctrl-C, SIGTERM or SIGHUP: each finishes the requests in flight,
+    removes the private upload folder and returns); says ``listening on URL`` once
+    requests are accepted."""
     import uvicorn
-    previous = signal.signal(signal.SIGTERM, _stop)     # uvicorn raises it again at its end
-    folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))      # mode 0700
+    hang_up = getattr(signal, "SIGHUP", None)           # not on Windows
+    stops = [signal.SIGTERM, signal.SIGINT] + ([hang_up] if hang_up else [])
+    previous = {number: signal.signal(number, _stop) for number in stops}  # uvicorn raises
+    folder = Path(tempfile.mkdtemp(prefix="wsicl-serve-"))   # SIGTERM / SIGINT again at its end
     try:
         app = create_app(service, token, max_upload_bytes, folder,
                          loopback_address(sock.getsockname()[0]))
@@ -446,6 +449,8 @@ def serve(service: Service, sock: socket.socket, token: Optional[str],
             app, log_level="warning", lifespan="off", http=protocol,
             timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=cap + 1,
             h11_max_incomplete_event_size=64 * 1024))
+        if hang_up:                       # uvicorn itself handles SIGTERM and SIGINT only
+            signal.signal(hang_up, lambda number, frame: setattr(server, "should_exit", True))
 
         async def run() -> None:
             task = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -463,6 +468,7 @@ def serve(service: Service, sock: socket.socket, token: Optional[str],
         except Stopped:
             pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         service.close()
         shutil.rmtree(folder, ignore_errors=True)
