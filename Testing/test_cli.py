@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from conftest import CPU_FP32, make_image, results, rotation_direction, sphere_volume
 from wsicl import save_model
 from wsicl.cli import main
+from wsicl.demo import write_dicom_series
 from wsicl.geometry import Grid
 
 FLIPPED = (-1, 0, 0, 0, 1, 0, 0, 0, 1)
@@ -107,29 +108,6 @@ def test_interactive_writes_each_context_image(workspace):
     assert run(workspace, path, workspace / "out", "--interactive") == 0
     written = sitk.ReadImage(str(workspace / "out" / "context_ball.nii.gz"))
     assert written.GetSize() == sitk.ReadImage(str(workspace / "context.nii.gz")).GetSize()
-
-
-def write_dicom_series(image, folder):
-    folder.mkdir()
-    image = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
-    direction = image.GetDirection()
-    series = "1.2.826.0.1.3680043.2.1125.1.99"
-    for k in range(image.GetDepth()):
-        slice_image = image[:, :, k]
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {"0020|000e": series, "0020|000d": series + ".0", "0008|0060": "MR",
-                "0020|0052": series + ".1", "0010|0020": "TEST01", "0010|0010": "Test^Subject",
-                "0020|0032": "\\".join(f"{p:.6f}" for p in position),
-                "0020|0037": "\\".join(f"{d:.6f}" for d in (direction[0], direction[3],
-                                                            direction[6], direction[1],
-                                                            direction[4], direction[7])),
-                "0020|0013": str(k + 1), "0018|0050": f"{image.GetSpacing()[2]:.6f}"}
-        for key, value in tags.items():
-            slice_image.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(slice_image)
 
 
 def test_dicom_series_folder_is_a_target(workspace):
@@ -530,3 +508,67 @@ def test_ctrl_c_between_targets_reports_every_target(workspace, capsys, monkeypa
     report = json.loads((workspace / "out" / "wsicl-run.json").read_text())
     assert [(t["target"], t["status"]) for t in report["targets"]] == [
         ("target", "done"), ("target2", "interrupted"), ("target3", "not started")]
+
+
+def test_interactive_with_several_context_sets_segments_each_structure_from_its_prompts(
+        two_structures):
+    """core and rim: two sets with different boxes on the same image; each structure's file
+    equals an interactive run of that set alone, and a label image holds both."""
+    folder, sets = two_structures
+    common = ["segment", "--interactive", "--model", str(folder / "m.pt"), *CPU_FP32,
+              "--quiet"]
+    both = common + ["--context-set", str(sets[0]), "--context-set", str(sets[1])]
+    assert main(both + ["--output-dir", str(folder / "both")]) == 0
+    assert results(folder / "both") == ["context_core.nii.gz", "context_rim.nii.gz"]
+    masks = {}
+    for path in sets:
+        assert main(common + ["--context-set", str(path), "--output-dir",
+                              str(folder / path.stem)]) == 0
+        masks[path.stem] = sitk.GetArrayFromImage(sitk.ReadImage(str(
+            folder / path.stem / f"context_{path.stem}.nii.gz")))
+        assert np.array_equal(masks[path.stem], sitk.GetArrayFromImage(sitk.ReadImage(str(
+            folder / "both" / f"context_{path.stem}.nii.gz"))))
+    assert not np.array_equal(masks["core"], masks["rim"])     # each from its own boxes
+    assert main(both + ["--output-dir", str(folder / "labels"), "--output-type",
+                        "multilabel"]) == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels" / "context.nii.gz")))
+    assert np.array_equal(labels > 0, (masks["core"] > 0) | (masks["rim"] > 0))
+
+
+def test_a_dicom_seg_takes_a_missing_slice_thickness_from_the_positions(two_structures):
+    import highdicom
+    import pydicom
+    from served import blob
+    folder, sets = two_structures
+    write_dicom_series(blob(1), folder / "series")
+    for path in (folder / "series").iterdir():
+        dataset = pydicom.dcmread(path)
+        del dataset.SliceThickness
+        dataset.save_as(path)
+    assert main(["segment", str(folder / "series"), "--model", str(folder / "m.pt"),
+                 *CPU_FP32, "--quiet", "--context-set", str(sets[0]), "--output-dir",
+                 str(folder / "out"), "--format", "dicom-seg"]) == 0
+    seg = highdicom.seg.segread(str(folder / "out" / "series.seg.dcm"))
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(1.5, abs=1e-4)   # blob's spacing
+
+
+def test_a_series_that_cannot_carry_a_dicom_seg_is_said_before_the_model_loads(
+        two_structures, capsys, monkeypatch):
+    import pydicom
+    import wsicl.cli
+    from served import blob
+    folder, sets = two_structures
+    write_dicom_series(blob(1), folder / "series")
+    for path in (folder / "series").iterdir():
+        dataset = pydicom.dcmread(path)
+        del dataset.FrameOfReferenceUID
+        dataset.save_as(path)
+    loaded = []
+    monkeypatch.setattr(wsicl.cli, "make_predictor", lambda args: loaded.append(1))
+    assert main(["segment", str(folder / "series"), "--model", str(folder / "m.pt"),
+                 *CPU_FP32, "--context-set", str(sets[0]), "--output-dir",
+                 str(folder / "out"), "--format", "dicom-seg"]) == 1
+    error = capsys.readouterr().err
+    assert "Frame Of Reference UID" in error and "another --format" in error and not loaded
+    assert "Traceback" not in error

@@ -144,3 +144,16 @@ def test_the_segment_examples_run_on_the_sample_data(scans, capsys):
     written = results(scans / "results")
     assert written == ["case1_liver.nii.gz", "case2_liver.nii.gz", "case3_liver.nii.gz",
                        "ct7_liver.nii.gz", "ct7_spleen.nii.gz", "ct8_liver.nii.gz"]
+
+
+def test_the_dicom_seg_example_runs_as_written_after_the_demo(tmp_path, monkeypatch):
+    import shlex
+    import highdicom
+    from wsicl.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", *CPU_FP32, "--quiet"]) == 0
+    (line,) = [line for block in blocks("bash") for line in commands(block)
+               if "--format dicom-seg" in line]
+    assert main(shlex.split(line)[1:] + ["--quiet", *CPU_FP32]) == 0
+    seg = highdicom.seg.segread(str(tmp_path / "seg" / "example_ct_dicom.seg.dcm"))
+    assert seg.number_of_segments == 1 and seg.pixel_array.any()

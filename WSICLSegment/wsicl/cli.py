@@ -251,7 +251,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from .checkpoints import resolve_source
     from .contextfile import read_context_file
     from .files import check_writable_folder
-    from .imageio import check_target_header, label_map_reason, list_targets
+    from .dicomseg import check_dicom_seg
+    from .imageio import check_target_header, dicom_series, label_map_reason, list_targets
     from .launch import Launch, environment_shard
     from .resume import decide, input_digest
     from .runs import (RunReport, closing_line, merge_reports, parse_shard, shard_jobs,
@@ -308,6 +309,9 @@ def run_segment(args: argparse.Namespace) -> int:
             if args.format == "dicom-seg" and (args.interactive or not target.source.is_dir()):
                 raise ValueError("DICOM SEG output needs a DICOM series folder as target; "
                                  "choose another --format for image files")
+            if args.format == "dicom-seg":                  # its tags, before the network
+                check_dicom_seg(dicom_series(target.source), structures,
+                                args.output_dir / f"{target.name}.seg.dcm")
             if not args.interactive:
                 check_target_header(target.source)
                 reason = label_map_reason(target.source) if target.source in explicit and \

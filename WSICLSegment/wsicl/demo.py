@@ -48,12 +48,66 @@ def to_boxes(entries: Sequence[Dict[str, List[int]]]) -> List[Box]:
     return [Box(tuple(b["min"]), tuple(b["max"])) for b in entries]
 
 
-DEMO_OUTPUTS = ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz", "context_liver.json",
-                "mr_liver_in_context.nii.gz", "mr_liver_interactive.nii.gz", "overview.png",
-                "dice.json")
+DEMO_OUTPUTS = ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz", "example_ct_dicom",
+                "context_liver.json", "mr_liver_in_context.nii.gz",
+                "mr_liver_interactive.nii.gz", "overview.png", "dice.json")
 """What the demo writes into its folder: the sample CT and MR (so that the context-set
-file, which names the CT beside it, keeps working wherever the folder goes), the context
-set, the two masks, the picture and the scores."""
+file, which names the CT beside it, keeps working wherever the folder goes), the CT as a
+DICOM series (to try DICOM in, DICOM SEG out), the context set, the two masks, the picture
+and the scores."""
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, modality: str = "CT",
+                       patient: str = "WSICL^Sample") -> Path:
+    """Writes a scalar 3D ``image`` as a DICOM series in ``folder`` (one file per slice
+    ``k``, int16 voxels as stored, e.g. Hounsfield units; position, orientation and spacing
+    from the image's geometry, new UIDs), read back and compared before it replaces any
+    earlier ``folder``; returns ``folder``."""
+    import os
+    import shutil
+    import tempfile
+    from .files import WriteError, current_umask
+    voxels = sitk.Cast(image, sitk.sitkInt16)
+    direction = voxels.GetDirection()
+    uid = "1.2.826.0.1.3680043.2.1125." + ".".join(
+        str(int(part)) for part in np.random.default_rng().integers(1, 10 ** 8, 3))
+    folder = Path(folder)
+    temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for k in range(voxels.GetDepth()):
+            plane = voxels[:, :, k]
+            position = voxels.TransformIndexToPhysicalPoint((0, 0, k))
+            tags = {"0020|000e": uid + ".2", "0020|000d": uid + ".1", "0020|0052": uid + ".3",
+                    "0008|0060": modality, "0010|0010": patient, "0010|0020": "WSICL01",
+                    "0008|103e": f"WSICL sample {modality}",
+                    "0020|0032": "\\".join(f"{p:.6f}" for p in position),
+                    "0020|0037": "\\".join(f"{d:.6f}" for d in (
+                        direction[0], direction[3], direction[6],
+                        direction[1], direction[4], direction[7])),
+                    "0020|0013": str(k + 1), "0018|0050": f"{voxels.GetSpacing()[2]:.6f}"}
+            for key, value in tags.items():
+                plane.SetMetaData(key, value)
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(str(temporary / f"slice{k:04d}.dcm"))
+            writer.Execute(plane)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(temporary)))
+        written = reader.Execute()
+        if not np.array_equal(sitk.GetArrayViewFromImage(written),
+                              sitk.GetArrayViewFromImage(voxels)):
+            raise WriteError(f"{folder}: the DICOM series did not read back as written (disk "
+                             "full?); nothing was kept")
+        os.chmod(temporary, 0o777 & ~current_umask())       # mkdtemp made it private
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temporary, folder)
+    except (OSError, RuntimeError) as error:
+        raise WriteError(f"{folder}: could not be written ({error}); check the free disk "
+                         "space and the folder's permissions") from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return folder
 
 
 def check_demo_outputs(output: Path, overwrite: bool) -> None:
@@ -75,6 +129,7 @@ def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
         == LIVER
     write_atomic(ct, output / "example_ct_sm.nii.gz")
     write_atomic(mr, output / "example_mr_sm.nii.gz")
+    write_dicom_series(ct, output / "example_ct_dicom")
     context_boxes = boxes_on_slices(ct_liver, 5)
     context_file = write_context_file(
         output / "context_liver.json", "liver", "voxel",
@@ -93,7 +148,8 @@ def run_demo(output: Path, predictor: Predictor, say=print) -> Dict[str, float]:
     picture = overview(ct, context_boxes, mr, mr_liver,
                        {"in-context": in_context, "interactive": interactive},
                        results, output / "overview.png")
-    say(f"wrote {output} (masks, context_liver.json" + (", overview.png)" if picture else ")"))
+    say(f"wrote {output} (masks, context_liver.json, the CT as a DICOM series"
+        + (", overview.png)" if picture else ")"))
     write_text(output / "dice.json", json.dumps(results, indent=1))
     return results
 
