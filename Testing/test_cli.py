@@ -572,3 +572,15 @@ def test_a_series_that_cannot_carry_a_dicom_seg_is_said_before_the_model_loads(
     error = capsys.readouterr().err
     assert "Frame Of Reference UID" in error and "another --format" in error and not loaded
     assert "Traceback" not in error
+
+
+def test_no_progress_bar_is_written_when_stderr_is_not_a_terminal(workspace, capsys):
+    """A log file (stderr redirected) gets the result lines, not carriage-return bars."""
+    path = write_context(workspace, {"context": [{"image": "context.nii.gz",
+                                                  "boxes": [VOXEL_BOX]}]})
+    assert main(["segment", "--context-set", str(path), "--output-dir", str(workspace / "out"),
+                 "--model", str(workspace / "tiny.pt"), *CPU_FP32,
+                 str(workspace / "target.nrrd")]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "%|" not in captured.err
+    assert "voxels ->" in captured.out
