@@ -288,3 +288,91 @@ def test_interactive_mode_follows_the_prompts_and_points_are_placed_by_a_click(s
     wait_for(browser, lambda d: text(d, "segmentError"))
     assert text(browser, "segmentError") == \
         "No model on this server reads point prompts (it has tiny)."
+
+
+def test_the_page_imports_the_command_lines_context_sets(served, browser):
+    """A set in voxel indices (as `wsicl demo` writes) and the same box in LPS millimetres,
+    each imported: the target's overlay equals the Python client's run of that file's set;
+    a set on a volume that is not open names it, and nothing is added."""
+    from wsicl.contextfile import read_context_file
+    server, folder = served
+    open_page(browser, server.url, TOKEN)
+    open_volumes(browser, folder)
+    image = sitk.ReadImage(str(folder / "context.nii.gz"))
+    low, high = [12, 10, 12], [28, 26, 12]
+    corners = [image.TransformContinuousIndexToPhysicalPoint([float(v) for v in c])
+               for c in (low, high)]
+    documents = {
+        "voxel": {"name": "core", "coordinates": "voxel", "context": [
+            {"image": "scans/context.nii.gz", "boxes": [{"min": low, "max": high}]}]},
+        "lps": {"name": "lps", "coordinates": "LPS", "context": [
+            {"image": "context.nii.gz", "boxes": [{"min": list(np.minimum(*corners)),
+                                                    "max": list(np.maximum(*corners))}]}]},
+        "elsewhere": {"name": "x", "context": [
+            {"image": "absent.nii.gz", "boxes": [{"min": low, "max": high}]}]}}
+    for name, document in documents.items():
+        (folder / f"{name}.json").write_text(json.dumps(document))
+    browser.find_element(By.ID, "importInput").send_keys(str(folder / "elsewhere.json"))
+    wait_for(browser, lambda d: text(d, "setError"))
+    assert text(browser, "setError") == \
+        "Open absent.nii.gz first: the set's prompts lie on them."
+    assert browser.execute_script("return window.wsicl.state.sets.length") == 0
+    browser.find_elements(By.CSS_SELECTOR, "#volumeList .name")[1].click()   # the target
+    for name in ("voxel", "lps"):
+        browser.find_element(By.ID, "importInput").send_keys(str(folder / f"{name}.json"))
+        set_name = documents[name]["name"]
+        wait_for(browser, lambda d: d.execute_script(
+            f"return window.wsicl.state.sets.some((s) => s.name === '{set_name}')"))
+        browser.find_element(By.ID, "segmentButton").click()
+        wait_for(browser, lambda d: d.execute_script(
+            f"return Boolean(window.wsicl.state.volumes[1].results['{set_name}'])"))
+        overlay = np.array(browser.execute_script(
+            f"return Array.from(window.wsicl.state.volumes[1].results['{set_name}'].img)"))
+        (folder / "scans").mkdir(exist_ok=True)
+        shutil.copy(folder / "context.nii.gz", folder / "scans" / "context.nii.gz")
+        context = read_context_file(folder / f"{name}.json")
+        expected = sitk.GetArrayFromImage(RemotePredictor(server.url, TOKEN, "tiny").segment(
+            sitk.ReadImage(str(folder / "target.nii.gz")), context).mask)
+        assert 0 < expected.sum() < expected.size
+        assert np.array_equal(overlay, expected.ravel()), name
+
+
+def test_imported_json_is_checked_and_a_huge_box_is_drawn_at_once(served, browser):
+    """What the page's JSON import refuses, in one sentence each, with nothing added and
+    the page still working; a box of +-1e5 mm is drawn clamped to the volume."""
+    server, folder = served
+    open_page(browser, server.url, TOKEN)
+    open_volumes(browser, folder)
+    box = {"min": [-5.0, -5.0, 10.0], "max": [5.0, 5.0, 10.0]}
+    bad = [({"colour": 5}, "\"colour\" must be a colour as #rrggbb."),
+           ({"colour": "red"}, "\"colour\" must be a colour as #rrggbb."),
+           ({"name": ["x"]}, "\"name\" must be text."),
+           ({"box": {"min": "abc", "max": [1, 2, 3]}},
+            "context[0].boxes[0].min must be three finite numbers."),
+           ({"box": {"min": [1, 2], "max": [1, 2, 3]}},
+            "context[0].boxes[0].min must be three finite numbers."),
+           ({"coordinates": "IJK"}, "\"coordinates\" must be \"voxel\", \"LPS\" or \"RAS\", "
+                                    "not \"IJK\"."),
+           ({"mask": "seg.nii.gz"}, "context[0] (context.nii.gz): markups files and masks "
+                                    "cannot be imported here; give its boxes or points.")]
+    for number, (change, message) in enumerate(bad):
+        entry = {"image": "context.nii.gz", "boxes": [change.pop("box", box)]}
+        if "mask" in change:
+            entry["mask"] = change.pop("mask")
+        document = {"name": f"s{number}", "coordinates": "RAS", "context": [entry], **change}
+        (folder / f"bad{number}.json").write_text(json.dumps(document))
+        browser.find_element(By.ID, "importInput").send_keys(str(folder / f"bad{number}.json"))
+        wait_for(browser, lambda d: text(d, "setError") == message)
+        assert browser.execute_script("return window.wsicl.state.sets.length") == 0
+    huge = {"name": "huge", "coordinates": "RAS", "context": [
+        {"image": "context.nii.gz", "boxes": [{"min": [-1e5, -1e5, 10.0],
+                                                "max": [1e5, 1e5, 10.0]}]}]}
+    (folder / "huge.json").write_text(json.dumps(huge))
+    started = time.monotonic()
+    browser.find_element(By.ID, "importInput").send_keys(str(folder / "huge.json"))
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#promptList li")) == 1)
+    assert time.monotonic() - started < 10
+    browser.find_element(By.ID, "newSetButton").click()              # the page still works
+    wait_for(browser, lambda d: d.execute_script(
+        "return window.wsicl.state.sets.map((s) => s.name).join()") == "huge,structure")
+    assert not text(browser, "setError")

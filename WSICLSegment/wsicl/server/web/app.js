@@ -253,9 +253,11 @@ function drawPrompts() {
         const lo = low.map((v, a) => Math.min(v, high[a]));
         const hi = low.map((v, a) => Math.max(v, high[a]));
         const spread = [0, 1, 2].filter((a) => hi[a] > lo[a]);   // 2 for a 2D box
-        for (let x = lo[0]; x <= hi[0]; x++) {
-          for (let y = lo[1]; y <= hi[1]; y++) {
-            for (let z = lo[2]; z <= hi[2]; z++) {
+        const from = lo.map((v) => Math.max(v, 0));         // only the voxels of the volume
+        const to = hi.map((v, a) => Math.min(v, dims[a + 1] - 1));
+        for (let x = from[0]; x <= to[0]; x++) {
+          for (let y = from[1]; y <= to[1]; y++) {
+            for (let z = from[2]; z <= to[2]; z++) {
               const at = [x, y, z];
               const edges = spread.filter((a) => at[a] === lo[a] || at[a] === hi[a]);
               if (edges.length >= spread.length - 1) put(x, y, z, index + 1);  // outline
@@ -303,29 +305,112 @@ function exportSet(set) {
   return { name: set.name, colour: set.colour, coordinates: "RAS", context };
 }
 
+// A context-set file as the command line reads it (coordinates "voxel": the image file's
+// indices (i, j, k), inclusive; "LPS" or "RAS": millimetres; absent: voxel) or as this page
+// exports it, checked field by field; its prompts become this page's RAS prompts on the
+// open volumes of the same file names. One sentence says what is wrong, and nothing is
+// added then.
 function importSet(document) {
-  if (typeof document !== "object" || !Array.isArray(document.context) ||
-      document.coordinates !== "RAS") {
-    throw new ServerError("Not a context set this page wrote (it needs \"coordinates\": " +
-                          "\"RAS\" and a \"context\" list).");
+  const where = (index, field) => `context[${index}]${field ? "." + field : ""}`;
+  const isObject = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!isObject(document) || !Array.isArray(document.context) || !document.context.length) {
+    throw new ServerError("Not a context-set file: it needs a \"context\" list of images " +
+                          "with boxes or points.");
   }
-  const kind = document.context.some((e) => e.points) ? "point" : "box";
-  const set = newSet(String(document.name || "imported"), document.colour || "#e64d33", kind);
-  const missing = [];
-  for (const entry of document.context) {
-    const volume = state.volumes.find((v) => v.name === entry.image);
-    if (!volume) {
-      missing.push(entry.image);
-      continue;
+  const space = document.coordinates === undefined ? "voxel" : document.coordinates;
+  if (!["voxel", "LPS", "RAS"].includes(space)) {
+    throw new ServerError(`"coordinates" must be "voxel", "LPS" or "RAS", not ` +
+                          `${JSON.stringify(space).slice(0, 40)}.`);
+  }
+  if (document.name !== undefined && typeof document.name !== "string") {
+    throw new ServerError("\"name\" must be text.");
+  }
+  const colour = document.colour === undefined ? "#e64d33" : document.colour;
+  if (typeof colour !== "string" || !/^#[0-9a-fA-F]{6}$/.test(colour)) {
+    throw new ServerError("\"colour\" must be a colour as #rrggbb.");
+  }
+  const triple = (value, field) => {
+    if (!Array.isArray(value) || value.length !== 3 ||
+        !value.every((v) => typeof v === "number" && Number.isFinite(v))) {
+      throw new ServerError(`${field} must be three finite numbers.`);
     }
-    volume.role = "context";
-    set.prompts[volume.name] = kind === "box"
-      ? (entry.boxes || []).map((b) => ({ kind: "box", min: b.min, max: b.max }))
-      : (entry.points || []).map((p) => ({ kind: "point", position: p }));
+    return value;
+  };
+  const entries = document.context.map((entry, index) => {
+    if (!isObject(entry) || typeof entry.image !== "string" || !entry.image) {
+      throw new ServerError(`${where(index)} must name its "image" as text.`);
+    }
+    if (entry.markups !== undefined || entry.mask !== undefined) {
+      throw new ServerError(`${where(index)} (${entry.image}): markups files and masks ` +
+                            "cannot be imported here; give its boxes or points.");
+    }
+    for (const key of ["boxes", "points"]) {
+      if (entry[key] !== undefined && !Array.isArray(entry[key])) {
+        throw new ServerError(`${where(index, key)} must be a list.`);
+      }
+    }
+    const boxes = (entry.boxes || []).map((box, n) => {
+      if (!isObject(box)) throw new ServerError(`${where(index, `boxes[${n}]`)} must be ` +
+                                                "{\"min\": [x, y, z], \"max\": [x, y, z]}.");
+      return { min: triple(box.min, where(index, `boxes[${n}].min`)),
+               max: triple(box.max, where(index, `boxes[${n}].max`)) };
+    });
+    const points = (entry.points || []).map((p, n) => triple(p, where(index, `points[${n}]`)));
+    if (!boxes.length && !points.length) {
+      throw new ServerError(`${where(index)} (${entry.image}) has no boxes or points.`);
+    }
+    return { image: entry.image.split(/[\\/]/).pop(), boxes, points };
+  });
+  const kind = entries.some((e) => e.points.length) ? "point" : "box";
+  if (entries.some((e) => (kind === "point" ? e.boxes : e.points).length)) {
+    throw new ServerError("A set holds boxes or points, not both.");
   }
+  const volumes = entries.map((e) => state.volumes.find((v) => v.name === e.image));
+  const missing = entries.filter((e, i) => !volumes[i]).map((e) => e.image);
   if (missing.length) {
-    throw new ServerError(`Open ${missing.join(", ")} first; their prompts were not added.`);
+    throw new ServerError(`Open ${[...new Set(missing)].join(", ")} first: the set's ` +
+                          "prompts lie on them.");
   }
+  const set = newSet(String(document.name || "imported"), colour, kind);
+  entries.forEach((entry, index) => {
+    const volume = volumes[index];
+    volume.role = "context";
+    const toRas = (position) => rasOf(volume, position, space);
+    set.prompts[volume.name] = (set.prompts[volume.name] || []).concat(kind === "box"
+      ? entry.boxes.map((b) => rasBox(volume, b, space))
+      : entry.points.map((p) => ({ kind: "point", position: toRas(p) })));
+  });
+}
+
+// A position of ``volume`` in ``space`` as RAS millimetres: voxel indices (i, j, k) in the
+// file's voxel order through the image's affine; LPS by flipping x and y.
+function rasOf(volume, position, space) {
+  if (space === "RAS") return position.slice();
+  if (space === "LPS") return [-position[0], -position[1], position[2]];
+  const a = volume.image.hdr.affine;
+  return [0, 1, 2].map((r) => a[r][0] * position[0] + a[r][1] * position[1] +
+                              a[r][2] * position[2] + a[r][3]);
+}
+
+// A box in ``space`` as the RAS box around it. Voxel boxes cover whole voxels (each face
+// 0.49 voxel beyond the inclusive indices) except along an axis where min = max (a 2D box
+// stays on its slice); swapped corners are put the right way round, as the command line
+// does.
+function rasBox(volume, box, space) {
+  const low = box.min.map((v, a) => Math.min(v, box.max[a]));
+  const high = box.min.map((v, a) => Math.max(v, box.max[a]));
+  const margin = low.map((v, a) => (space === "voxel" && high[a] > v ? 0.49 : 0));
+  const corners = [];
+  for (const x of [low[0] - margin[0], high[0] + margin[0]]) {
+    for (const y of [low[1] - margin[1], high[1] + margin[1]]) {
+      for (const z of [low[2] - margin[2], high[2] + margin[2]]) {
+        corners.push(rasOf(volume, [x, y, z], space));
+      }
+    }
+  }
+  return { kind: "box",
+           min: [0, 1, 2].map((a) => Math.min(...corners.map((c) => c[a]))),
+           max: [0, 1, 2].map((a) => Math.max(...corners.map((c) => c[a]))) };
 }
 
 // --- segmenting --------------------------------------------------------------------
