@@ -249,6 +249,73 @@ def test_wsicl_serve_closes_a_connection_that_sends_nothing(server):
     assert HEADER_SECONDS - 1 < time.monotonic() - started < HEADER_SECONDS + 4
 
 
+def stalled_connections(url: str, request: bytes, count: int) -> list:
+    """``count`` connections that each send ``request`` (headers promising a body) and then
+    nothing more."""
+    host, port = url.rsplit("//", 1)[1].split(":")
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(request)
+        sockets.append(sock)
+    return sockets
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    """Whether the server closes ``sock`` within ``within_s`` (whatever it answered)."""
+    sock.settimeout(within_s)
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if sock.recv(65536) == b"":
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+    return False
+
+
+def test_stalled_bodies_never_lock_out_a_token_holder(server):
+    """70 connections that promise a body and send none, to the page (no token needed) and
+    to the API with the token (the worst case): a token holder's request is answered within
+    2 s the whole time, the page's are refused at once (its paths take no body), and the
+    server closes the stalled API bodies within two body checks."""
+    from wsicl.server.app import BODY_CHECK_SECONDS
+    page = stalled_connections(server.url, b"GET / HTTP/1.1\r\nHost: localhost\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n1\r\n", 35)
+    api = stalled_connections(server.url, b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Authorization: Bearer " + TOKEN.encode() +
+                              b"\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 100000\r\n\r\n{", 35)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 2 * BODY_CHECK_SECONDS:
+            asked = time.monotonic()
+            status = raw(server.url + "/v1/info")[0]
+            assert status == 200 and time.monotonic() - asked < 2.0
+            time.sleep(0.5)
+        answered = page[0].recv(1024)
+        assert answered.startswith(b"HTTP/1.1 400") and b"takes no request body" in answered
+        assert all(closed_by_server(sock, 2.0) for sock in page)
+        assert all(closed_by_server(sock, 2 * BODY_CHECK_SECONDS + 2) for sock in api)
+    finally:
+        for sock in page + api:
+            sock.close()
+
+
+def test_public_paths_take_no_body(server):
+    for request in (b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+                    b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+        (sock,) = stalled_connections(server.url, request, 1)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 400")
+        sock.close()
+    assert raw(server.url + "/v1/health", token="")[0] == 200
+
+
 # 5. Long polls, caps and types
 
 def test_long_polls_never_hold_up_other_requests(in_process):

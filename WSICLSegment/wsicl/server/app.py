@@ -46,6 +46,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import h11
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -67,6 +68,11 @@ POLL_SECONDS = 0.025
 HEADER_SECONDS = 10.0
 """A connection must send a request's headers within this long (after connecting, or
 after the keep-alive wait that follows an answer), or it is closed."""
+BODY_CHECK_SECONDS = 5.0
+"""How often a connection receiving a request body is checked for progress."""
+MIN_BODY_BYTES = 16 * 1024
+"""Least body a connection must receive between two checks (about 3 kB/s): a body
+trickled slower is a stalled one, and its connection is closed."""
 KEEP_ALIVE_SECONDS = 5
 """An idle connection is kept this long for the client's next request."""
 MAX_CONNECTIONS = 64
@@ -111,13 +117,15 @@ class Guard:
                                      "(an SSH tunnel or proxy must pass Host: localhost)",
                                 scope, receive, send)
         public = path == f"{API}/health" or (path in PAGE_FILES and scope["method"] == "GET")
+        length = headers.get(b"content-length")
+        if public and (b"transfer-encoding" in headers or length not in (None, b"0")):
+            return await refuse(400, "this path takes no request body", scope, receive, send)
         if self.token is not None and not public and \
                 not self.authorised(headers.get(b"authorization", b"")):
             return await refuse(401, "missing or wrong bearer token", scope, receive, send,
                                 {"WWW-Authenticate": "Bearer"})
         upload = path == f"{API}/volumes"
         limit = self.max_upload_bytes if upload else MAX_JSON_BYTES
-        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await refuse(413, too_large(limit), scope, receive, send)
         if upload:                  # streamed to disk and counted by the endpoint
@@ -303,22 +311,52 @@ def _read_upload(path: Path, max_bytes: int):
 
 
 class BoundedProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with the two bounds it lacks: at most ``cap`` open
-    connections (more are closed on arrival, without a log line), and a deadline for each
-    request's headers (:data:`HEADER_SECONDS`; a client that connects and sends nothing,
-    or its headers a byte at a time, is cut off)."""
+    """uvicorn's HTTP/1.1 protocol with the bounds it lacks, so that slow or stalled
+    clients cannot hold the server:
+
+    - at most ``cap`` open connections; a new one beyond it takes the place of the
+      connection that has waited longest for its client (sending headers or a body, or
+      idle between requests), and is closed only when every other is being answered;
+    - a deadline for each request's headers (:data:`HEADER_SECONDS`; a client that
+      connects and sends nothing, or its headers a byte at a time, is cut off);
+    - a body must keep arriving: at least :data:`MIN_BODY_BYTES` every
+      :data:`BODY_CHECK_SECONDS` until it is complete (unless the server itself paused
+      reading), else the connection is closed;
+    - a body the answer did not need (a refused request) is not read: the connection
+      closes once the answer is sent.
+    """
 
     cap = MAX_CONNECTIONS
     header_seconds = HEADER_SECONDS
+    body_check_seconds = BODY_CHECK_SECONDS
+    min_body_bytes = MIN_BODY_BYTES
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._started = None
         self._deadline = None
-        if len(self.connections) > self.cap:
+        self._body_timer = None
+        self._received = 0
+        self._waiting_since = self.loop.time()
+        if len(self.connections) > self.cap and not self._evict_one():
             transport.abort()
             return
         self._arm(self.header_seconds)
+
+    def waiting_for_client(self) -> bool:
+        """Whether the client owes this connection a request or the rest of its body."""
+        return self.transport is not None and not self.transport.is_closing() and \
+            self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+
+    def _evict_one(self) -> bool:
+        """Closes the connection that has waited longest for its client; False if every
+        other connection is being answered."""
+        waiting = [other for other in self.connections if other is not self and
+                   isinstance(other, BoundedProtocol) and other.waiting_for_client()]
+        if not waiting:
+            return False
+        min(waiting, key=lambda other: other._waiting_since).transport.abort()
+        return True
 
     def _arm(self, seconds: float) -> None:
         """Closes the connection in ``seconds`` unless a new request has begun by then."""
@@ -332,22 +370,49 @@ class BoundedProtocol(H11Protocol):
         if self.cycle is self._started and self.transport is not None:
             self.transport.close()          # no new request began in time
 
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self._deadline is not None and self.cycle is not self._started:
             self._deadline.cancel()
             self._deadline = None
+        if self._body_timer is None and self.transport is not None and \
+                not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+            self._watch_body(self._received)
+
+    def _watch_body(self, received: int) -> None:
+        self._body_timer = self.loop.call_later(self.body_check_seconds, self._body_check,
+                                                received)
+
+    def _body_check(self, received: int) -> None:
+        """Closes the connection if its body stalled since the last check."""
+        self._body_timer = None
+        if self.transport is None or self.transport.is_closing() or \
+                self.conn.their_state is not h11.SEND_BODY:
+            return
+        if self._received - received < self.min_body_bytes and not self.flow.read_paused:
+            self.transport.abort()
+            return
+        self._watch_body(self._received)
 
     def on_response_complete(self) -> None:
         answered = self.cycle
+        if self.conn.their_state is h11.SEND_BODY:     # answered before its body came:
+            self.transport.close()                       # refused, or failed; not read
+            return
         super().on_response_complete()        # may start a pipelined request at once
+        self._waiting_since = self.loop.time()
         if self.cycle is answered and not self.transport.is_closing():
             self._arm(self.timeout_keep_alive + self.header_seconds)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        for timer in (self._deadline, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._deadline = self._body_timer = None
         super().connection_lost(exc)
 
 
