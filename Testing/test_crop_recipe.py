@@ -195,8 +195,12 @@ def test_training_reports_its_throughput_and_profiles_its_parts(tmp_path, source
     profiled = train(dataclasses.replace(config, output=str(tmp_path / "profiled"), profile=2),
                      log=said.append)["profile"]
     for key in ("engine_episodes_per_s", "network_steps_per_s", "network_tflops",
-                "run_data_wait", "run_l1_episodes_per_s"):
+                "run_data_wait", "run_l1_episodes_per_s", "peak_tflops"):
         assert profiled[key] > 0, key
+    assert profiled["precision"] == "fp32"
+    assert profiled["network_share_of_peak"] == pytest.approx(
+        profiled["network_tflops"] / profiled["peak_tflops"], abs=1e-3)   # rounded to 1e-4
+    assert 0 <= profiled["run_share_of_peak"] < 1
     assert json.loads(said[-1])["profile"] == profiled
     assert not (tmp_path / "profiled" / "last.pt").exists()
     cost = StepCost(build_model(ModelInfo(channels=[4, 8, 16], input_size=16)), 16,

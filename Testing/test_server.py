@@ -93,13 +93,16 @@ def test_cli_segment_with_server_writes_what_a_local_run_writes(server, model_fi
 
 
 def raw(url: str, method: str = "GET", body: bytes = None, token: str = TOKEN,
-        content_type: str = "application/json"):
-    """``(status, headers, JSON or bytes)`` of one request (10 s at most)."""
-    request = urllib.request.Request(url, body, method=method)
+        content_type: str = None, headers: dict = None):
+    """``(status, headers, JSON or bytes)`` of one request (10 s at most); a body is sent
+    as ``content_type`` (default: what the client sends, application/octet-stream to
+    /v1/volumes, JSON elsewhere)."""
+    request = urllib.request.Request(url, body, method=method, headers=headers or {})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     if body is not None:
-        request.add_header("Content-Type", content_type)
+        request.add_header("Content-Type", content_type or (
+            "application/octet-stream" if "/v1/volumes" in url else "application/json"))
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             status, headers, payload = response.status, response.headers, response.read()
@@ -138,6 +141,8 @@ def test_serve_refuses_to_expose_itself_without_a_token_or_on_a_busy_port(server
 def test_malformed_volumes_and_unknown_ids_are_refused_with_reasons(server, tmp_path):
     url = server.url + "/v1/volumes?format="
     status, _, answer = raw(url + "mha", "POST", b"not an image at all", content_type="x/y")
+    assert status == 415 and "application/octet-stream" in answer["detail"]
+    status, _, answer = raw(url + "mha", "POST", b"not an image at all")
     assert status == 422 and "uploaded volume" in answer["detail"]
     assert "/tmp" not in answer["detail"] and "Traceback" not in answer["detail"]
     assert raw(url + "exe", "POST", b"MZ")[0] == 422

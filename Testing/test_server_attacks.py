@@ -124,7 +124,8 @@ def test_uploads_stream_into_private_files_with_random_names(in_process, tmp_pat
     connection = http.client.HTTPConnection("127.0.0.1", int(in_process.url.rsplit(":", 1)[1]),
                                             timeout=20)
     connection.request("POST", "/v1/volumes?format=mha", body(),
-                       {"Authorization": f"Bearer {TOKEN}"}, encode_chunked=True)
+                       {"Authorization": f"Bearer {TOKEN}",
+                        "Content-Type": "application/octet-stream"}, encode_chunked=True)
     assert connection.getresponse().status == 201
     connection.close()
     assert seen and all(re.fullmatch(r"[0-9a-f]{32}\.mha", name) and mode == 0o600
@@ -282,7 +283,7 @@ def test_stalled_bodies_never_lock_out_a_token_holder(server):
     """70 connections that promise a body and send none, to the page (no token needed) and
     to the API with the token (the worst case): a token holder's request is answered within
     2 s the whole time, the page's are refused at once (its paths take no body), and the
-    server closes the stalled API bodies within two body checks."""
+    server closes the stalled bodies within two body checks."""
     from wsicl.server.app import BODY_CHECK_SECONDS
     page = stalled_connections(server.url, b"GET / HTTP/1.1\r\nHost: localhost\r\n"
                                b"Transfer-Encoding: chunked\r\n\r\n1\r\n", 35)
@@ -299,7 +300,7 @@ def test_stalled_bodies_never_lock_out_a_token_holder(server):
             time.sleep(0.5)
         answered = page[0].recv(1024)
         assert answered.startswith(b"HTTP/1.1 400") and b"takes no request body" in answered
-        assert all(closed_by_server(sock, 2.0) for sock in page)
+        assert all(closed_by_server(sock, 2 * BODY_CHECK_SECONDS + 2) for sock in page)
         assert all(closed_by_server(sock, 2 * BODY_CHECK_SECONDS + 2) for sock in api)
     finally:
         for sock in page + api:
@@ -486,3 +487,159 @@ def test_the_page_is_public_but_only_its_own_files_and_never_the_api(server):
     status, _, body = raw(server.url + "/?body=<script>alert(1)</script>&media_type=x",
                           token="")
     assert status == 200 and b"alert(1)" not in body
+
+
+# 10. The second round: memory, text, origins, geometry
+
+def rss(server: ServerProcess) -> int:
+    """The server process's resident memory now (VmRSS), in bytes."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) * 1024
+
+
+def nrrd(size=(1, 1, 1), extra: bytes = b"", spacing=b"1 1 1", origin=b"0 0 0",
+         voxels: bytes = None) -> bytes:
+    """A raw uint8 NRRD of ``size`` with ``extra`` header lines."""
+    count = size[0] * size[1] * size[2]
+    return (b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: " +
+            b" ".join(str(n).encode() for n in size) + b"\nspace: left-posterior-superior\n"
+            b"space directions: (" + spacing.split()[0] + b",0,0) (0," + spacing.split()[1] +
+            b",0) (0,0," + spacing.split()[2] + b")\nspace origin: (" +
+            origin.replace(b" ", b",") + b")\nencoding: raw\n" + extra + b"\n" +
+            (voxels if voxels is not None else bytes(count)))
+
+
+def interactive_job(url: str, volume: str, name: str = "t") -> tuple:
+    job = {"model": "tiny", "mode": "interactive", "target": volume, "name": name,
+           "boxes": [{"min": [2, 2, 2], "max": [8, 8, 2]}]}
+    return raw(f"{url}/v1/jobs?wait=30", "POST", json.dumps(job).encode())
+
+
+def test_finished_jobs_let_go_of_their_images(model_file, tmp_path):
+    """64 jobs on 2 MB volumes under --cache-mb 48: the server's memory grows by at most the
+    budget and a little (before, every finished job kept its volume: 128 MB)."""
+    running = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                            str(write_token(tmp_path)), "--cache-mb", "48")
+    try:
+        size = (200, 100, 100)
+        status, _, answer = upload(running.url, nrrd(size), "nrrd")
+        assert interactive_job(running.url, answer["id"])[0] == 202
+        before = rss(running)
+        for seed in range(64):
+            voxels = bytes([seed + 1]) * (size[0] * size[1] * size[2])
+            status, _, answer = upload(running.url, nrrd(size, voxels=voxels), "nrrd")
+            assert status == 201
+            status, _, state = interactive_job(running.url, answer["id"])
+            assert status == 202 and state["state"] in ("done", "failed"), state
+        assert rss(running) - before < 48 * MB + 24 * MB
+    finally:
+        running.stop()
+
+
+def test_a_finished_job_holds_no_image(in_process):
+    Gated.gate.set()
+    service = in_process.service
+    volume = service.volumes.add(blob(0))
+    job = service.submit({"model": "tiny", "mode": "interactive", "target": volume,
+                          "boxes": [{"min": list(BOX.min), "max": list(BOX.max)}]})
+    deadline = time.monotonic() + 30
+    while not job.finished and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.state == "done" and job.result is not None
+    assert job.target is None and job.interactive_entry is None and job.context is None
+    assert service._held_images() == []
+
+
+def test_a_job_that_would_outgrow_the_budget_is_refused_at_submission(model_file, tmp_path):
+    from wsicl.server.service import JOB_BYTES_PER_VOXEL
+    running = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                            str(write_token(tmp_path)), "--cache-mb", "64")
+    try:
+        status, _, answer = upload(running.url, nrrd((300, 300, 100)), "nrrd")   # 9 MB: kept
+        assert status == 201
+        status, _, answer = interactive_job(running.url, answer["id"])
+        assert status == 413, answer
+        need = 300 * 300 * 100 * JOB_BYTES_PER_VOXEL / MB
+        assert f"about {need:,.0f} MB while it runs" in answer["detail"]
+        assert "--cache-mb" in answer["detail"]
+    finally:
+        running.stop()
+
+
+def test_tiny_uploads_with_huge_headers_keep_no_metadata_and_are_counted(model_file, tmp_path):
+    """300 one-voxel NRRDs with 61 kB of key/value lines each: no header line is kept, and
+    past MAX_VOLUMES the oldest volumes go (their ids are then unknown)."""
+    from wsicl.server.service import MAX_VOLUMES
+    running = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                            str(write_token(tmp_path)))
+    try:
+        extra = b"".join(b"key%d:=%s\n" % (n, b"v" * 60) for n in range(900))
+        ids = [upload(running.url, nrrd(extra=extra), "nrrd")[2]["id"] for _ in range(20)]
+        before = rss(running)
+        ids += [upload(running.url, nrrd(extra=extra), "nrrd")[2]["id"] for _ in range(280)]
+        assert rss(running) - before < 8 * MB
+        assert len(ids) > MAX_VOLUMES
+        status, _, answer = interactive_job(running.url, ids[0])
+        assert status == 404 and "upload the volume again" in answer["detail"]
+        assert interactive_job(running.url, ids[-1])[0] == 202
+    finally:
+        running.stop()
+
+
+def test_lone_surrogates_in_names_are_refused_not_500(server):
+    status, _, answer = upload(server.url, nrrd((10, 10, 3)), "nrrd")
+    volume = answer["id"]
+    for document in (
+            b'{"model": "tiny", "mode": "interactive", "target": "%s", "name": "\\ud800",'
+            b' "boxes": [{"min": [500, 500, 1], "max": [600, 600, 1]}]}' % volume.encode(),
+            b'{"model": "tiny", "target": "%s", "context": {"name": "\\udc00", "entries": '
+            b'[{"image": "%s", "boxes": [{"min": [1, 1, 1], "max": [5, 5, 1]}]}]}}'
+            % (volume.encode(), volume.encode())):
+        status, _, answer = raw(server.url + "/v1/jobs", "POST", document)
+        assert status == 422 and "lone UTF-16 surrogate" in answer["detail"], answer
+    assert not any("Traceback" in line for line in server.output)
+
+
+def test_other_origins_and_untyped_uploads_are_refused(model_file):
+    """A page of another origin, or a file:// page, cannot use a server without a token:
+    neither through Origin nor Sec-Fetch-Site; an upload must say it is a file."""
+    running = ServerProcess("--port", "0", "--model", str(model_file))       # no token
+    try:
+        body = nrrd((4, 4, 4))
+        own = running.url.split("//", 1)[1]
+        for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                        {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                        {"Origin": f"http://{own}.attacker.example"}):
+            status, _, answer = raw(running.url + "/v1/volumes?format=nrrd", "POST", body,
+                                    token="", headers=headers)
+            assert status == 403 and "another web origin" in answer["detail"], headers
+            assert raw(running.url + "/v1/info", token="", headers=headers)[0] == 403
+        status, _, answer = raw(running.url + "/v1/volumes?format=nrrd", "POST", body,
+                                token="", content_type="text/plain")
+        assert status == 415 and "application/octet-stream" in answer["detail"]
+        for headers in ({"Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"}, {}):
+            status, _, _ = raw(running.url + "/v1/volumes?format=nrrd", "POST", body,
+                               token="", headers=headers)
+            assert status == 201, headers
+        assert raw(running.url + "/", token="", headers={"Sec-Fetch-Site": "cross-site"}
+                   )[0] == 200                  # a link to the page from elsewhere opens it
+    finally:
+        running.stop()
+
+
+def test_absurd_geometry_is_refused_at_upload_and_on_the_command_line(server, tmp_path,
+                                                                      capsys):
+    for spacing, origin, what in ((b"1e-20 1 1", b"0 0 0", "voxel spacing"),
+                                  (b"1 1e20 1", b"0 0 0", "voxel spacing"),
+                                  (b"1 1 1", b"1e300 0 0", "origin")):
+        body = nrrd((4, 4, 4), spacing=spacing, origin=origin)
+        status, _, answer = upload(server.url, body, "nrrd")
+        assert status == 422 and what in answer["detail"], answer
+        (tmp_path / "odd.nrrd").write_bytes(body)
+        (tmp_path / "set.json").write_text(json.dumps({"context": [
+            {"image": "odd.nrrd", "boxes": [{"min": [0, 0, 1], "max": [2, 2, 1]}]}]}))
+        assert main(["segment", str(tmp_path / "odd.nrrd"), "--context-set",
+                     str(tmp_path / "set.json"), "--output-dir", str(tmp_path / "out"),
+                     "--quiet"]) == 1
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and what in error and "corrupt" in error, error

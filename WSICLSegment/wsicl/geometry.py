@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import math
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -133,15 +133,48 @@ def check_shape(size: Sequence[int], components: int, name: str = "image") -> No
         raise ImageError(f"{name}: is empty (size {list(size)})")
 
 
-def check_volume(image: sitk.Image, name: str = "image") -> sitk.Image:
-    """``image`` as a float32 3D scalar volume, or :class:`ImageError` naming the problem.
+SPACING_MM = (1e-4, 1e4)
+"""Voxel spacing accepted, in millimetres (0.1 um to 10 m): beyond, a header is corrupt."""
+MAX_ORIGIN_MM = 1e7
+"""Largest origin coordinate accepted, in millimetres (10 km from the scanner's origin)."""
+
+
+def check_geometry(spacing: Sequence[float], origin: Sequence[float], name: str = "image"
+                   ) -> None:
+    """:class:`ImageError` unless the spacing (mm) lies within :data:`SPACING_MM` and the
+    origin (mm) within :data:`MAX_ORIGIN_MM` of zero, all finite: absurd values come from
+    a corrupt or hostile header and would overflow the geometry computed from them."""
+    spacing, origin = np.asarray(spacing, dtype=float), np.asarray(origin, dtype=float)
+    if not np.all(np.isfinite(spacing)) or spacing.min() < SPACING_MM[0] or \
+            spacing.max() > SPACING_MM[1]:
+        raise ImageError(f"{name}: has voxel spacing {[float(f'{v:.6g}') for v in spacing]} mm, "
+                         f"outside {SPACING_MM[0]:g}-{SPACING_MM[1]:g} mm; its header is "
+                         "corrupt or not in millimetres; fix the spacing and try again")
+    if not np.all(np.isfinite(origin)) or np.abs(origin).max() > MAX_ORIGIN_MM:
+        raise ImageError(f"{name}: has origin {[float(f'{v:.6g}') for v in origin]} mm, more "
+                         f"than {MAX_ORIGIN_MM:g} mm from zero; its header is corrupt; fix "
+                         "the origin and try again")
+
+
+INTEGER_TYPES = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+                 sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64)
+"""Scalar integer pixel types (whose voxels are always finite)."""
+
+
+def oriented_volume(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """``image`` reoriented (:func:`canonical`) as a float32 3D scalar volume, or
+    :class:`ImageError` naming the problem. Reoriented before the cast, in its own voxel
+    type: the float copy is made once.
 
     NaN and infinite voxels (common outside a brain mask) are replaced by the smallest
     finite value of the volume; a volume with no finite voxel is an error.
     """
     require_image(image, name)
     check_shape(image.GetSize(), image.GetNumberOfComponentsPerPixel(), name)
-    volume = sitk.Cast(image, sitk.sitkFloat32)
+    check_geometry(image.GetSpacing(), image.GetOrigin(), name)
+    volume = sitk.Cast(canonical(image), sitk.sitkFloat32)
+    if image.GetPixelID() in INTEGER_TYPES:
+        return volume                           # always finite: no mask of it needed
     array = sitk.GetArrayViewFromImage(volume)
     finite = np.isfinite(array)
     if not finite.all():
@@ -223,19 +256,23 @@ def prepare(image: sitk.Image, size: int, name: str = "image", region: Optional[
     """Reorients, anti-aliases, resamples ``region`` (continuous index coordinates of the
     reoriented image; the whole image when ``None``) to the ``size^3`` model grid and
     normalises (``"minmax"`` or ``"robust"``, see :func:`normalise`)."""
-    volume = check_volume(image, name)
-    oriented = canonical(volume)
+    oriented = oriented_volume(image, name)     # at most two float copies live at once
     grid = model_grid(oriented, size, region)
-    sigmas = anti_alias_sigmas(Grid.of(oriented), grid)
+    placed = Grid.of(oriented)
+    sigmas = anti_alias_sigmas(placed, grid)
     if any(sigmas):
-        smoothed = gaussian_filter(sitk.GetArrayFromImage(oriented), sigmas, mode="nearest")
-        smoothed_image = sitk.GetImageFromArray(smoothed)
-        smoothed_image.CopyInformation(oriented)
-        oriented = smoothed_image
+        smoothed = gaussian_filter(sitk.GetArrayViewFromImage(oriented), sigmas,
+                                   mode="nearest")
+        del oriented            # before the copy into an image, not after
+        oriented = sitk.GetImageFromArray(smoothed)
+        del smoothed
+        oriented.SetSpacing(placed.spacing)
+        oriented.SetOrigin(placed.origin)
+        oriented.SetDirection(placed.direction)
     resampled = sitk.Resample(oriented, grid.empty_image(), sitk.Transform(), sitk.sitkLinear,
                               0.0, sitk.sitkFloat32, True)
     array = normalise(sitk.GetArrayFromImage(resampled), name, normalisation)
-    return PreparedImage(array, grid, Grid.of(volume), name, Grid.of(oriented))
+    return PreparedImage(array, grid, Grid.of(image), name, Grid.of(oriented))
 
 
 def canonical_grid(image: sitk.Image, name: str = "image") -> Grid:
@@ -399,15 +436,57 @@ def to_source_grid(values: np.ndarray, grid: Grid, reference: sitk.Image) -> sit
     image = grid.array_to_image(np.ascontiguousarray(values, dtype=np.float32))
     resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
                               sitk.sitkFloat32, True)
+    if _covers(grid, reference):
+        return resampled  # the grid covers the whole reference (a whole view): no cut-off
+    return resampled * _inside(grid, values.shape, reference)
+
+
+SLAB_VOXELS = 1 << 22
+"""Voxels of the reference resampled at once by :func:`mask_on_grid` (16 MB as float32)."""
+
+
+def mask_on_grid(values: np.ndarray, grid: Grid, reference: sitk.Image, level: float = 0.5,
+                 check: Optional[Callable[[], None]] = None) -> sitk.Image:
+    """``threshold(to_source_grid(values, grid, reference), level)``, computed slab by slab
+    of ``reference``'s slices (index ``k``), so that memory beyond the uint8 mask is one
+    slab's floats (:data:`SLAB_VOXELS`); ``check()`` runs between slabs (it may raise, e.g.
+    to cancel)."""
+    image = grid.array_to_image(np.ascontiguousarray(values, dtype=np.float32))
+    covered = _covers(grid, reference)
+    size = reference.GetSize()
+    step = max(1, SLAB_VOXELS // (size[0] * size[1]))
+    mask = np.zeros(size[::-1], dtype=np.uint8)
+    for start in range(0, size[2], step):
+        if check is not None:
+            check()
+        slab = sitk.Image(size[0], size[1], min(step, size[2] - start), sitk.sitkUInt8)
+        slab.SetSpacing(reference.GetSpacing())
+        slab.SetDirection(reference.GetDirection())
+        slab.SetOrigin(reference.TransformIndexToPhysicalPoint((0, 0, start)))
+        resampled = sitk.Resample(image, slab, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                  sitk.sitkFloat32, True)
+        if not covered:
+            resampled = resampled * _inside(grid, values.shape, slab)
+        mask[start:start + slab.GetSize()[2]] = sitk.GetArrayViewFromImage(resampled) >= level
+    result = sitk.GetImageFromArray(mask)
+    result.CopyInformation(reference)
+    return result
+
+
+def _covers(grid: Grid, reference: sitk.Image) -> bool:
+    """Whether the model grid's extent holds every voxel centre of ``reference``."""
     target = Grid.of(reference)
     centres = box_corners(np.zeros(3), np.array(target.size) - 1.0)
     index = grid.lps_to_index(target.index_to_lps(centres))
-    if np.all(index >= -0.5 - 1e-6) and np.all(index <= np.array(grid.size) - 0.5 + 1e-6):
-        return resampled  # the grid covers the whole reference (a whole view): no cut-off
-    ones = grid.array_to_image(np.ones(values.shape, dtype=np.float32))
-    inside = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
-                           sitk.sitkFloat32)
-    return resampled * inside
+    return bool(np.all(index >= -0.5 - 1e-6) and
+                np.all(index <= np.array(grid.size) - 0.5 + 1e-6))
+
+
+def _inside(grid: Grid, shape: Sequence[int], reference: sitk.Image) -> sitk.Image:
+    """1 where a voxel centre of ``reference`` lies within the model grid, else 0."""
+    ones = grid.array_to_image(np.ones(shape, dtype=np.float32))
+    return sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
+                         sitk.sitkFloat32)
 
 
 def threshold(probability: sitk.Image, level: float = 0.5) -> sitk.Image:

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .files import WriteError, atomic_write
-from .geometry import Grid, check_shape
+from .geometry import INTEGER_TYPES, Grid, check_geometry, check_shape
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -349,7 +349,7 @@ def label_map_reason(path: Path) -> Optional[str]:
     try:
         reader.ReadImageInformation()
         size = list(reader.GetSize())
-        if reader.GetPixelID() not in INTEGER_PIXELS or len(size) != 3:
+        if reader.GetPixelID() not in INTEGER_TYPES or len(size) != 3:
             return None
         reader.SetExtractIndex([0, 0, size[2] // 2])   # the middle slice first: a scan
         reader.SetExtractSize(size[:2] + [1])          # shows many values there already
@@ -364,10 +364,6 @@ def label_map_reason(path: Path) -> Optional[str]:
     except RuntimeError:
         return None                       # unreadable: the run reports it as a target
     return f"integer voxels with only {values} distinct values (a label map)"
-
-
-INTEGER_PIXELS = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
-                  sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64)
 
 
 def list_targets(paths: Sequence[Union[str, Path]], exclude: Sequence[Path] = (),
@@ -418,6 +414,7 @@ def check_target_header(path: Path) -> None:
         return
     reader = _header_reader(path)
     check_shape(reader.GetSize(), reader.GetNumberOfComponents(), str(path))
+    check_geometry(reader.GetSpacing(), reader.GetOrigin(), str(path))
 
 
 def segmentation_metadata(mask: sitk.Image,

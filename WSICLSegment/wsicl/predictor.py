@@ -23,7 +23,7 @@ from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region,
 from .device import (autocast, is_out_of_memory, out_of_memory_error, pick_device,
                      resolve_precision)
 from .geometry import (Grid, PreparedImage, box_corners, box_corners_lps, box_to_model,
-                       canonical_grid, mask_to_model, nonzero_faces,
+                       canonical_grid, mask_on_grid, mask_to_model, nonzero_faces,
                        point_to_model, prepare, require_image, threshold, to_lps,
                        to_source_grid)
 from .masks import mask_corners
@@ -124,12 +124,17 @@ class Predictor:
         prompt_kinds: the context kinds the model reads (``"box"``, ``"point"``,
             ``"mask"``), when its file does not say or says it wrongly; ``None`` takes
             ``metadata.prompt_kinds``.
+        probability: results carry the probability image (float32: 4 bytes per target
+            voxel beside the mask's 1); False gives the mask only, resampled onto the
+            target slab by slab (a server's results: memory a small multiple of the
+            target's voxels, cancel checked between slabs).
     """
 
     def __init__(self, model: Union[str, os.PathLike, WSICLNet] = "box", device: str = "auto",
                  mini_context: int = 1, precision: str = "auto",
                  refine: Optional[bool] = None,
-                 prompt_kinds: Optional[Sequence[str]] = None) -> None:
+                 prompt_kinds: Optional[Sequence[str]] = None, probability: bool = True
+                 ) -> None:
         if mini_context < 1:
             raise ValueError(f"mini_context must be at least 1, got {mini_context}")
         self.device = pick_device(device)
@@ -141,6 +146,7 @@ class Predictor:
         self.mini_context = int(mini_context)
         self.precision = resolve_precision(self.device, precision)
         self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
+        self.probability = bool(probability)
         self._encoded: Tuple[bytes, Optional[EncodedTarget]] = (b"", None)
         self._context_cache: "OrderedDict[bytes, Tuple[ModelInputs, Optional[ModelInputs]]]" = \
             OrderedDict()
@@ -299,7 +305,7 @@ class Predictor:
             output = self._run(guided.array, context.crops,
                                part(0.0, 0.5, "where the context points"), cancel)
             if (output >= 0.5).any():
-                return _on_target(output, guided, target)
+                return self._on_target(output, guided, target, cancel)
         start, share = (0.5, 0.25) if region is not None else (0.0, 0.5)
         prepared = self._prepare(target, name)          # the whole view, only when needed
         first = self._run(prepared.array, context, part(start, share, "whole view"), cancel)
@@ -307,7 +313,7 @@ class Predictor:
             warnings.warn(f"{name}: the whole-view pass found nothing, so there is no region "
                           "to refine and the result is empty; check that the context marks "
                           "this structure, or add context images", RefineNote, stacklevel=2)
-            return _on_target(first, prepared, target)
+            return self._on_target(first, prepared, target, cancel)
         cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared))
         return self.segment_prepared(target, cropped, context.crops,
                                      part(start + share, 1.0 - start - share, "refined"),
@@ -319,7 +325,7 @@ class Predictor:
         """Segments an already prepared target (``prepare(target, size)``) with a prepared
         context; the result is on ``target``'s grid."""
         output = self._run(prepared.array, context, progress, cancel)
-        return _on_target(output, prepared, target)
+        return self._on_target(output, prepared, target, cancel)
 
     def segment_many(self, targets: Sequence[sitk.Image], context_set: ContextSet,
                      progress: Optional[ProgressCallback] = None,
@@ -370,7 +376,17 @@ class Predictor:
             if grown is None or step == ZOOM_STEPS:
                 break
             region = grown
-        return _on_target(output, prepared, image)
+        return self._on_target(output, prepared, image, cancel)
+
+    def _on_target(self, output: np.ndarray, prepared: PreparedImage, target: sitk.Image,
+                   cancel: Optional[CancelCheck] = None) -> Segmentation:
+        """A model-grid output (0.5 = threshold) as the mask on ``target``'s grid, and the
+        probability unless ``self.probability`` is False (see the class notes)."""
+        if not self.probability:
+            return Segmentation(mask_on_grid(output, prepared.grid, target,
+                                             check=lambda: check_cancel(cancel)), None)
+        probability = to_source_grid(output, prepared.grid, target)
+        return Segmentation(threshold(probability), probability)
 
     def _encode(self, target: np.ndarray, target_tensor: torch.Tensor) -> EncodedTarget:
         """The target's encoder features, reused while the model-grid target is the same
@@ -410,14 +426,6 @@ class Predictor:
         if self.metadata.output == "logit":
             output = torch.sigmoid(output)
         return output.cpu().numpy()
-
-
-def _on_target(output: np.ndarray, prepared: PreparedImage, target: sitk.Image
-               ) -> Segmentation:
-    """A model-grid output (0.5 = threshold) as the probability and the mask on
-    ``target``'s grid."""
-    probability = to_source_grid(output, prepared.grid, target)
-    return Segmentation(threshold(probability), probability)
 
 
 ZOOM_STEPS = 2

@@ -53,6 +53,7 @@ from fastapi.responses import JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import __version__
+from ..geometry import check_geometry
 from ..imageio import TooLarge, read_image
 from .page import HEADERS as PAGE_HEADERS, PAGE_FILES, page_file
 from .service import Busy, Job, Service, ServiceError, scrub
@@ -120,13 +121,22 @@ class Guard:
         length = headers.get(b"content-length")
         if public and (b"transfer-encoding" in headers or length not in (None, b"0")):
             return await refuse(400, "this path takes no request body", scope, receive, send)
+        if path not in PAGE_FILES and cross_origin(headers):
+            return await refuse(403, "requests from another web origin are refused; use the "
+                                     "page this server serves at /", scope, receive, send)
+        upload = path == f"{API}/volumes"
+        if upload and headers.get(b"content-type", b"").split(b";")[0].strip().lower() != \
+                b"application/octet-stream":
+            return await refuse(415, "send the volume file with Content-Type: "
+                                     "application/octet-stream", scope, receive, send)
         if self.token is not None and not public and \
                 not self.authorised(headers.get(b"authorization", b"")):
             return await refuse(401, "missing or wrong bearer token", scope, receive, send,
                                 {"WWW-Authenticate": "Bearer"})
-        upload = path == f"{API}/volumes"
         limit = self.max_upload_bytes if upload else MAX_JSON_BYTES
         if length is not None and (not length.isdigit() or int(length) > limit):
+            if length.isdigit() and int(length) <= MAX_JSON_BYTES + limit:
+                await drain(receive)       # a client that sends before it reads gets the 413
             return await refuse(413, too_large(limit), scope, receive, send)
         if upload:                  # streamed to disk and counted by the endpoint
             return await self.app(scope, receive, send)
@@ -157,9 +167,32 @@ class Guard:
                                                                     self.token)
 
 
+async def drain(receive: Callable) -> None:
+    """Reads and drops a request's body (bounded by the caller; a stalled body is cut off
+    by :class:`BoundedProtocol`)."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 async def refuse(status: int, detail: str, scope: Dict[str, Any], receive: Callable,
                  send: Callable, headers: Optional[Dict[str, str]] = None) -> None:
     await JSONResponse({"detail": detail}, status, headers)(scope, receive, send)
+
+
+def cross_origin(headers: Dict[bytes, bytes]) -> bool:
+    """Whether a browser sent the request from a page of another origin (or a ``file://``
+    page): an ``Origin`` other than ``http(s)://`` + this request's ``Host``, or
+    ``Sec-Fetch-Site`` other than ``same-origin`` / ``none``. Other clients send neither."""
+    site = headers.get(b"sec-fetch-site")
+    if site is not None and site.strip().lower() not in (b"same-origin", b"none"):
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    host = headers.get(b"host", b"").strip().lower()
+    return origin.strip().lower() not in (b"http://" + host, b"https://" + host)
 
 
 def loopback_host(host: Optional[bytes]) -> bool:
@@ -307,6 +340,12 @@ def _read_upload(path: Path, max_bytes: int):
     if image.GetDimension() != 3:
         raise ServiceError(422, f"the uploaded volume is {image.GetDimension()}D; WSICL "
                                 "segments 3D volumes")
+    try:
+        check_geometry(image.GetSpacing(), image.GetOrigin(), "the uploaded volume")
+    except ValueError as error:
+        raise ServiceError(422, str(error)) from None
+    for key in image.GetMetaDataKeys():     # nothing of the header is used: not kept
+        image.EraseMetaData(key)
     return image
 
 
@@ -322,8 +361,9 @@ class BoundedProtocol(H11Protocol):
     - a body must keep arriving: at least :data:`MIN_BODY_BYTES` every
       :data:`BODY_CHECK_SECONDS` until it is complete (unless the server itself paused
       reading), else the connection is closed;
-    - a body the answer did not need (a refused request) is not read: the connection
-      closes once the answer is sent.
+    - a large body the answer did not need (a refused request) is not read: the connection
+      closes once the answer is sent (a small one is read and dropped, so that the client
+      can read the answer).
     """
 
     cap = MAX_CONNECTIONS
@@ -400,13 +440,20 @@ class BoundedProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         answered = self.cycle
-        if self.conn.their_state is h11.SEND_BODY:     # answered before its body came:
-            self.transport.close()                       # refused, or failed; not read
+        if self.conn.their_state is h11.SEND_BODY and not self._small_body():
+            self.transport.close()       # answered (refused) before a large body came
             return
         super().on_response_complete()        # may start a pipelined request at once
         self._waiting_since = self.loop.time()
         if self.cycle is answered and not self.transport.is_closing():
             self._arm(self.timeout_keep_alive + self.header_seconds)
+
+    def _small_body(self) -> bool:
+        """Whether the request declared a body of at most :data:`MAX_JSON_BYTES`: once it
+        is answered, the rest of such a body is read and dropped (so the client reads the
+        answer), while a larger or chunked one closes the connection."""
+        length = dict(self.headers).get(b"content-length", b"")
+        return length.isdigit() and int(length) <= MAX_JSON_BYTES
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         for timer in (self._deadline, self._body_timer):

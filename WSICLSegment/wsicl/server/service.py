@@ -1,12 +1,15 @@
 """The inference service behind ``wsicl serve``, without HTTP: uploaded volumes in a bounded
 cache, jobs in a bounded queue, one worker thread that runs them serially on the device.
 
-Volumes are kept in memory (never written anywhere) under random ids, evicted least
-recently used beyond ``volume_bytes`` and after ``volume_ttl`` seconds unused. A job names
-its volumes by id; it holds the images it needs from submission on, so evicting a volume
-never breaks a queued job. A full queue refuses with :class:`Busy` (HTTP 503 with
+Volumes are kept in memory (never written anywhere, no header metadata kept) under random
+ids, evicted least recently used beyond ``volume_bytes``, beyond :data:`MAX_VOLUMES` and
+after ``volume_ttl`` seconds unused. A job names its volumes by id; it holds the images it
+needs from submission until it finishes, so evicting a volume never breaks a queued job,
+and what jobs hold counts against ``volume_bytes``, as does the memory the running job
+works in (:data:`JOB_BYTES_PER_VOXEL` per target voxel; a job that would need more than
+the budget is refused). A full queue refuses with :class:`Busy` (HTTP 503 with
 Retry-After) instead of waiting. Finished jobs are kept (the newest :data:`KEEP_FINISHED`)
-so a client may fetch a result again.
+with their results only, so a client may fetch a result again.
 
 A job request is JSON (see :func:`parse_job`)::
 
@@ -69,12 +72,33 @@ def image_bytes(image: sitk.Image) -> int:
         image.GetSizeOfPixelComponent()
 
 
+MAX_VOLUMES = 256
+"""Volumes cached at most, whatever their size (each costs memory beyond its voxels)."""
+
+
+JOB_BYTES_PER_VOXEL = 20
+"""Memory a job works in per target voxel, in bytes, beyond the images it holds: 18.3
+measured on a uint8 volume of 16 million voxels, interactive and in context alike
+(``benchmarks/server_memory.py``), rounded up. Jobs are admitted and the cache makes room
+by it."""
+
+
+def job_bytes(target: sitk.Image) -> int:
+    """The memory a job on ``target`` works in (see :data:`JOB_BYTES_PER_VOXEL`)."""
+    return target.GetNumberOfPixels() * JOB_BYTES_PER_VOXEL
+
+
 class VolumeStore:
-    """Images by random id, bounded in bytes and in idle time (seconds of ``clock``)."""
+    """Images by random id, bounded in bytes, in number (:data:`MAX_VOLUMES`) and in idle
+    time (seconds of ``clock``); least recently used go first."""
 
     def __init__(self, max_bytes: int, ttl_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_volumes: int = MAX_VOLUMES,
+                 held: Callable[[], List[sitk.Image]] = list) -> None:
         self.max_bytes, self.ttl, self.clock = max_bytes, ttl_seconds, clock
+        self.max_volumes, self.held = max_volumes, held
+        self.reserved = 0         # bytes the running job works in
         self._images: "OrderedDict[str, Tuple[sitk.Image, float]]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -101,11 +125,26 @@ class VolumeStore:
             self._images[volume_id] = (image, self.clock())
             return image
 
+    def reserve(self, nbytes: int) -> None:
+        """Sets the memory the running job works in (0 when none runs) and makes room for
+        it by evicting cached volumes."""
+        with self._lock:
+            self.reserved = nbytes
+            self._evict()
+
     def _evict(self) -> None:
+        """Drops volumes unused for longer than the idle time, then the least recently used
+        while the cache, the images that jobs hold outside it and the running job's memory
+        exceed the budget, or the volumes their number."""
         now = self.clock()
         for key in [k for k, (_, used) in self._images.items() if now - used > self.ttl]:
             del self._images[key]
-        while sum(image_bytes(image) for image, _ in self._images.values()) > self.max_bytes:
+        cached = {id(image) for image, _ in self._images.values()}
+        outside = self.reserved + sum(image_bytes(image) for image in
+                                      {id(i): i for i in self.held()}.values()
+                                      if id(image) not in cached)
+        while self._images and (len(self._images) > self.max_volumes or outside + sum(
+                image_bytes(image) for image, _ in self._images.values()) > self.max_bytes):
             self._images.popitem(last=False)
 
     def __len__(self) -> int:
@@ -119,7 +158,7 @@ class Job:
 
     id: str
     model: str
-    target: sitk.Image
+    target: Optional[sitk.Image]          # None once finished (:meth:`release`)
     name: str
     context: Optional[ContextSet]
     interactive_entry: Optional[ContextEntry]
@@ -138,6 +177,10 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
+
+    def release(self) -> None:
+        """Lets go of the job's images once it finished (its result is kept)."""
+        self.target = self.context = self.interactive_entry = None
 
     def observed(self) -> Tuple[str, float]:
         """State and progress as a client sees them (progress to 4 decimals)."""
@@ -164,8 +207,10 @@ class Service:
                  volume_bytes: int = 4 * 2 ** 30, volume_ttl: float = 3600.0) -> None:
         if not predictors:
             raise ValueError("the service needs at least one model")
+        for predictor in predictors.values():    # clients get masks only: no float copy
+            predictor.probability = False
         self.predictors = predictors
-        self.volumes = VolumeStore(volume_bytes, volume_ttl)
+        self.volumes = VolumeStore(volume_bytes, volume_ttl, held=self._held_images)
         self.queue_size = queue_size
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue(maxsize=queue_size)
         self._jobs: "OrderedDict[str, Job]" = OrderedDict()
@@ -191,8 +236,17 @@ class Service:
 
     def submit(self, request: Any) -> Job:
         """Queues a job request (see the module docstring); ServiceError if it is malformed
-        (422), names an unknown model or volume (404), or the queue is full (503)."""
+        (422), names an unknown model or volume (404), would need more memory than the
+        budget while it runs (413, see :data:`JOB_BYTES_PER_VOXEL`), or the queue is full
+        (503)."""
         job = parse_job(request, self.predictors, self.volumes)
+        need = job_bytes(job.target)
+        if need > self.volumes.max_bytes:
+            raise ServiceError(413, f"segmenting a volume of {job.target.GetNumberOfPixels():,} "
+                                    f"voxels needs about {need / 2 ** 20:,.0f} MB while it "
+                                    f"runs; the server's memory budget is "
+                                    f"{self.volumes.max_bytes / 2 ** 20:,.0f} MB (--cache-mb); "
+                                    "crop or downsample the volume, or raise --cache-mb")
         with self._lock:
             try:
                 self._queue.put_nowait(job)
@@ -202,6 +256,18 @@ class Service:
             self._jobs[job.id] = job
             self._forget_old()
         return job
+
+    def _held_images(self) -> List[sitk.Image]:
+        """The images that unfinished jobs hold (targets, context images and masks)."""
+        with self._lock:
+            jobs = [job for job in self._jobs.values() if not job.finished]
+        images = []
+        for job in jobs:
+            entries = (job.context.entries if job.context is not None else []) + \
+                ([job.interactive_entry] if job.interactive_entry is not None else [])
+            images += [job.target] + [e.image for e in entries] + \
+                [e.mask for e in entries if e.mask is not None]
+        return [image for image in images if image is not None]
 
     def job(self, job_id: str) -> Job:
         with self._lock:
@@ -254,9 +320,11 @@ class Service:
                 return
             if job.cancel_requested:
                 self._update(job, state="cancelled", message="cancelled before it ran")
+                job.release()
                 continue
             started = time.perf_counter()
             self._update(job, state="running", message="starting")
+            self.volumes.reserve(job_bytes(job.target))
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -267,7 +335,7 @@ class Service:
                              notes=list(dict.fromkeys(str(w.message) for w in caught)))
             except Cancelled:
                 self._update(job, state="cancelled", message="cancelled")
-            except ValueError as error:
+            except (ValueError, OverflowError) as error:   # overflow: absurd coordinates
                 self._update(job, state="failed", error=scrub(str(error)), error_kind="input",
                              message="failed")
             except RuntimeError as error:       # out of memory, device errors
@@ -284,6 +352,8 @@ class Service:
                      "interactive" if job.interactive_entry else "in context",
                      printable(job.name), job.state, job.seconds,
                      f": {printable(job.error)}" if job.error else "")
+            job.release()
+            self.volumes.reserve(0)
 
     def _run(self, job: Job) -> sitk.Image:
         predictor = self.predictors[job.model]
@@ -394,8 +464,15 @@ def _prompts(raw: Dict[str, Any], where: str) -> Tuple[List[Any], List[Any]]:
 
 
 def _text(value: Any, where: str) -> str:
+    """A client's text, which must be a string that encodes as UTF-8 (JSON lets a lone
+    surrogate such as ``"\\ud800"`` through, which no answer or log line could carry)."""
     if not isinstance(value, str):
         raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} is not valid text (it holds a lone UTF-16 surrogate); "
+                         "send the name as UTF-8 text") from None
     return value
 
 

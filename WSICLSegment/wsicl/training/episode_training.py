@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import ModelInfo, build_model, load_model, restore_training, save_model
-from ..device import autocast, pick_device
+from ..device import autocast, pick_device, resolve_precision
 from .episodes import Batch, EngineConfig, EpisodeEngine, Source
 from .loader import EpisodeLoader
 from .losses import descend, segmentation_loss
@@ -161,13 +161,36 @@ class Throughput:
         return {key: round(value, 4) for key, value in figures.items()}
 
 
+def peak_tflops(device: torch.device, precision: str, size: int = 2048, runs: int = 5
+                ) -> float:
+    """This machine's practical peak in ``precision`` (resolved as autocast does): TFLOP/s
+    of the fastest of ``runs`` products of two ``size`` x ``size`` matrices on ``device``
+    (after one warm-up), 2 FLOPs per multiply-add."""
+    dtype = torch.bfloat16 if resolve_precision(device, precision) == "bf16" else torch.float32
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
+    best = math.inf
+    for run in range(runs + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if run:
+            best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e12
+
+
 def profile(network: torch.nn.Module, optimiser: torch.optim.Optimizer, engine: EpisodeEngine,
             config: RunConfig, device: torch.device, cost: StepCost,
             log: Callable[[str], None]) -> Dict[str, float]:
     """Measures the parts of a step apart, ``config.profile`` steps each: the episode
     engine alone (episodes/s in this process), the network alone on one batch made once
     (forward, backward, update: steps/s, episodes/s, TFLOP/s), then whole steps as the run
-    makes them (the share of time waiting for data). Prints and returns the figures."""
+    makes them (the share of time waiting for data); each TFLOP/s also as a share of this
+    machine's peak in the same precision (:func:`peak_tflops`). Prints and returns the
+    figures."""
     def synchronise() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -199,6 +222,11 @@ def profile(network: torch.nn.Module, optimiser: torch.optim.Optimizer, engine: 
         throughput.add(batch, waited)
     synchronise()
     figures.update({f"run_{key}": value for key, value in throughput.report().items()})
+    peak = peak_tflops(device, config.precision)
+    figures.update(precision=resolve_precision(device, config.precision),
+                   peak_tflops=round(peak, 4),
+                   network_share_of_peak=round(figures["network_tflops"] / peak, 4),
+                   run_share_of_peak=round(figures["run_tflops"] / peak, 4))
     log(json.dumps({"profile": figures}))
     return figures
 

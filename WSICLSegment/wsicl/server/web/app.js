@@ -94,8 +94,9 @@ const UPLOAD_FORMATS = [[".nii.gz", "nii.gz"], [".nii", "nii"], [".nrrd", "nrrd"
 
 async function upload(volume) {
   if (!volume.serverId) {
-    const answer = await api(`/volumes?format=${volume.format}`, { method: "POST",
-                                                                   body: volume.file });
+    const answer = await api(`/volumes?format=${volume.format}`, {
+      method: "POST", body: volume.file,
+      headers: { "Content-Type": "application/octet-stream" } });
     volume.serverId = (await answer.json()).id;
   }
   return volume.serverId;
