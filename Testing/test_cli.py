@@ -535,16 +535,22 @@ def test_interactive_with_several_context_sets_segments_each_structure_from_its_
     assert np.array_equal(labels > 0, (masks["core"] > 0) | (masks["rim"] > 0))
 
 
-def test_a_dicom_seg_takes_a_missing_slice_thickness_from_the_positions(two_structures):
-    import highdicom
+def series_without(folder, attribute: str):
+    """The blob as a DICOM series in ``folder / "series"``, every file without
+    ``attribute``."""
     import pydicom
     from served import blob
-    folder, sets = two_structures
     write_dicom_series(blob(1), folder / "series")
     for path in (folder / "series").iterdir():
         dataset = pydicom.dcmread(path)
-        del dataset.SliceThickness
+        delattr(dataset, attribute)
         dataset.save_as(path)
+
+
+def test_a_dicom_seg_takes_a_missing_slice_thickness_from_the_positions(two_structures):
+    import highdicom
+    folder, sets = two_structures
+    series_without(folder, "SliceThickness")
     assert main(["segment", str(folder / "series"), "--model", str(folder / "m.pt"),
                  *CPU_FP32, "--quiet", "--context-set", str(sets[0]), "--output-dir",
                  str(folder / "out"), "--format", "dicom-seg"]) == 0
@@ -555,15 +561,9 @@ def test_a_dicom_seg_takes_a_missing_slice_thickness_from_the_positions(two_stru
 
 def test_a_series_that_cannot_carry_a_dicom_seg_is_said_before_the_model_loads(
         two_structures, capsys, monkeypatch):
-    import pydicom
     import wsicl.cli
-    from served import blob
     folder, sets = two_structures
-    write_dicom_series(blob(1), folder / "series")
-    for path in (folder / "series").iterdir():
-        dataset = pydicom.dcmread(path)
-        del dataset.FrameOfReferenceUID
-        dataset.save_as(path)
+    series_without(folder, "FrameOfReferenceUID")
     loaded = []
     monkeypatch.setattr(wsicl.cli, "make_predictor", lambda args: loaded.append(1))
     assert main(["segment", str(folder / "series"), "--model", str(folder / "m.pt"),
