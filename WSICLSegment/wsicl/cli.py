@@ -369,8 +369,10 @@ def run_segment(args: argparse.Namespace) -> int:
                 predictor = make_predictor(args) if not args.server else remote_predictor(args)
                 _say(args, f"model {args.model} on the server at {args.server}" if args.server
                      else predictor.describe())
-                contexts = None if args.interactive else \
-                    [predictor.prepare_context(context_set) for context_set in context_sets]
+                needed = sorted({index for *_, todo, _ in usable for unit in todo
+                                 for index, _ in unit.structures})   # not the kept ones
+                contexts = {} if args.interactive else \
+                    {index: predictor.prepare_context(context_sets[index]) for index in needed}
                 report.write()          # every target listed before the first is segmented
             for label, target, units, todo, kept in usable:
                 current = target.name
@@ -392,7 +394,8 @@ def run_segment(args: argparse.Namespace) -> int:
 def _segment_target(args: argparse.Namespace, predictor, contexts, target, label: str,
                     units: list, todo: list, kept: dict, about: dict, report,
                     per_target: bool) -> None:
-    """Segments the units ``todo`` of one target (the others, ``kept``, were done before),
+    """Segments the units ``todo`` of one target (the others, ``kept``, were done before;
+    ``contexts``: the prepared context sets by their index in --context-set),
     writes each unit's outputs between a pending and a complete record, and adds the
     target's row to the report (a failure: a ``failed`` row and a line on stderr)."""
     from .imageio import read_image
@@ -413,7 +416,8 @@ def _segment_target(args: argparse.Namespace, predictor, contexts, target, label
                     results.append(predictor.segment_interactive(
                         entry.image, entry.boxes, entry.points, name=entry.source))
                     continue
-                part = label if len(contexts) == 1 else f"{label} {name}"
+                part = label if len(unit.structures) == 1 and len(units) == 1 else \
+                    f"{label} {name}"
                 with ProgressBar(part, not per_target) as progress:
                     results.append(predictor.segment(image, contexts[index],
                                                      progress=progress,
