@@ -566,6 +566,30 @@ def test_a_job_that_would_outgrow_the_budget_is_refused_at_submission(model_file
         running.stop()
 
 
+def test_an_accepted_large_volume_stays_within_the_memory_it_was_admitted_by(model_file,
+                                                                              tmp_path):
+    """A 4-million-voxel uint8 volume: its interactive job's peak (VmHWM growth) stays
+    under what admission reserves for it (JOB_BYTES_PER_VOXEL per voxel; 16 bytes per voxel
+    and more before, for the float probability image and its copies)."""
+    from wsicl.server.service import JOB_BYTES_PER_VOXEL
+    running = ServerProcess("--port", "0", "--model", str(model_file), "--token-file",
+                            str(write_token(tmp_path)), "--cache-mb", "128")
+    try:
+        size = (200, 200, 100)
+        warm = upload(running.url, nrrd((20, 20, 10)), "nrrd")[2]["id"]
+        assert interactive_job(running.url, warm)[0] == 202            # the network loaded
+        status, _, answer = upload(running.url, nrrd(size, voxels=bytes(range(200)) * 20000),
+                                   "nrrd")
+        assert status == 201
+        before = running.peak_memory()
+        status, _, state = interactive_job(running.url, answer["id"])
+        assert status == 202 and state["state"] == "done", state
+        grown = running.peak_memory() - before
+        assert grown < JOB_BYTES_PER_VOXEL * size[0] * size[1] * size[2], grown
+    finally:
+        running.stop()
+
+
 def test_tiny_uploads_with_huge_headers_keep_no_metadata_and_are_counted(model_file, tmp_path):
     """300 one-voxel NRRDs with 61 kB of key/value lines each: no header line is kept, and
     past MAX_VOLUMES the oldest volumes go (their ids are then unknown)."""
