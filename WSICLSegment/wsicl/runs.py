@@ -5,12 +5,14 @@ the run report.
   its share of the targets: sorted by path, then dealt largest file first to the shard
   with the fewest bytes so far, so every shard computes the same split and the shards'
   work is balanced; each target is in exactly one shard.
-- A target whose outputs all exist and read back is done: a rerun skips it (``--overwrite``
-  redoes it), so an interrupted run finishes by running the same command again.
+- Which targets a rerun keeps is decided by :mod:`wsicl.resume` (the records of the work
+  that made their outputs), so an interrupted run finishes by running the same command
+  again.
 - The report (``wsicl-run.json`` and ``.csv`` in the output folder, ``wsicl-run-I-of-N.*``
-  for a shard) lists per target its status, seconds, outputs, and per structure the voxel
-  count and volume in mL (or the error), with the command, the model file's and the
-  context sets' SHA-256 digests and the versions.
+  for a shard) lists every target of the run from the start with its status
+  (:data:`STATUSES`), seconds, outputs, and per structure the voxel count and volume in mL
+  (or the error), with the command, the model file's and the context sets' SHA-256
+  digests, the run's work key and the versions.
 """
 import csv
 import io
