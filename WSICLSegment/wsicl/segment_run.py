@@ -1,5 +1,6 @@
-"""A ``wsicl segment`` run: its targets, what a rerun keeps, the network over each target,
-the outputs and the report.
+"""The parts of a ``wsicl segment`` run (the command line drives them): its targets, their
+output units and the work that decides their voxels, writing the results, the signals
+that stop a run as Ctrl-C does, progress bars and failure lines.
 
 Output files (in OUT): ``TARGET_STRUCTURE.FORMAT`` per target and structure (the
 structure named by its context set's ``name`` or the file's stem), or with
