@@ -248,3 +248,15 @@ def test_auto_device_under_torchrun_takes_the_gpu_of_its_local_rank(monkeypatch)
     assert device.pick_device("auto") == torch.device("cuda", 2)
     monkeypatch.delenv("LOCAL_RANK")
     assert device.pick_device("auto") == torch.device("cuda")
+
+
+def test_a_cancel_takes_effect_while_the_target_is_prepared(tiny_network, blob_image):
+    """On a large volume reorienting and smoothing take seconds: a cancel asked for then
+    stops the job before the network runs."""
+    predictor = cpu_fp32(tiny_network)
+    ran = []
+    predictor._run = lambda *args, **kwargs: ran.append(1)
+    with pytest.raises(Cancelled):
+        predictor.segment_interactive(blob_image, [Box((10, 10, 8), (26, 28, 8))],
+                                      cancel=lambda: True)
+    assert not ran

@@ -252,11 +252,16 @@ class PreparedImage:
 
 
 def prepare(image: sitk.Image, size: int, name: str = "image", region: Optional[Region] = None,
-            normalisation: str = "minmax") -> PreparedImage:
+            normalisation: str = "minmax", check: Optional[Callable[[], None]] = None
+            ) -> PreparedImage:
     """Reorients, anti-aliases, resamples ``region`` (continuous index coordinates of the
     reoriented image; the whole image when ``None``) to the ``size^3`` model grid and
-    normalises (``"minmax"`` or ``"robust"``, see :func:`normalise`)."""
+    normalises (``"minmax"`` or ``"robust"``, see :func:`normalise`). ``check()`` runs
+    between these steps (it may raise, e.g. to cancel: on a large volume each takes
+    seconds)."""
+    check = check or (lambda: None)
     oriented = oriented_volume(image, name)     # at most two float copies live at once
+    check()
     grid = model_grid(oriented, size, region)
     placed = Grid.of(oriented)
     sigmas = anti_alias_sigmas(placed, grid)
@@ -269,6 +274,7 @@ def prepare(image: sitk.Image, size: int, name: str = "image", region: Optional[
         oriented.SetSpacing(placed.spacing)
         oriented.SetOrigin(placed.origin)
         oriented.SetDirection(placed.direction)
+        check()
     resampled = sitk.Resample(oriented, grid.empty_image(), sitk.Transform(), sitk.sitkLinear,
                               0.0, sitk.sitkFloat32, True)
     array = normalise(sitk.GetArrayFromImage(resampled), name, normalisation)

@@ -222,9 +222,10 @@ class Predictor:
             self._context_cache.popitem(last=False)
         return whole, crop
 
-    def _prepare(self, image: sitk.Image, name: str, region: Optional[Region] = None
-                 ) -> PreparedImage:
-        return prepare(image, self.size, name, region, self.metadata.normalisation)
+    def _prepare(self, image: sitk.Image, name: str, region: Optional[Region] = None,
+                 cancel: Optional[CancelCheck] = None) -> PreparedImage:
+        return prepare(image, self.size, name, region, self.metadata.normalisation,
+                       lambda: check_cancel(cancel))
 
     @staticmethod
     def _prompt_extent(entry: ContextEntry, oriented: Grid) -> Region:
@@ -283,15 +284,16 @@ class Predictor:
         exact grid.
 
         ``progress(fraction, message)`` is called as mini-contexts complete; ``cancel()``
-        returning True stops the work between mini-contexts with :class:`Cancelled`;
+        returning True stops the work between the steps of preparing the target, between
+        mini-contexts and between slabs of the result with :class:`Cancelled`;
         ``name`` (e.g. the file) names the target in error messages.
         """
         require_image(target, name)
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
         if not (self.refine and context.crops is not None):
-            return self.segment_prepared(target, self._prepare(target, name), context,
-                                         progress, cancel)
+            return self.segment_prepared(target, self._prepare(target, name, None, cancel),
+                                         context, progress, cancel)
 
         def part(start: float, share: float, label: str) -> ProgressCallback:
             def report(fraction: float, message: str) -> None:
@@ -301,20 +303,21 @@ class Predictor:
 
         region = context.guide.region(canonical_grid(target, name)) if context.guide else None
         if region is not None:     # first, where the context's prompts say the structure is
-            guided = self._prepare(target, name, region)
+            guided = self._prepare(target, name, region, cancel)
             output = self._run(guided.array, context.crops,
                                part(0.0, 0.5, "where the context points"), cancel)
             if (output >= 0.5).any():
                 return self._on_target(output, guided, target, cancel)
         start, share = (0.5, 0.25) if region is not None else (0.0, 0.5)
-        prepared = self._prepare(target, name)          # the whole view, only when needed
+        prepared = self._prepare(target, name, None, cancel)   # the whole view, if needed
         first = self._run(prepared.array, context, part(start, share, "whole view"), cancel)
         if not (first >= 0.5).any():
             warnings.warn(f"{name}: the whole-view pass found nothing, so there is no region "
                           "to refine and the result is empty; check that the context marks "
                           "this structure, or add context images", RefineNote, stacklevel=2)
             return self._on_target(first, prepared, target, cancel)
-        cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared))
+        cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared),
+                                cancel)
         return self.segment_prepared(target, cropped, context.crops,
                                      part(start + share, 1.0 - start - share, "refined"),
                                      cancel)
@@ -368,7 +371,7 @@ class Predictor:
                           "structure's scale changes nothing; the whole view is segmented",
                           RefineNote, stacklevel=2)
         for step in range(ZOOM_STEPS + 1):
-            prepared = self._prepare(image, name, region)
+            prepared = self._prepare(image, name, region, cancel)
             channel = self._prompt_channel(entry, prepared)
             context = PreparedContext.of([prepared.array], [channel], "interactive")
             output = self._run(prepared.array, context, None, cancel)
