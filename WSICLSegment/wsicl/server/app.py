@@ -135,8 +135,8 @@ class Guard:
                                 {"WWW-Authenticate": "Bearer"})
         limit = self.max_upload_bytes if upload else MAX_JSON_BYTES
         if length is not None and (not length.isdigit() or int(length) > limit):
-            if length.isdigit() and int(length) <= MAX_JSON_BYTES + limit:
-                await drain(receive)       # a client that sends before it reads gets the 413
+            if length.isdigit() and int(length) <= 2 * MAX_JSON_BYTES:   # a few MB: read,
+                await drain(receive)       # so a client that sends before it reads gets it
             return await refuse(413, too_large(limit), scope, receive, send)
         if upload:                  # streamed to disk and counted by the endpoint
             return await self.app(scope, receive, send)
