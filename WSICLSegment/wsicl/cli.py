@@ -337,7 +337,9 @@ def run_segment(args: argparse.Namespace) -> int:
             else ""
         raise ValueError(f"{existing}: exists, and {reason}{more}; pass --overwrite to "
                          "replace it, or choose another --output-dir")
-    report = RunReport(model_file, args.model, args.context_set, shard, args.output_dir,
+    model_sha256 = common["model"] if model_file is not None and model_file.is_file() \
+        else None                                   # hashed once, by common_work
+    report = RunReport(model_sha256, args.model, args.context_set, shard, args.output_dir,
                        launch, len(cohort), lambda line: _say(args, line),
                        [(t.name, t.source) for t in targets], run_key,
                        cohort if shard is not None else ())

@@ -119,7 +119,7 @@ class RunReport:
     rank's report into ``wsicl-run.json``. ``cohort``: every target's name in the whole
     run (all shards), so a merged report lists the targets of a rank that never wrote."""
 
-    def __init__(self, model_file: Optional[Path], model: str, context_files: Sequence[Path],
+    def __init__(self, model_sha256: Optional[str], model: str, context_files: Sequence[Path],
                  shard: Optional[Tuple[int, int]], folder: Path, launch: Any = None,
                  total: int = 0, say: Optional[Callable[[str], None]] = None,
                  jobs: Sequence[Tuple[str, Any]] = (), work: str = "",
@@ -129,8 +129,7 @@ class RunReport:
         self.header = {
             "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": model,
-            "model_sha256": file_digest(model_file) if model_file and model_file.is_file()
-            else None,
+            "model_sha256": model_sha256,
             "context_sets": {str(p): file_digest(Path(p)) for p in context_files},
             "work": work, "shard": f"{shard[0] + 1}/{shard[1]}" if shard else None,
             "cohort": [[name, str(source)] for name, source in cohort],
