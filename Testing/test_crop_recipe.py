@@ -160,6 +160,21 @@ def test_loss_is_low_for_confident_correct_logits():
     assert float(segmentation_loss(-(mask - 0.5) * 40, mask)) > 1.0
 
 
+def test_balanced_loss_does_not_reward_an_empty_prediction_of_a_small_structure():
+    """Per-episode soft Dice with smoothing barely tells "nothing" from a half-right guess on a
+    structure of a few voxels; the balanced loss must (float32, a margin of 0.3)."""
+    mask = torch.zeros(4, 1, 16, 16, 16)
+    mask[:, :, 7:9, 7:9, 7:9] = 1                  # 8 voxels of 4096
+    empty = torch.full_like(mask, -8.0)
+    half = torch.where(mask > 0, torch.tensor(0.5), torch.tensor(-8.0))
+    half[:, :, 7] = -8.0                           # half the structure found, weakly
+    assert float(segmentation_loss(empty, mask, "balanced")) > \
+        float(segmentation_loss(half, mask, "balanced")) + 0.3
+    assert float(segmentation_loss((mask - 0.5) * 40, mask, "balanced")) < 0.01
+    with pytest.raises(ValueError, match="unknown loss"):
+        segmentation_loss(empty, mask, "focal")
+
+
 def test_training_writes_resumable_checkpoints_and_crop_metadata(tmp_path, sources):
     bundle = save_bundle(sources, tmp_path / "sources.pt", ["test"])
     config = RunConfig(output=str(tmp_path / "run"), sources=str(bundle), channels=[4, 8, 16],

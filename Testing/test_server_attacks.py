@@ -16,6 +16,7 @@ import struct
 import tempfile
 import threading
 import time
+from typing import Tuple
 from pathlib import Path
 
 import pytest
@@ -262,28 +263,34 @@ def stalled_connections(url: str, request: bytes, count: int) -> list:
     return sockets
 
 
-def closed_by_server(sock: socket.socket, within_s: float) -> bool:
-    """Whether the server closes ``sock`` within ``within_s`` (whatever it answered)."""
+def read_until_closed(sock: socket.socket, within_s: float) -> Tuple[bytes, bool]:
+    """What the server sent on ``sock`` and whether it closed the connection within
+    ``within_s`` (an abort, which may drop an answer not yet read, counts as closed)."""
     sock.settimeout(within_s)
     deadline = time.monotonic() + within_s
+    received = b""
     try:
         while time.monotonic() < deadline:
-            if sock.recv(65536) == b"":
-                return True
+            chunk = sock.recv(65536)
+            if chunk == b"":
+                return received, True
+            received += chunk
     except ConnectionResetError:
-        return True
+        return received, True
     except socket.timeout:
-        return False
+        return received, False
     finally:
         sock.close()
-    return False
+    return received, False
 
 
 def test_stalled_bodies_never_lock_out_a_token_holder(server):
     """70 connections that promise a body and send none, to the page (no token needed) and
     to the API with the token (the worst case): a token holder's request is answered within
     2 s the whole time, the page's are refused at once (its paths take no body), and the
-    server closes the stalled bodies within two body checks."""
+    server closes the stalled bodies within two body checks. The connections exceed the cap
+    (64): the few that wait longest for their client may be closed unanswered to make room,
+    which on a slow machine can include page connections not yet refused."""
     from wsicl.server.app import BODY_CHECK_SECONDS
     page = stalled_connections(server.url, b"GET / HTTP/1.1\r\nHost: localhost\r\n"
                                b"Transfer-Encoding: chunked\r\n\r\n1\r\n", 35)
@@ -298,10 +305,15 @@ def test_stalled_bodies_never_lock_out_a_token_holder(server):
             status = raw(server.url + "/v1/info")[0]
             assert status == 200 and time.monotonic() - asked < 2.0
             time.sleep(0.5)
-        answered = page[0].recv(1024)
-        assert answered.startswith(b"HTTP/1.1 400") and b"takes no request body" in answered
-        assert all(closed_by_server(sock, 2 * BODY_CHECK_SECONDS + 2) for sock in page)
-        assert all(closed_by_server(sock, 2 * BODY_CHECK_SECONDS + 2) for sock in api)
+        within = 2 * BODY_CHECK_SECONDS + 2
+        page_ends = [read_until_closed(sock, within) for sock in page]
+        api_ends = [read_until_closed(sock, within) for sock in api]
+        assert all(closed for _, closed in page_ends + api_ends)
+        answers = [answer for answer, _ in page_ends if answer]
+        assert len(answers) >= len(page) - (len(page) + len(api) + 1 - 64)
+        assert all(answer.startswith(b"HTTP/1.1 400") and b"takes no request body" in answer
+                   for answer in answers)
+        assert not any(answer for answer, _ in api_ends)     # closed, never answered
     finally:
         for sock in page + api:
             sock.close()

@@ -12,7 +12,10 @@
 #   kept it, else starts from the bundled KIND weights; one thread, niced, so the session's
 #   own work keeps the other core; float16 weights to RUN_DIR/KIND/export.pt every 5
 #   minutes and at the end, its log in RUN_DIR/KIND/train.log. Prints the process id.
-# Environment: LR (default 2e-4), SEED (default: the seconds of the clock), BATCH (4).
+# Environment: LR (default 2e-4), SEED (default: the seconds of the clock), BATCH (4), INIT
+# (the weights a new run starts from: default the bundled KIND model; a point run from
+# scratch collapses, so `INIT=box` starts it from the box weights), LOSS (default bce_dice
+# for box, balanced for point: see wsicl.training.losses).
 # Then score RUN_DIR/KIND/export.pt with scripts/dev_benchmark.py against the bundled model
 # and bundle it (scripts/bundle_model.py) only if it is better in both modes.
 set -euo pipefail
@@ -43,7 +46,8 @@ EOF
   python3 scripts/make_sources_bundle.py "$data" "$mni" "$run/sources.pt" >/dev/null
 fi
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup nice -n 5 python3 -m wsicl.training.episode_training \
-  --sources "$run/sources.pt" --output "$run/$kind" --init "$kind" --prompt "$kind" \
+  --sources "$run/sources.pt" --output "$run/$kind" --init "${INIT:-$kind}" --prompt "$kind" \
+  --loss "${LOSS:-$([ "$kind" = point ] && echo balanced || echo bce_dice)}" \
   --batch "${BATCH:-4}" --lr "${LR:-2e-4}" --warmup 5 --minutes "$minutes" \
   --seed "${SEED:-$(date +%S)}" --checkpoint-seconds 300 --export "$run/$kind/export.pt" \
   >>"$run/$kind/train.log" 2>&1 &

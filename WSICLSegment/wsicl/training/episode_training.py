@@ -56,6 +56,7 @@ class RunConfig:
     lr: float = 1e-3
     warmup: int = 50
     clip: float = 1.0
+    loss: str = "bce_dice"               # losses.LOSSES: "balanced" for point models
     max_context: int = 4
     point_side_min: float = 0.7          # EngineConfig.point_side = (point_side_min, 1.4)
     seed: int = 0
@@ -237,7 +238,7 @@ def train_step(network: torch.nn.Module, optimiser: torch.optim.Optimizer, batch
     host synchronisation)."""
     with autocast(device, config.precision):
         logits = _forward(network, batch)
-    loss = segmentation_loss(logits, batch.target_mask)
+    loss = segmentation_loss(logits, batch.target_mask, config.loss)
     descend(loss, network, optimiser, config.clip)
     return loss
 
@@ -251,7 +252,7 @@ def validate(network: torch.nn.Module, engine: EpisodeEngine, config: RunConfig,
         for index in range(config.validation_batches):
             batch = engine.batch(index, config.batch)
             logits = _forward(network, batch)
-            losses.append(float(segmentation_loss(logits, batch.target_mask)))
+            losses.append(float(segmentation_loss(logits, batch.target_mask, config.loss)))
             scores.extend(batch_dice(logits, batch.target_mask))
     network.train()
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(scores))}
