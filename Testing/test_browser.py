@@ -29,6 +29,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from served import TOKEN, ServerProcess, blob, write_served_model, write_token  # noqa: E402
 from wsicl import Box, ContextSet  # noqa: E402
+from wsicl.confidence import calibration  # noqa: E402
 from wsicl.server.client import RemotePredictor  # noqa: E402
 
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader",
@@ -131,10 +132,17 @@ def test_the_page_segments_a_target_as_the_python_client_does(served, browser):
         "return Array.from(window.wsicl.state.volumes[1].results['core'].img)"))
     context = ContextSet(name="core").add(sitk.ReadImage(str(folder / "context.nii.gz")),
                                           [Box(tuple(low), tuple(high), "RAS")])
-    expected = sitk.GetArrayFromImage(RemotePredictor(server.url, TOKEN, "tiny").segment(
-        sitk.ReadImage(str(folder / "target.nii.gz")), context).mask)
+    remote = RemotePredictor(server.url, TOKEN, "tiny").segment(
+        sitk.ReadImage(str(folder / "target.nii.gz")), context)
+    expected = sitk.GetArrayFromImage(remote.mask)
     assert 0 < expected.sum() < expected.size
     assert np.array_equal(overlay, expected.ravel())                  # voxel for voxel
+    judged = browser.execute_script("return window.wsicl.state.volumes[1].judged['core']")
+    confidence = round(calibration().confidence(remote.evidence), 3)
+    assert judged == {"confidence": confidence, "review": calibration().review(confidence)}
+    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#volumeList .name")]
+    assert names[1].startswith(f"target.nii.gz ● {confidence:.2f}") and \
+        names[1].endswith("⚑ to review") == judged["review"]
     browser.find_element(By.ID, "downloadButton").click()
     download = folder / "downloads" / "target_core.nii.gz"
     wait_for(browser, lambda d: download.exists() and download.stat().st_size > 0)
@@ -161,6 +169,8 @@ def test_the_page_segments_a_target_as_the_python_client_does(served, browser):
                        [0xe6 / 255, 0x4d / 255, 0x33 / 255], atol=1e-3)
     browser.find_element(By.ID, "undoButton").click()
     assert browser.execute_script("return Object.keys(window.wsicl.state.volumes[1].results)"
+                                  ) == []
+    assert browser.execute_script("return Object.keys(window.wsicl.state.volumes[1].judged)"
                                   ) == []
     severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []                            # no CSP violation, no failed request

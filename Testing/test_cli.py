@@ -1,6 +1,7 @@
 """The wsicl command line: equivalent inputs agree, outputs fit the target, bad input fails
 cleanly with one line naming the culprit."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -293,7 +294,8 @@ def test_overlapping_structures_go_to_the_more_probable_one_in_a_label_image(tmp
     assert labels[0, 0, 0] == 2 and labels[0, 0, 1] == 1 and labels[1, 0, 0] == 2
     assert labels[0, 1, 0] == 1 and labels[1, 1, 0] == 0
     assert measures == {name: {"voxels": int((labels == value).sum()),          # as written
-                               "ml": int((labels == value).sum()) / 1000}    # 1 mm voxels
+                               "ml": int((labels == value).sum()) / 1000,    # 1 mm voxels
+                               "file": "t.nii.gz", "label": value}          # no evidence
                         for name, value in (("a", 1), ("b", 2))}
     assert measures["a"]["voxels"] < int((first >= 0.5).sum())      # not before overlaps
 
@@ -583,4 +585,4 @@ def test_no_progress_bar_is_written_when_stderr_is_not_a_terminal(workspace, cap
                  str(workspace / "target.nrrd")]) == 0
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "%|" not in captured.err
-    assert "voxels ->" in captured.out
+    assert re.search(r"voxels \(confidence [0-9.]+(, to review)?\) ->", captured.out)

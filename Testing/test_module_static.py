@@ -42,6 +42,7 @@ CLASSES_WITH = {
     "color": {"ctkColorPickerButton"},
     "colorChanged": {"ctkColorPickerButton"},
     "currentNode": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
+    "setCurrentNode": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
     "currentSegmentID": {"qMRMLSegmentSelectorWidget"},
     "setRowCount": {"QTableWidget"},
     "setItem": {"QTableWidget"},
@@ -93,9 +94,11 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
                          "wsicl/server/app.py", "wsicl/server/service.py", "wsicl/dicomseg.py",
                          "wsicl/runs.py", "wsicl/launch.py", "wsicl/server/page.py",
-                         "wsicl/__main__.py", "wsicl/segment_run.py", "wsicl/resume.py")
+                         "wsicl/__main__.py", "wsicl/segment_run.py", "wsicl/resume.py",
+                         "wsicl/review.py")
 """What only ``pip install`` brings: the command line (``python -m wsicl``, its
-``segment`` runs with their resume records, DICOM SEG writer, run reports and torchrun
+``segment`` runs with their resume records, DICOM SEG writer, run reports and what to
+review in them, and torchrun
 launches), the demo, the training layer and the server with its
 browser page (Slicer ships its client, ``wsicl/server/client.py``, and the wire format)."""
 
@@ -110,7 +113,7 @@ def test_module_cmake_lists_exactly_what_slicer_runs():
         "${MODULE_NAME}", "WSICLSegment")
     listed = set(re.findall(r"^\s+(\S+\.py)$", cmake, re.MULTILINE))
     assert slicer_scripts() == listed
-    for resource in re.findall(r"^\s+(\S+\.(?:png|ui|gz|md|pt))$", cmake, re.MULTILINE):
+    for resource in re.findall(r"^\s+(\S+\.(?:png|ui|gz|md|pt|json))$", cmake, re.MULTILINE):
         assert (MODULE / resource).is_file(), resource
 
 

@@ -225,6 +225,46 @@ def test_segment_one_target_then_all_then_undo(panel):
     assert panel.ui.statusLabel.text == "Nothing to undo."
 
 
+def test_after_segment_all_the_flagged_are_marked_stepped_through_and_one_annotated(
+        panel, monkeypatch):
+    """Review marks after Segment all with a calibration that flags every result: the
+    marks list each volume with its confidence, Next to review steps through them least
+    confident first and shows each, Annotate next adds the least confident volume to the
+    set with boxes from its result; Undo clears the marks."""
+    from wsicl import confidence
+    flag_all = confidence.Calibration([0.0] * 5, 0.0, [0.0] * 5, [1.0] * 5, 0.0, 0.5, 0.75,
+                                      "test")
+    monkeypatch.setattr(confidence, "calibration", lambda: flag_all)
+    context = add_volume(panel, 1, "context 1")
+    targets = [add_volume(panel, seed, f"target {seed}") for seed in (3, 4)]
+    node = new_set_with_volume(panel, context)
+    draw_box(panel, context)
+    assert not panel.ui.reviewButton.enabled and not panel.ui.annotateNextButton.enabled
+    panel.ui.segmentAllButton.click()
+    panel.pump(lambda: finished(panel))
+    lines = panel.ui.reviewLabel.text.splitlines()
+    assert lines[0].startswith("2 to review, least confident ")
+    assert sorted(line.split(":")[0] for line in lines[1:]) == \
+        ["to review", "to review"] and all("confidence" in line for line in lines[1:])
+    assert panel.ui.reviewButton.enabled and panel.ui.annotateNextButton.enabled
+    seen = []
+    for _ in range(3):                                   # round and round
+        panel.ui.reviewButton.click()
+        seen.append(panel.ui.targetSelector.currentNode())
+        assert panel.ui.statusLabel.text.startswith(f"To review {(len(seen) - 1) % 2 + 1} of 2")
+    review = panel.widget.logic.lib.review
+    assert [v.GetID() for v in seen] == [review.flagged[i].volume_id for i in (0, 1, 0)]
+    least = review.annotate_next()["core"]
+    panel.ui.annotateNextButton.click()
+    assert panel.dialogs.errors() == []
+    added = sets.context_volumes(node)[-1]
+    assert added.volume.GetID() == least.volume_id and added.prompt_count > 0
+    assert panel.ui.statusLabel.text.startswith(f"Added {least.volume_name} to 'core'")
+    assert not panel.ui.annotateNextButton.enabled
+    panel.ui.undoButton.click()
+    assert panel.ui.reviewLabel.text == "" and not panel.ui.reviewButton.enabled
+
+
 def test_cancel_stops_a_run_and_leaves_the_scene_unchanged(panel):
     context = add_volume(panel, 1, "context")
     for seed in range(2, 6):

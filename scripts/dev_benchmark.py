@@ -24,7 +24,8 @@ target image: interactive, the box extruded over as many millimetres above and b
 prompted slice as half its mean in-plane side; in context, the context's prompt bounding
 box in coordinates normalised to the image extent, pasted into the target.
 
-Writes ``OUTPUT_DIR/dev_benchmark.json`` (every score), prints a table of means +/- sd and
+Writes ``OUTPUT_DIR/dev_benchmark.json`` (every score, and each result's evidence about
+itself for ``scripts/fit_confidence.py``), prints a table of means +/- sd and
 draws ``OUTPUT_DIR/dev_benchmark.png`` (one case per task family).
 """
 import argparse
@@ -164,6 +165,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default="interactive,context",
                         help="which task families to run: interactive, context or both")
+    parser.add_argument("--cycle-check", action="store_true",
+                        help="in context, score each result by segmenting the context back "
+                             "(evidence for scripts/fit_confidence.py; one more pass)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="crop / two-pass inference on or off (default: each model's own)")
     args = parser.parse_args()
@@ -174,13 +178,25 @@ def main() -> None:
              ("lung1 lungs", "lung2 lungs")]
     pairs += [(b, a) for a, b in pairs]
     results: Dict[str, Dict[str, List[float]]] = {}
+    cases_seen: List[Dict] = []
     pictures = {}
 
     def score(method: str, task: str, value: float) -> None:
         results.setdefault(method, {}).setdefault(task, []).append(float(value))
 
+    def record(method: str, task: str, result) -> np.ndarray:
+        """The result's mask (array order); its score and evidence noted for
+        ``scripts/fit_confidence.py``."""
+        predicted = sitk.GetArrayFromImage(result.mask)
+        reference = cases[task.split(": ", 1)[1].split(" -> ")[-1]][1]
+        score(method, task, dice(predicted, reference))
+        cases_seen.append({"model": method, "task": task, "dice": results[method][task][-1],
+                           "evidence": result.evidence.as_dict()})
+        return predicted
+
     for name, source in models.items():
-        predictor = Predictor(source, device="cpu", refine=args.refine)
+        predictor = Predictor(source, device="cpu", refine=args.refine,
+                              cycle_check=args.cycle_check)
         started = time.perf_counter()
         for task, (image, mask) in cases.items() if "interactive" in args.modes else ():
             axis = 2 - axial_axis(image)
@@ -189,9 +205,8 @@ def main() -> None:
                 slices = draw_slices(mask, axis, 1, rng)
                 prompts = prompts_on(mask, axis, slices, args.prompt)
                 kwargs = {"boxes": prompts} if args.prompt == "box" else {"points": prompts}
-                predicted = sitk.GetArrayFromImage(
-                    predictor.segment_interactive(image, **kwargs).mask)
-                score(name, f"interactive: {task}", dice(predicted, mask))
+                predicted = record(name, f"interactive: {task}",
+                                   predictor.segment_interactive(image, **kwargs))
                 if name == next(iter(models)):
                     score("floor", f"interactive: {task}",
                           dice(extruded_floor(image, mask, axis, slices[0]), mask))
@@ -209,9 +224,8 @@ def main() -> None:
                 context = ContextSet(name=context_task)
                 context.add(context_image, **({"boxes": prompts} if args.prompt == "box"
                                               else {"points": prompts}))
-                predicted = sitk.GetArrayFromImage(predictor.segment(target_image, context).mask)
                 task = f"in context: {context_task} -> {target_task}"
-                score(name, task, dice(predicted, target_mask))
+                record(name, task, predictor.segment(target_image, context))
                 if name == next(iter(models)):
                     score("floor", task, dice(pasted_floor(context_mask, slices, axis,
                                                            target_mask.shape), target_mask))
@@ -226,7 +240,7 @@ def main() -> None:
                                                        float(np.std(means))]
     (args.output / "dev_benchmark.json").write_text(json.dumps(
         {"prompt": args.prompt, "draws": args.draws, "seed": args.seed, "models": models,
-         "scores": results, "summary": summary}, indent=1), encoding="utf-8")
+         "scores": results, "summary": summary, "cases": cases_seen}, indent=1), encoding="utf-8")
     methods = list(results)
     tasks = list(results[methods[0]])
     tasks = sorted(set(tasks), key=lambda t: (not t.startswith("interactive"), t))

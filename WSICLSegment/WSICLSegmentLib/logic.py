@@ -13,9 +13,11 @@ import SimpleITK as sitk
 
 import wsicl
 from wsicl.checkpoints import BUNDLED_NOTES
+from wsicl.confidence import calibration
 from wsicl.server.client import RemotePredictor, served_name
 
 from . import context_sets as sets
+from .review import Judged, ReviewQueue
 from .segments import SegmentWrite, undo, write_structure
 from .settings import RunSettings
 from .volumes import volume_to_image
@@ -64,9 +66,22 @@ class Job:
 
 @dataclasses.dataclass
 class Result:
+    """One structure on one target: the mask and what the engine says of its reliability
+    (``confidence`` in [0, 1], None without evidence; ``review``: flagged)."""
+
     target_id: str
     structure: Structure
     mask: sitk.Image
+    confidence: Optional[float] = None
+    review: bool = False
+
+    @classmethod
+    def of(cls, target_id: str, structure: Structure, segmentation) -> "Result":
+        if segmentation.evidence is None:
+            return cls(target_id, structure, segmentation.mask)
+        confidence = calibration().confidence(segmentation.evidence)
+        return cls(target_id, structure, segmentation.mask, confidence,
+                   calibration().review(confidence))
 
 
 class SegmentationLogic:
@@ -81,6 +96,7 @@ class SegmentationLogic:
         self.scene = scene
         self.segmentations_logic = segmentations_logic
         self.history: List[List[SegmentWrite]] = []
+        self.review = ReviewQueue()
         self._predictor: Optional[Engine] = None
         self._predictor_key: Optional[tuple] = None
 
@@ -168,12 +184,15 @@ class SegmentationLogic:
                 else:
                     result = predictor.segment(target.image, context, progress=report,
                                                cancel=cancel, name=target.name)
-                results.append(Result(target.node_id, structure, result.mask))
+                results.append(Result.of(target.node_id, structure, result))
                 report(1.0, "done")
         return results
 
-    def apply(self, results: Sequence[Result]) -> List[SegmentWrite]:
-        """Writes results into the scene (main thread); undone entirely on any failure."""
+    def apply(self, results: Sequence[Result], interactive: bool = False
+              ) -> List[SegmentWrite]:
+        """Writes results into the scene (main thread); undone entirely on any failure.
+        Each segment carries its confidence as the tag ``WSICL.confidence``, and
+        :attr:`review` becomes the run's review queue."""
         writes: List[SegmentWrite] = []
         try:
             for result in results:
@@ -189,12 +208,23 @@ class SegmentationLogic:
                 undo(self.scene, self.segmentations_logic, write)
             raise
         self.history.append(writes)
+        judged = []
+        for result, write in zip(results, writes):
+            volume = self.scene.GetNodeByID(result.target_id)
+            if result.confidence is not None:
+                write.segmentation_node.GetSegmentation().GetSegment(write.segment_id).SetTag(
+                    "WSICL.confidence", f"{result.confidence:.3f}")
+            judged.append(Judged(result.target_id, volume.GetName(), result.structure.name,
+                                 result.confidence, result.review))
+        self.review = ReviewQueue(judged, interactive)
         return writes
 
     def undo_last(self) -> bool:
-        """Reverts the last applied run; False when there is nothing to undo."""
+        """Reverts the last applied run (its review queue goes with it); False when there
+        is nothing to undo."""
         if not self.history:
             return False
+        self.review = ReviewQueue()
         for write in reversed(self.history.pop()):
             undo(self.scene, self.segmentations_logic, write)
         return True

@@ -1,5 +1,7 @@
 """The panel's "Segment" section: Segment / Segment all (Cancel while running), progress,
-results and undo, and interactive mode (the selected volume segmented from its own
+results and undo, what to review (each result's confidence, "Next to review" through the
+flagged ones, "Annotate next": the least confident volume added to the context set), and
+interactive mode (the selected volume segmented from its own
 prompts again whenever they rest after a change). Work runs in one background thread
 (weights load there too); results reach the scene on the main thread."""
 import logging
@@ -36,6 +38,8 @@ class RunSection(VTKObservationMixin):
         ui.segmentButton.clicked.connect(lambda: self.onSegment(all_volumes=False))
         ui.segmentAllButton.clicked.connect(lambda: self.onSegment(all_volumes=True))
         ui.undoButton.clicked.connect(self.onUndo)
+        ui.reviewButton.clicked.connect(self.onNextToReview)
+        ui.annotateNextButton.clicked.connect(self.onAnnotateNext)
         ui.interactiveButton.toggled.connect(self.onInteractiveToggled)
         sets.prompt_listeners.append(self.observePrompts)
 
@@ -95,9 +99,50 @@ class RunSection(VTKObservationMixin):
             self.segmentRunning = False
             self.setBusy(False)
         with slicer.util.tryWithErrorDisplay("Could not write the results.", waitCursor=True):
-            writes = self.lib().apply(results)
+            writes = self.lib().apply(results, interactive)
             self.ui.progressBar.setValue(100)
             self.ui.statusLabel.setText(f"Done: {len(writes)} segment(s) written.")
+            self.showReview()
+
+    def showReview(self) -> None:
+        """The last run's results with their confidence and marks; the review buttons."""
+        review = self.logic.lib.review
+        self.ui.reviewLabel.setText("\n".join([review.summary()] + review.marks())
+                                    if review.ordered else "")
+        self.ui.reviewButton.setEnabled(bool(review.flagged))
+        self.ui.annotateNextButton.setEnabled(bool(review.annotate_next()))
+
+    def onNextToReview(self) -> None:
+        """Shows the next flagged result's volume, selected as the target."""
+        item = self.logic.lib.review.next()
+        volume = slicer.mrmlScene.GetNodeByID(item.volume_id) if item else None
+        if volume is None:
+            self.ui.statusLabel.setText("Nothing to review.")
+            return
+        self.ui.targetSelector.setCurrentNode(volume)
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        review = self.logic.lib.review
+        self.ui.statusLabel.setText(f"To review {review.position + 1} of "
+                                    f"{len(review.flagged)}: {item.words()}")
+
+    def onAnnotateNext(self) -> None:
+        """Adds the least confident volume of the current set's structure to that set,
+        with boxes from its result, and shows it for correction."""
+        with slicer.util.tryWithErrorDisplay("Could not add the volume to annotate next."):
+            node = self.sets.requireSet()
+            suggestions = self.logic.lib.review.annotate_next()
+            item = suggestions.get(node.GetName())
+            if item is None:
+                raise ValueError(f"the last run has no result for context set "
+                                 f"'{node.GetName()}'; select the set it segmented")
+            volume = slicer.mrmlScene.GetNodeByID(item.volume_id)
+            self.ui.targetSelector.setCurrentNode(volume)
+            self.sets.onUseResult()
+            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            self.ui.annotateNextButton.setEnabled(False)
+            self.ui.statusLabel.setText(
+                f"Added {item.volume_name} to '{node.GetName()}' with boxes from its result "
+                f"({item.words()}): correct them, then Segment all again.")
 
     def onFailure(self, error: BaseException, interactive: bool) -> None:
         if not interactive:
@@ -119,6 +164,7 @@ class RunSection(VTKObservationMixin):
             self.ui.statusLabel.setText("Nothing to undo.")
         else:
             self.ui.statusLabel.setText("Last run undone.")
+            self.showReview()
 
     def deliver(self) -> None:
         if self.worker is not None:

@@ -235,6 +235,14 @@ def add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--report-only", type=Path, metavar="OUT",
                         help="merge the run reports in OUT (shards, reruns) into "
                              "OUT/wsicl-run.json and .csv, print the counts and stop")
+    parser.add_argument("--cycle-check", action="store_true",
+                        help="score each in-context result also by segmenting the context "
+                             "back from it (one more segmentation per target; see "
+                             "Resources/MODEL_CARD.md for what it adds to the confidence)")
+    parser.add_argument("--review-sheet", action="store_true",
+                        help="also write OUT/wsicl-review.html: one picture per result "
+                             "flagged for review (a slice through its centre, outlined), "
+                             "least confident first")
     parser.add_argument("--shard", metavar="I/N",
                         help="segment only shard I of N of the targets (balanced by file "
                              "size; under torchrun: RANK and WORLD_SIZE decide)")
@@ -262,7 +270,11 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.report_only:
         path, counts = merge_reports(args.report_only)
         print(closing_line(counts) + f"; wrote {path}")
+        _review(args, path, args.report_only)
         return 0 if counts["failed"] == 0 else 1
+    if args.cycle_check and args.server:
+        raise ValueError("--cycle-check runs here, not on a server; drop one of --cycle-check "
+                         "and --server")
     if not args.context_set or args.output_dir is None:
         raise ValueError("segment needs --context-set and --output-dir (or --report-only OUT)")
     context_sets = [read_context_file(path) for path in args.context_set]
@@ -342,7 +354,7 @@ def run_segment(args: argparse.Namespace) -> int:
     report = RunReport(model_sha256, args.model, args.context_set, shard, args.output_dir,
                        launch, len(cohort), lambda line: _say(args, line),
                        [(t.name, t.source) for t in targets], run_key,
-                       cohort if shard is not None else ())
+                       cohort if shard is not None else (), args.interactive)
     usable = []
     for index, target in enumerate(targets):
         label = f"[{index + 1}/{len(targets)}] {target.name}"
@@ -390,7 +402,22 @@ def run_segment(args: argparse.Namespace) -> int:
     written_report, counts = report.close()
     _say(args, "done: " + closing_line(counts)
          + (f"; report {written_report}" if written_report else ""))
+    if written_report is not None and (launch is None or launch.rank == 0):
+        _review(args, written_report, args.output_dir)
     return 0 if counts["failed"] == 0 else 1
+
+
+def _review(args: argparse.Namespace, report: Path, folder: Path) -> None:
+    """Says which results of the run ``report`` to review and what to annotate next, and
+    writes the review sheet if asked."""
+    from .review import review_lines, write_review_sheet
+    document = json.loads(report.read_text(encoding="utf-8"))
+    for line in review_lines(document["targets"], bool(document.get("interactive"))):
+        _say(args, line)
+    if args.review_sheet:
+        sheet = folder / "wsicl-review.html"
+        shown = write_review_sheet(folder, document["targets"], sheet)
+        _say(args, f"review sheet: {shown} result(s) in {sheet}")
 
 
 def _segment_target(args: argparse.Namespace, predictor, contexts, target, label: str,
@@ -434,12 +461,22 @@ def _segment_target(args: argparse.Namespace, predictor, contexts, target, label
         report.add(target.name, target.source, "done", time.perf_counter() - started,
                    outputs, measures)
         if per_target:
-            print(f"{label}: {', '.join(str(m['voxels']) for m in measures.values())} "
-                  f"voxels -> {', '.join(map(str, outputs))}")
+            print(f"{label}: {', '.join(map(measure_words, measures.values()))} -> "
+                  f"{', '.join(map(str, outputs))}")
     except (ValueError, RuntimeError) as error:
         print(failure_line(label, target.name, target.source, error), file=sys.stderr)
         report.add(target.name, target.source, "failed", time.perf_counter() - started,
                    error=str(error))
+
+
+def measure_words(measure: dict) -> str:
+    """A structure's result in a few words: voxels, and its confidence and review flag if
+    it has them."""
+    words = f"{measure['voxels']} voxels"
+    if measure.get("confidence") is not None:
+        words += f" (confidence {measure['confidence']:.2f}" + \
+            (", to review)" if measure.get("review") else ")")
+    return words
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
@@ -497,7 +534,8 @@ def make_predictor(args: argparse.Namespace):
     from .predictor import Predictor
     return Predictor(args.model, device=args.device, mini_context=args.mini_context,
                      precision=args.precision, refine=args.refine,
-                     prompt_kinds=args.context_kind)
+                     prompt_kinds=args.context_kind,
+                     cycle_check=getattr(args, "cycle_check", False))
 
 
 def remote_predictor(args: argparse.Namespace):

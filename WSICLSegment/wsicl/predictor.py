@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from .checkpoints import BUNDLED_NOTES, load_model
+from .confidence import Evidence, box_side_mm, boxes_from_mask, evidence, prompt_fit
 from .context import (Box, ContextEntry, ContextError, ContextSet, Point, check_kinds,
                       note_clipped_boxes)
 from .crops import CROP_MARGIN, MIN_SIDE_MM, POINT_SIDE_MM, Region, crop_region, whole_region
@@ -76,13 +77,17 @@ class RefineNote(UserWarning):
 class PreparedContext:
     """A context set on the model grid: ``images`` and ``prompts`` ``[1, L, 1, S, S, S]``
     (whole views); for models trained on crops, ``crops`` holds the same context with each
-    image cropped around its own prompts (the second pass)."""
+    image cropped around its own prompts (the second pass); ``side_mm``, the prompt boxes'
+    scale (:func:`wsicl.confidence.box_side_mm`; None without boxes); ``check_entry``, the
+    context entry with the most boxes, which the cycle check segments back."""
 
     images: torch.Tensor
     prompts: torch.Tensor
     name: str
     crops: Optional["PreparedContext"] = None
     guide: Optional["Guide"] = None
+    side_mm: Optional[float] = None
+    check_entry: Optional[ContextEntry] = None
 
     @classmethod
     def of(cls, images: Sequence[np.ndarray], prompts: Sequence[np.ndarray], name: str
@@ -97,10 +102,13 @@ class PreparedContext:
 class Segmentation:
     """A result on the target's own grid: ``mask`` (uint8 0/1) and ``probability``
     (float32, the network output on the scale where 0.5 is the threshold, linearly
-    resampled; outside a crop 0; None from a server, which sends the mask only)."""
+    resampled; outside a crop 0; None from a server, which sends the mask only), and what
+    the output says about its own reliability (:mod:`wsicl.confidence`; None from a
+    server)."""
 
     mask: sitk.Image
     probability: Optional[sitk.Image]
+    evidence: Optional[Evidence] = None
 
 
 class Predictor:
@@ -128,13 +136,18 @@ class Predictor:
             voxel beside the mask's 1); False gives the mask only, resampled onto the
             target slab by slab (a server's results: memory a small multiple of the
             target's voxels, cancel checked between slabs).
+        cycle_check: in context, segment the context image with the most boxes back from
+            each result (the target as its only context image, boxes drawn from the
+            result) and score how well that answers its boxes: the strongest evidence of a
+            result's reliability (:mod:`wsicl.confidence`), at the cost of one more
+            segmentation with one context image per target.
     """
 
     def __init__(self, model: Union[str, os.PathLike, WSICLNet] = "box", device: str = "auto",
                  mini_context: int = 1, precision: str = "auto",
                  refine: Optional[bool] = None,
-                 prompt_kinds: Optional[Sequence[str]] = None, probability: bool = True
-                 ) -> None:
+                 prompt_kinds: Optional[Sequence[str]] = None, probability: bool = True,
+                 cycle_check: bool = False) -> None:
         if mini_context < 1:
             raise ValueError(f"mini_context must be at least 1, got {mini_context}")
         self.device = pick_device(device)
@@ -147,6 +160,7 @@ class Predictor:
         self.precision = resolve_precision(self.device, precision)
         self.refine = self.metadata.input_policy == "crop" if refine is None else bool(refine)
         self.probability = bool(probability)
+        self.cycle_check = bool(cycle_check)
         self._encoded: Tuple[bytes, Optional[EncodedTarget]] = (b"", None)
         self._context_cache: "OrderedDict[bytes, Tuple[ModelInputs, Optional[ModelInputs]]]" = \
             OrderedDict()
@@ -182,6 +196,12 @@ class Predictor:
         if self.refine:
             result.crops = PreparedContext.of(*zip(*cropped), context_set.name)
             result.guide = self._guide(context_set.entries)
+        result.side_mm = box_side_mm([corners for entry in context_set.entries
+                                      for corners in self._box_corners(entry)])
+        boxed = [entry for entry in context_set.entries if entry.boxes]
+        result.check_entry = max(boxed, key=lambda entry: len(entry.boxes)) if boxed else None
+        if result.crops is not None:
+            result.crops.side_mm = result.side_mm
         return result
 
     def _guide(self, entries: Sequence[ContextEntry]) -> Guide:
@@ -228,11 +248,16 @@ class Predictor:
                        lambda: check_cancel(cancel))
 
     @staticmethod
-    def _prompt_extent(entry: ContextEntry, oriented: Grid) -> Region:
+    def _box_corners(entry: ContextEntry) -> List[np.ndarray]:
+        """The 8 LPS corners (mm) of each of an entry's boxes."""
+        return [box_corners_lps(b.min, b.max, b.space, Grid.of(entry.image))
+                for b in entry.boxes]
+
+    @classmethod
+    def _prompt_extent(cls, entry: ContextEntry, oriented: Grid) -> Region:
         """The bounding box of an entry's prompts (boxes, points, mask), in index
         coordinates of the reoriented image."""
-        corners = [box_corners_lps(b.min, b.max, b.space, Grid.of(entry.image))
-                   for b in entry.boxes]
+        corners = cls._box_corners(entry)
         corners += [to_lps(p.position, p.space, Grid.of(entry.image)) for p in entry.points]
         corners += [mask_corners(entry.mask)] if entry.mask is not None else []
         index = oriented.lps_to_index(np.concatenate(corners))
@@ -291,6 +316,28 @@ class Predictor:
         require_image(target, name)
         if isinstance(context, ContextSet):
             context = self.prepare_context(context, cancel)
+        result = self._segment(target, context, progress, cancel, name)
+        if self.cycle_check and context.check_entry is not None and not result.evidence.empty:
+            result.evidence = dataclasses.replace(
+                result.evidence, fit=self._cycle_fit(target, result.mask, context.check_entry,
+                                                     cancel))
+        return result
+
+    def _cycle_fit(self, target: sitk.Image, mask: sitk.Image, entry: ContextEntry,
+                   cancel: Optional[CancelCheck]) -> Optional[float]:
+        """The cycle check (see the class notes): how well ``entry.image`` segmented from
+        ``target`` with boxes drawn from ``mask`` answers ``entry``'s own prompts."""
+        back = ContextSet(name="cycle check").add(target, boxes=boxes_from_mask(mask))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RefineNote)
+            returned = self._segment(entry.image, self.prepare_context(back, cancel), None,
+                                     cancel, entry.name)
+        return prompt_fit(returned.mask, entry)
+
+    def _segment(self, target: sitk.Image, context: PreparedContext,
+                 progress: Optional[ProgressCallback], cancel: Optional[CancelCheck],
+                 name: str) -> Segmentation:
+        """:meth:`segment` on a prepared context, without the cycle check."""
         if not (self.refine and context.crops is not None):
             return self.segment_prepared(target, self._prepare(target, name, None, cancel),
                                          context, progress, cancel)
@@ -307,7 +354,7 @@ class Predictor:
             output = self._run(guided.array, context.crops,
                                part(0.0, 0.5, "where the context points"), cancel)
             if (output >= 0.5).any():
-                return self._on_target(output, guided, target, cancel)
+                return self._on_target(output, guided, target, cancel, context.side_mm)
         start, share = (0.5, 0.25) if region is not None else (0.0, 0.5)
         prepared = self._prepare(target, name, None, cancel)   # the whole view, if needed
         first = self._run(prepared.array, context, part(start, share, "whole view"), cancel)
@@ -315,7 +362,7 @@ class Predictor:
             warnings.warn(f"{name}: the whole-view pass found nothing, so there is no region "
                           "to refine and the result is empty; check that the context marks "
                           "this structure, or add context images", RefineNote, stacklevel=2)
-            return self._on_target(first, prepared, target, cancel)
+            return self._on_target(first, prepared, target, cancel, context.side_mm)
         cropped = self._prepare(target, name, self._mask_region(first >= 0.5, prepared),
                                 cancel)
         return self.segment_prepared(target, cropped, context.crops,
@@ -328,7 +375,7 @@ class Predictor:
         """Segments an already prepared target (``prepare(target, size)``) with a prepared
         context; the result is on ``target``'s grid."""
         output = self._run(prepared.array, context, progress, cancel)
-        return self._on_target(output, prepared, target, cancel)
+        return self._on_target(output, prepared, target, cancel, context.side_mm)
 
     def segment_many(self, targets: Sequence[sitk.Image], context_set: ContextSet,
                      progress: Optional[ProgressCallback] = None,
@@ -379,17 +426,24 @@ class Predictor:
             if grown is None or step == ZOOM_STEPS:
                 break
             region = grown
-        return self._on_target(output, prepared, image, cancel)
+        result = self._on_target(output, prepared, image, cancel,
+                                 box_side_mm(self._box_corners(entry)))
+        result.evidence = dataclasses.replace(result.evidence,
+                                              fit=prompt_fit(result.mask, entry))
+        return result
 
     def _on_target(self, output: np.ndarray, prepared: PreparedImage, target: sitk.Image,
-                   cancel: Optional[CancelCheck] = None) -> Segmentation:
-        """A model-grid output (0.5 = threshold) as the mask on ``target``'s grid, and the
-        probability unless ``self.probability`` is False (see the class notes)."""
+                   cancel: Optional[CancelCheck], prompt_side_mm: Optional[float]
+                   ) -> Segmentation:
+        """A model-grid output (0.5 = threshold) as the mask on ``target``'s grid, the
+        probability unless ``self.probability`` is False (see the class notes), and the
+        output's evidence about itself given the prompts' scale ``prompt_side_mm``."""
+        found = evidence(output, prepared.grid.spacing, prompt_side_mm)
         if not self.probability:
             return Segmentation(mask_on_grid(output, prepared.grid, target,
-                                             check=lambda: check_cancel(cancel)), None)
+                                             check=lambda: check_cancel(cancel)), None, found)
         probability = to_source_grid(output, prepared.grid, target)
-        return Segmentation(threshold(probability), probability)
+        return Segmentation(threshold(probability), probability, found)
 
     def _encode(self, target: np.ndarray, target_tensor: torch.Tensor) -> EncodedTarget:
         """The target's encoder features, reused while the model-grid target is the same

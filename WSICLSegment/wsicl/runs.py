@@ -10,8 +10,10 @@ the run report.
   again.
 - The report (``wsicl-run.json`` and ``.csv`` in the output folder, ``wsicl-run-I-of-N.*``
   for a shard) lists every target of the run from the start with its status
-  (:data:`STATUSES`), seconds, outputs, and per structure the voxel count and volume in mL
-  (or the error), with the command, the model file's and the context sets' SHA-256
+  (:data:`STATUSES`), seconds, outputs, and per structure the voxel count and volume in mL,
+  the confidence and whether to review it (or the error); its ``review`` section lists the
+  flagged results and the volume to annotate next (:mod:`wsicl.review`); with the
+  command, the model file's and the context sets' SHA-256
   digests, the run's work key and the versions.
 """
 import csv
@@ -26,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from . import __version__
 from .files import write_text
 from .resume import file_digest, run_records
+from .review import review_summary
 
 Job = TypeVar("Job")
 
@@ -74,20 +77,24 @@ def status_counts(targets: Sequence[Dict[str, Any]]) -> Dict[str, int]:
 def write_report(folder: Path, stem: str, header: Dict[str, Any],
                  targets: Sequence[Dict[str, Any]]) -> Path:
     """Writes a run report, ``STEM.json`` (``header``, the time of writing, the counts by
-    status, the targets) and ``STEM.csv`` (a row per target and structure) into
-    ``folder``; returns the JSON's path."""
+    status, what to review, the targets) and ``STEM.csv`` (a row per target and
+    structure) into ``folder``; returns the JSON's path."""
     document = {**header, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "counts": status_counts(targets), "targets": list(targets)}
+                "counts": status_counts(targets),
+                "review": review_summary(targets, bool(header.get("interactive"))),
+                "targets": list(targets)}
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["target", "input", "status", "seconds", "structure", "voxels", "ml",
-                     "outputs", "error"])
+                     "confidence", "review", "outputs", "error"])
     for target in targets:
         for structure, measure in (target["structures"] or {"": {}}).items():
+            review = measure.get("review")
             writer.writerow([target["target"], target["input"], target["status"],
                              target["seconds"], structure, measure.get("voxels", ""),
-                             measure.get("ml", ""), " ".join(target["outputs"]),
-                             target["error"]])
+                             measure.get("ml", ""), measure.get("confidence", ""),
+                             "" if review is None else str(bool(review)).lower(),
+                             " ".join(target["outputs"]), target["error"]])
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / f"{stem}.csv", text.getvalue())
     return write_text(folder / f"{stem}.json", json.dumps(document, indent=1) + "\n")
@@ -117,13 +124,15 @@ class RunReport:
     ``torchrun`` launch (``launch``) every rank counts its targets in the launch's store;
     rank 0 prints the whole run's progress through ``say`` and, at the end, merges every
     rank's report into ``wsicl-run.json``. ``cohort``: every target's name in the whole
-    run (all shards), so a merged report lists the targets of a rank that never wrote."""
+    run (all shards), so a merged report lists the targets of a rank that never wrote;
+    ``interactive``: the targets are the context images themselves (nothing to annotate
+    next)."""
 
     def __init__(self, model_sha256: Optional[str], model: str, context_files: Sequence[Path],
                  shard: Optional[Tuple[int, int]], folder: Path, launch: Any = None,
                  total: int = 0, say: Optional[Callable[[str], None]] = None,
                  jobs: Sequence[Tuple[str, Any]] = (), work: str = "",
-                 cohort: Sequence[Tuple[str, Any]] = ()) -> None:
+                 cohort: Sequence[Tuple[str, Any]] = (), interactive: bool = False) -> None:
         import torch
         self.stem = "wsicl-run" + (f"-{shard[0] + 1}-of-{shard[1]}" if shard else "")
         self.header = {
@@ -131,7 +140,7 @@ class RunReport:
             "model": model,
             "model_sha256": model_sha256,
             "context_sets": {str(p): file_digest(Path(p)) for p in context_files},
-            "work": work, "shard": f"{shard[0] + 1}/{shard[1]}" if shard else None,
+            "work": work, "interactive": interactive, "shard": f"{shard[0] + 1}/{shard[1]}" if shard else None,
             "cohort": [[name, str(source)] for name, source in cohort],
             "versions": {"wsicl": __version__, "torch": torch.__version__,
                          "python": platform.python_version()}}

@@ -95,6 +95,8 @@ def common_work(args: argparse.Namespace, model_file: Optional[Path]) -> Dict[st
              "output type": args.output_type or "per-structure", "format": args.format,
              "refine": str(args.refine), "mini-context": str(args.mini_context),
              "prompt kinds": str(args.context_kind)}
+    if getattr(args, "cycle_check", False):          # the confidence, not the voxels
+        parts["cycle check"] = "on"
     if not args.server:
         device = pick_device(args.device)
         parts.update(device=device.type, precision=resolve_precision(device, args.precision))
@@ -184,8 +186,9 @@ def write_results(results: Sequence[Any], paths: List[Path], structures: Sequenc
     ``output_format`` say (``target``: the DICOM series folder a DICOM SEG refers to;
     ``labels``: each structure's label value in a multilabel image, 1, 2, ... by
     default); returns each structure's voxels and mL as written (in a multilabel image,
-    after overlaps went to the more probable structure). The output folder is made by
-    the first write."""
+    after overlaps went to the more probable structure), the file and label value that
+    hold it, and, where the result carries its evidence, its confidence and whether to
+    review it (:mod:`wsicl.confidence`). The output folder is made by the first write."""
     import numpy as np
     import SimpleITK as sitk
     from .files import WriteError, write_text
@@ -203,13 +206,15 @@ def write_results(results: Sequence[Any], paths: List[Path], structures: Sequenc
         from .imageio import dicom_series
         write_dicom_seg([r.mask for r in results], list(structures),
                         [colour for _, colour in segments], dicom_series(target), paths[0])
-        return {name: measure(r.mask) for name, r in zip(structures, results)}
+        return judged({name: measure(r.mask) for name, r in zip(structures, results)},
+                      results, paths * len(results), labels)
     if kind != "multilabel":
         for result, path, segment in zip(results, paths, segments):
             if output_format == "seg.nrrd":
                 segmentation_metadata(result.mask, [segment])
             write_atomic(result.mask, path)
-        return {name: measure(r.mask) for name, r in zip(structures, results)}
+        return judged({name: measure(r.mask) for name, r in zip(structures, results)},
+                      results, paths, [1] * len(results))
     masks = np.stack([sitk.GetArrayViewFromImage(r.mask) > 0 for r in results])
     chances = np.stack([sitk.GetArrayViewFromImage(r.probability) if r.probability is not None
                         else mask for r, mask in zip(results, masks)])   # a server's: masks
@@ -223,7 +228,23 @@ def write_results(results: Sequence[Any], paths: List[Path], structures: Sequenc
     if len(paths) > 1:
         write_text(paths[1], json.dumps({str(label): name for label, name
                                          in zip(labels, structures)}, indent=1) + "\n")
-    return {name: measure(image == label) for name, label in zip(structures, labels)}
+    return judged({name: measure(image == label) for name, label in zip(structures, labels)},
+                  results, paths[:1] * len(results), labels)
+
+
+def judged(measures: Dict[str, Dict[str, Any]], results: Sequence[Any], files: Sequence[Path],
+           labels: Sequence[int]) -> Dict[str, Dict[str, Any]]:
+    """``measures`` (per structure, in the order of ``results``) with the file and label
+    value holding each structure and, for results that carry evidence, ``confidence``
+    (3 decimals) and ``review``."""
+    from .confidence import calibration
+    for (name, measured), result, path, label in zip(measures.items(), results, files, labels):
+        measured.update(file=Path(path).name, label=int(label))
+        if getattr(result, "evidence", None) is not None:
+            confidence = calibration().confidence(result.evidence)
+            measured.update(confidence=round(confidence, 3),
+                            review=calibration().review(confidence))
+    return measures
 
 
 class ProgressBar:

@@ -57,7 +57,8 @@ from ..geometry import check_geometry
 from ..imageio import TooLarge, read_image
 from .page import HEADERS as PAGE_HEADERS, PAGE_FILES, page_file
 from .service import Busy, Job, Service, ServiceError, scrub
-from .wire import API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, UPLOAD_FORMATS
+from .wire import (API, EVIDENCE_HEADER, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER,
+                   UPLOAD_FORMATS)
 
 MAX_JSON_BYTES = 4 * 2 ** 20
 """Largest body of any request but an upload (a context set of 128 images with a few
@@ -301,7 +302,10 @@ def create_app(service: Service, token: Optional[str], max_upload_bytes: int,
             payload, size = job.result
             return Response(payload, 200, {SIZE_HEADER: size,
                                            NOTES_HEADER: json.dumps(job.notes),
-                                           SECONDS_HEADER: f"{job.seconds:.6f}"},
+                                           SECONDS_HEADER: f"{job.seconds:.6f}",
+                                           EVIDENCE_HEADER: json.dumps(
+                                               job.evidence.as_dict() if job.evidence
+                                               else None)},
                             media_type="application/octet-stream")
         status = {"cancelled": 409, "failed": 500 if job.error_kind == "internal" else 422
                   }.get(job.state, 202)

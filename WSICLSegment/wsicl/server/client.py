@@ -26,8 +26,8 @@ from ..context import Box, ContextSet, Point, check_kinds
 from ..geometry import image_digest
 from ..predictor import (CancelCheck, Cancelled, Predictor, ProgressCallback, Segmentation,
                         check_cancel)
-from .wire import (API, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER, boxes_to_json,
-                   mask_from_bytes, points_to_json)
+from .wire import (API, EVIDENCE_HEADER, NOTES_HEADER, SECONDS_HEADER, SIZE_HEADER,
+                   boxes_to_json, evidence_from_json, mask_from_bytes, points_to_json)
 
 POLL_SECONDS = 0.5
 """How long one status request may wait on the server for the job to change."""
@@ -252,7 +252,7 @@ class RemotePredictor:
                             if e.mask is not None else {})}
                         for e, (image_key, mask_key) in entries]}}
 
-        return Segmentation(self._run(request, target, progress, cancel), None)
+        return self._run(request, target, progress, cancel)
 
     segment_many = Predictor.segment_many     # through this class's prepare_context, segment
 
@@ -267,7 +267,7 @@ class RemotePredictor:
             return {"mode": "interactive", "target": self._volume(image, key), "name": name,
                     "boxes": boxes_to_json(boxes), "points": points_to_json(points)}
 
-        return Segmentation(self._run(request, image, None, cancel), None)
+        return self._run(request, image, None, cancel)
 
     def _volume(self, image: sitk.Image, key: Optional[bytes] = None) -> str:
         """The server's id for ``image`` (``key``: its digest, when known), uploading it
@@ -292,9 +292,10 @@ class RemotePredictor:
 
     def _run(self, request: Callable[[], Dict[str, Any]], like: sitk.Image,
              progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]
-             ) -> sitk.Image:
+             ) -> Segmentation:
         """Submits a job (uploading again what the server forgot), follows it to the end
-        and returns its mask on ``like``'s grid; Ctrl-C or ``cancel`` cancels it."""
+        and returns its mask on ``like``'s grid with the output's evidence about itself;
+        Ctrl-C or ``cancel`` cancels it."""
         document = {**request(), "model": self.model, "refine": self.refine,
                     "prompt_kinds": self._prompt_kinds}
         try:
@@ -315,7 +316,7 @@ class RemotePredictor:
 
     def _follow(self, job: Dict[str, Any], like: sitk.Image,
                 progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]
-                ) -> sitk.Image:
+                ) -> Segmentation:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             check_cancel(cancel)
@@ -328,7 +329,9 @@ class RemotePredictor:
                 self.last_server_seconds = float(headers.get(SECONDS_HEADER.lower(), "nan"))
                 for note in json.loads(headers.get(NOTES_HEADER.lower(), "[]")):
                     warnings.warn(note, RemoteNote, stacklevel=4)
-                return mask_from_bytes(payload, headers.get(SIZE_HEADER.lower(), ""), like)
+                return Segmentation(
+                    mask_from_bytes(payload, headers.get(SIZE_HEADER.lower(), ""), like), None,
+                    evidence_from_json(headers.get(EVIDENCE_HEADER.lower(), "null")))
             job = _parse(payload, status, self.connection.url)
             if job["state"] == "cancelled":
                 raise Cancelled("cancelled")

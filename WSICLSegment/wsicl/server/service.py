@@ -39,9 +39,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import SimpleITK as sitk
 
 from .. import __version__
+from ..confidence import Evidence, calibration
 from ..context import ContextEntry, ContextSet, check_kinds
 from ..contextfile import check_object
-from ..predictor import Cancelled, Predictor
+from ..predictor import Cancelled, Predictor, Segmentation
 from .wire import boxes_from_json, mask_to_bytes, points_from_json
 
 KEEP_FINISHED = 64
@@ -171,6 +172,7 @@ class Job:
     error: str = ""
     error_kind: str = ""
     result: Optional[Tuple[bytes, str]] = None
+    evidence: Optional[Evidence] = None
     cancel_requested: bool = False
     seconds: float = 0.0
 
@@ -189,9 +191,14 @@ class Job:
     def describe(self) -> Dict[str, Any]:
         """The job's state as JSON."""
         state, progress = self.observed()
+        judged = {}
+        if self.evidence is not None:
+            confidence = calibration().confidence(self.evidence)
+            judged = {"evidence": self.evidence.as_dict(), "confidence": round(confidence, 3),
+                      "review": calibration().review(confidence)}
         return {"id": self.id, "state": state, "progress": progress,
                 "message": self.message, "notes": self.notes, "error": self.error,
-                "error_kind": self.error_kind, "seconds": round(self.seconds, 3)}
+                "error_kind": self.error_kind, "seconds": round(self.seconds, 3), **judged}
 
 
 class Service:
@@ -328,10 +335,10 @@ class Service:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    mask = self._run(job)
+                    result = self._run(job)
                 job.seconds = time.perf_counter() - started
                 self._update(job, state="done", progress=1.0, message="done",
-                             result=mask_to_bytes(mask),
+                             result=mask_to_bytes(result.mask), evidence=result.evidence,
                              notes=list(dict.fromkeys(str(w.message) for w in caught)))
             except Cancelled:
                 self._update(job, state="cancelled", message="cancelled")
@@ -355,7 +362,7 @@ class Service:
             job.release()
             self.volumes.reserve(0)
 
-    def _run(self, job: Job) -> sitk.Image:
+    def _run(self, job: Job) -> Segmentation:
         predictor = self.predictors[job.model]
 
         def progress(fraction: float, message: str) -> None:
@@ -368,8 +375,8 @@ class Service:
             if job.interactive_entry is not None:
                 entry = job.interactive_entry
                 return predictor.segment_interactive(job.target, entry.boxes, entry.points,
-                                                     cancel, job.name).mask
-            return predictor.segment(job.target, job.context, progress, cancel, job.name).mask
+                                                     cancel, job.name)
+            return predictor.segment(job.target, job.context, progress, cancel, job.name)
 
 
 @contextmanager

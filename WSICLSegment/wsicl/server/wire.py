@@ -5,12 +5,15 @@ our client; NIfTI and NRRD accepted) for volumes. No pickle, ever.
 Coordinates travel as they are given (``voxel``, ``LPS`` or ``RAS``, see
 :mod:`wsicl.context`); voxel arrays in SimpleITK's array order ``(k, j, i)``.
 """
+import json
+import math
 import zlib
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..confidence import Evidence
 from ..context import Box, Point
 from ..contextfile import read_coordinates
 
@@ -23,7 +26,10 @@ SIZE_HEADER = "X-WSICL-Size"
 NOTES_HEADER = "X-WSICL-Notes"
 """...and the engine's notes (warnings) as a JSON list of strings (ASCII) in this one..."""
 SECONDS_HEADER = "X-WSICL-Seconds"
-"""...and the seconds the server computed for the job (queue wait and transfers excluded)."""
+"""...and the seconds the server computed for the job (queue wait and transfers excluded)..."""
+EVIDENCE_HEADER = "X-WSICL-Evidence"
+"""...and what the network's output says about itself (:class:`wsicl.confidence.Evidence`
+as a JSON object), from which the client reckons the result's confidence."""
 
 
 def boxes_to_json(boxes: Sequence[Box]) -> List[Dict[str, Any]]:
@@ -63,6 +69,25 @@ def mask_to_bytes(mask: sitk.Image) -> Tuple[bytes, str]:
     array = sitk.GetArrayViewFromImage(mask)
     return (zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).data, 1),
             ",".join(str(n) for n in mask.GetSize()))
+
+
+def evidence_from_json(text: str) -> Optional[Evidence]:
+    """The evidence a server sent with a mask (``null``: none); a ValueError if it is not
+    evidence."""
+    try:
+        raw = json.loads(text)
+        if raw is None:
+            return None
+        found = Evidence(**raw)
+        numbers = [found.sharpness, found.inside, found.cut] + \
+            ([] if found.size is None else [found.size])
+        if not all(isinstance(n, (int, float)) and math.isfinite(n) for n in numbers) or \
+                not isinstance(found.empty, bool):
+            raise TypeError("not finite numbers")
+        return found
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the server's {EVIDENCE_HEADER} header is not evidence ({error})"
+                         ) from None
 
 
 def mask_from_bytes(payload: bytes, size_header: str, like: sitk.Image) -> sitk.Image:

@@ -13,7 +13,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: sessionStorage.getItem("wsicl-token") || "",
   info: null,
-  volumes: [],      // {name, file, format, image, role, serverId, results: {set name: NVImage}}
+  volumes: [],      // {name, file, format, image, role, serverId, results: {set name: NVImage},
+                    //  judged: {set name: {confidence, review}}}
   sets: [],         // {name, colour, kind, prompts: {volume name: [prompt]}}
   currentSet: -1,
   shown: null,
@@ -114,7 +115,8 @@ async function submit(makeRequest, describe) {
   }
 }
 
-// One job: submitted, followed until it ends, its mask fetched and inflated.
+// One job: submitted, followed until it ends, its mask fetched and inflated, with the
+// server's confidence in it (0-1, or null) and whether to review it.
 async function runJob(request, describe) {
   let job = await (await api("/jobs", { method: "POST",
     headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) })).json();
@@ -129,7 +131,9 @@ async function runJob(request, describe) {
   const answer = await api(`/jobs/${job.id}/mask`);
   const size = answer.headers.get("X-WSICL-Size").split(",").map(Number);
   const inflated = answer.body.pipeThrough(new DecompressionStream("deflate"));
-  return { size, voxels: new Uint8Array(await new Response(inflated).arrayBuffer()) };
+  return { size, voxels: new Uint8Array(await new Response(inflated).arrayBuffer()),
+           confidence: typeof job.confidence === "number" ? job.confidence : null,
+           review: job.review === true };
 }
 
 // --- volumes -----------------------------------------------------------------------
@@ -150,7 +154,7 @@ async function openFiles(files) {
       const image = await niivue.NVImage.loadFromFile({ file, name: file.name });
       const role = state.volumes.length === 0 ? "context" : "target";
       state.volumes.push({ name: file.name, file, format: format[1], image, role,
-                           serverId: null, results: {} });
+                           serverId: null, results: {}, judged: {} });
     } catch (error) {
       showError("volumeError", `${file.name}: cannot be read (${error.message}).`);
     }
@@ -500,7 +504,9 @@ async function runWork(work) {
       return;
     }
     state.history.push(changes.map((c) => applyResult(c)));
-    setProgress(1, `Done: ${changes.length} result(s).`);
+    const flagged = changes.filter((c) => c.mask.review).length;
+    setProgress(1, `Done: ${changes.length} result(s)` +
+                (flagged ? `; ${flagged} to review (marked ⚑).` : "."));
     if (state.shown) await show(state.shown);
   } catch (error) {
     setProgress(0, "");
@@ -526,8 +532,10 @@ function applyResult({ volume, set, mask }) {
   overlay.cal_max = 1;
   overlay.colormap = colourmapName(set);
   const previous = volume.results[set.name] || null;
+  const previousJudged = volume.judged[set.name] || null;
   volume.results[set.name] = overlay;
-  return { volume, set, previous };
+  volume.judged[set.name] = { confidence: mask.confidence, review: mask.review };
+  return { volume, set, previous, previousJudged };
 }
 
 function undo() {
@@ -536,9 +544,11 @@ function undo() {
     setProgress(0, "Nothing to undo.");
     return;
   }
-  for (const { volume, set, previous } of run.reverse()) {
+  for (const { volume, set, previous, previousJudged } of run.reverse()) {
     if (previous) volume.results[set.name] = previous;
     else delete volume.results[set.name];
+    if (previousJudged) volume.judged[set.name] = previousJudged;
+    else delete volume.judged[set.name];
   }
   setProgress(0, "Last run undone.");
   if (state.shown) show(state.shown);
@@ -672,6 +682,14 @@ function button(text, onClick) {
   return b;
 }
 
+// The volume's results' confidence, lowest first, and ⚑ where one is to review.
+function judgedMarks(volume) {
+  const judged = Object.values(volume.judged).filter((j) => j.confidence !== null);
+  if (!judged.length) return "";
+  const lowest = Math.min(...judged.map((j) => j.confidence));
+  return ` ${lowest.toFixed(2)}` + (judged.some((j) => j.review) ? " ⚑ to review" : "");
+}
+
 function render() {
   const volumes = $("volumeList");
   volumes.replaceChildren();
@@ -681,7 +699,7 @@ function render() {
     for (const value of ["context", "target"]) role.add(new Option(value, value));
     role.value = volume.role;
     role.addEventListener("change", () => { volume.role = role.value; show(volume); });
-    const marks = Object.keys(volume.results).length ? " ●" : "";
+    const marks = (Object.keys(volume.results).length ? " ●" : "") + judgedMarks(volume);
     item(volumes, volume.name + marks, volume === state.shown, () => show(volume), [role]);
   }
   const sets = $("setList");
