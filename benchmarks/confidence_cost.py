@@ -42,7 +42,9 @@ def main() -> None:
     cycle = median_seconds(lambda: checked.segment(mr, prepared), args.repeats)
     output = np.random.default_rng(0).random((64, 64, 64)).astype(np.float32) ** 3
     result = plain.segment(mr, prepared).mask
-    entry = ContextEntry(ct, boxes, [], "ct")
+    mr_liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample("example_seg_mr.nii.gz")))) \
+        == LIVER
+    entry = ContextEntry(mr, to_boxes(boxes_on_slices(mr_liver, 3)), [], "mr")
     found = median_seconds(lambda: (evidence(output, (2.0, 2.0, 2.0), 40.0),
                                     prompt_fit(result, entry)), args.repeats)
     print(f"{plain.describe()}; the demo's MR in context of the CT liver")
