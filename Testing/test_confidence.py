@@ -192,3 +192,17 @@ def test_the_report_carries_confidence_review_and_the_sheet_shows_the_flagged(
     assert main(["segment", "--report-only", str(run_folder / "out"), "--review-sheet"]) == 0
     said = capsys.readouterr().out                # the records' flags were kept as written
     assert "review: 3 of 3 results flagged" in said
+
+
+def test_a_servers_evidence_header_is_read_or_refused_in_one_sentence():
+    from wsicl.server.wire import evidence_from_json
+    found = Evidence(0.7, 0.8, None, 0.0, False, fit=0.9)
+    assert evidence_from_json(json.dumps(found.as_dict())) == found
+    assert evidence_from_json("null") is None
+    for hostile in ('{"sharpness": "x", "inside": 1, "size": null, "cut": 0, "empty": false}',
+                    '{"sharpness": NaN, "inside": 1, "size": null, "cut": 0, "empty": false}',
+                    '{"sharpness": 1, "inside": 1, "size": null, "cut": 0, "empty": 0}',
+                    '{"sharpness": 1, "inside": 1, "size": null, "cut": 0, "empty": false, '
+                    '"fit": "1"}', '{"sharpness": 1}', "[1, 2]", "not json"):
+        with pytest.raises(ValueError, match="X-WSICL-Evidence header is not evidence"):
+            evidence_from_json(hostile)

@@ -80,7 +80,7 @@ def evidence_from_json(text: str) -> Optional[Evidence]:
             return None
         found = Evidence(**raw)
         numbers = [found.sharpness, found.inside, found.cut] + \
-            ([] if found.size is None else [found.size])
+            [value for value in (found.size, found.fit) if value is not None]
         if not all(isinstance(n, (int, float)) and math.isfinite(n) for n in numbers) or \
                 not isinstance(found.empty, bool):
             raise TypeError("not finite numbers")
