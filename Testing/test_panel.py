@@ -243,7 +243,7 @@ def test_after_segment_all_the_flagged_are_marked_stepped_through_and_one_annota
     panel.ui.segmentAllButton.click()
     panel.pump(lambda: finished(panel))
     lines = panel.ui.reviewLabel.text.splitlines()
-    assert lines[0].startswith("2 to review, least confident ")
+    assert lines[0] == "2 of 2 results to review, least confident first:"
     assert sorted(line.split(":")[0] for line in lines[1:]) == \
         ["to review", "to review"] and all("confidence" in line for line in lines[1:])
     assert panel.ui.reviewButton.enabled and panel.ui.annotateNextButton.enabled

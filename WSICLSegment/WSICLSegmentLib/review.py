@@ -59,8 +59,8 @@ class ReviewQueue:
             return ""
         if not self.flagged:
             return f"none to review (lowest confidence {self.ordered[0].confidence:.2f})"
-        return (f"{len(self.flagged)} to review, least confident "
-                f"{self.flagged[0].words()}")
+        return (f"{len(self.flagged)} of {len(self.ordered)} results to review, least "
+                "confident first:")
 
     def marks(self) -> List[str]:
         """Every result in words with its mark, least confident first."""
