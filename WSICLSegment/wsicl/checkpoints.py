@@ -27,7 +27,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED_MODELS = ("box", "point")
 BUNDLED_NOTES = {
     "point": "the bundled point model scores below the location-only floor on held-out data "
-             "(interactive Dice 0.08 against 0.42 for the box itself, see the model card); "
+             "(interactive Dice 0.085 against 0.42 for the box itself, see the model card); "
              "prefer box prompts with the bundled models, or the authors' released weights"}
 """What a user of a bundled model must know before relying on it, by model name."""
 
