@@ -151,11 +151,23 @@ def rank_process(rank: int, output: Path, timeout_s: float = 60.0) -> int:
     raise AssertionError(f"rank {rank} of the launch did not start")
 
 
+def rank_report_finished(output: Path, rank: int) -> bool:
+    """Whether rank ``rank`` of a two-rank launch into ``output`` has written its final
+    report (no target of its share left ``not started``)."""
+    try:
+        report = json.loads((output / f"wsicl-run-{rank + 1}-of-2.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all(target["status"] != "not started" for target in report["targets"])
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks in /proc")
-def test_a_rank_killed_midway_loses_only_its_current_target(cohort):
-    """SIGKILL of one rank after its first result: torchrun stops the launch; running the
-    same command again skips every finished target, does the rest, and the run's report
-    lists every target once."""
+@pytest.mark.parametrize("rank_0", ["segmenting", "waiting for rank 1"])
+def test_a_rank_killed_midway_loses_only_its_current_target(cohort, rank_0):
+    """SIGKILL of one rank after its first result, while rank 0 still segments or already
+    waits for it: torchrun stops the launch and rank 0 merges the run's report; running
+    the same command again skips every finished target, does the rest, and the run's
+    report lists every target once."""
     out = cohort / "out"
     targets = list_targets([cohort / "scans"], [], None)
     share = [name for name, _ in shard_jobs(targets, 1, 2)]
@@ -170,6 +182,9 @@ def test_a_rank_killed_midway_loses_only_its_current_target(cohort):
             time.sleep(0.005)
         os.kill(victim, signal.SIGSTOP)                 # frozen after its first result
         finished_before = [name for name in share if (out / f"{name}_core.nii.gz").exists()]
+        while rank_0 != "segmenting" and not rank_report_finished(out, 0):
+            assert time.monotonic() < deadline and launch.poll() is None
+            time.sleep(0.05)
         os.kill(victim, signal.SIGKILL)
         launch.wait(timeout=120)
     finally:

@@ -394,12 +394,12 @@ def run_segment(args: argparse.Namespace) -> int:
                                 {"target": target.name, "run": run_key, "units": len(units)},
                                 report, per_target)
             current = None
+            written_report, counts = report.close()   # rank 0 waits here: still stoppable
     except KeyboardInterrupt:              # Ctrl-C, SIGTERM, SIGHUP: say what became of all
         path = report.interrupt(current)
         print(f"wsicl: {closing_line(status_counts(report.targets))}"
               + (f"; report {path}" if path else ""), file=sys.stderr)
         raise
-    written_report, counts = report.close()
     _say(args, "done: " + closing_line(counts)
          + (f"; report {written_report}" if written_report else ""))
     if written_report is not None and (launch is None or launch.rank == 0):
