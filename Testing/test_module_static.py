@@ -94,11 +94,9 @@ def test_every_self_ui_name_exists_with_a_compatible_class():
 NOT_SHIPPED_IN_SLICER = ("wsicl/cli.py", "wsicl/demo.py", "wsicl/metrics.py", "wsicl/training/",
                          "wsicl/server/app.py", "wsicl/server/service.py", "wsicl/dicomseg.py",
                          "wsicl/runs.py", "wsicl/launch.py", "wsicl/server/page.py",
-                         "wsicl/__main__.py", "wsicl/segment_run.py", "wsicl/resume.py",
-                         "wsicl/review.py")
+                         "wsicl/__main__.py", "wsicl/segment_run.py", "wsicl/resume.py")
 """What only ``pip install`` brings: the command line (``python -m wsicl``, its
-``segment`` runs with their resume records, DICOM SEG writer, run reports and what to
-review in them, and torchrun
+``segment`` runs with their resume records, DICOM SEG writer, run reports and torchrun
 launches), the demo, the training layer and the server with its
 browser page (Slicer ships its client, ``wsicl/server/client.py``, and the wire format)."""
 

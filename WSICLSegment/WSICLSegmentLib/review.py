@@ -8,6 +8,8 @@ one to add to that structure's context set next.
 import dataclasses
 from typing import Dict, List, Optional, Sequence
 
+from wsicl.review import annotate_next, judged_results
+
 
 @dataclasses.dataclass(frozen=True)
 class Judged:
@@ -28,13 +30,25 @@ class Judged:
 
 
 class ReviewQueue:
-    """The flagged results of a run, least confident first, and a cursor over them."""
+    """The flagged results of a run, least confident first, and a cursor over them. The
+    order and the choice of what to annotate next are the engine's
+    (:mod:`wsicl.review`, on the results written as run-report rows)."""
 
     def __init__(self, judged: Sequence[Judged] = (), interactive: bool = False) -> None:
-        known = [item for item in judged if item.confidence is not None]
-        self.ordered = sorted(known, key=lambda item: (item.confidence, item.volume_name))
+        rows: Dict[str, dict] = {}
+        for item in judged:
+            row = rows.setdefault(item.volume_id, {"target": item.volume_id,
+                                                   "input": item.volume_name,
+                                                   "status": "done", "structures": {}})
+            row["structures"][item.structure] = {"confidence": item.confidence,
+                                                 "review": item.review}
+        found = {(item.volume_id, item.structure): item for item in judged}
+        self.ordered = [found[item.target["target"], item.structure]
+                        for item in judged_results(list(rows.values()))]
         self.flagged = [item for item in self.ordered if item.review]
-        self.interactive = interactive
+        self.suggested = {} if interactive else {
+            structure: found[item.target["target"], structure]
+            for structure, item in annotate_next(list(rows.values())).items()}
         self.position = -1
 
     def next(self) -> Optional[Judged]:
@@ -48,10 +62,7 @@ class ReviewQueue:
     def annotate_next(self) -> Dict[str, Judged]:
         """Per structure, the least confident result of an in-context run (an interactive
         run's targets are context volumes already: none)."""
-        chosen: Dict[str, Judged] = {}
-        for item in [] if self.interactive else self.ordered:
-            chosen.setdefault(item.structure, item)
-        return chosen
+        return dict(self.suggested)
 
     def summary(self) -> str:
         """One sentence for the status line ("" when no result carries a confidence)."""
