@@ -195,3 +195,20 @@ def test_a_structure_added_to_a_run_is_segmented_beside_the_ones_kept(folder):
     report = json.loads((folder / "out" / "wsicl-run.json").read_text())
     assert [sorted(row["structures"]) for row in report["targets"]] == [
         ["liver", "spleen"]] * 2 and {row["status"] for row in report["targets"]} == {"done"}
+
+
+
+def test_a_redone_target_is_digested_once(folder, monkeypatch):
+    """Deciding to redo an interrupted target (its pending record must be of this work and
+    this target) and recording its new work both need the target's digest (a SHA-256 of
+    every byte, seconds on a large series): it is computed once."""
+    from wsicl import resume
+    assert segment(folder, "out") == 0
+    record = resume.record_path(folder / "out", "case2_liver.nii.gz")
+    record.write_text(json.dumps({**json.loads(record.read_text()), "outputs": None}))
+    digested = []
+    real = resume.input_digest
+    monkeypatch.setattr(resume, "input_digest", lambda path: digested.append(path) or real(path))
+    assert segment(folder, "out") == 0
+    assert statuses(folder / "out") == {"case1": "skipped", "case2": "done"}
+    assert sorted(path.name for path in digested) == ["case1.nii.gz", "case2.nii.gz"]

@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from . import __version__
 from .options import DEVICE_CHOICES, OUTPUT_FORMATS, OUTPUT_TYPES, PRECISIONS
@@ -339,7 +339,7 @@ def run_segment(args: argparse.Namespace) -> int:
                          for unit in units]
             conflicts += [(unit, d.reason) for unit, d in zip(units, decisions)
                           if d.action == "conflict"]
-            plans[target.name] = (units, decisions)
+            plans[target.name] = (units, decisions, content)
         except (ValueError, OSError) as error:
             failures[target.name] = error
     if conflicts and not args.overwrite:
@@ -363,13 +363,13 @@ def run_segment(args: argparse.Namespace) -> int:
             print(failure_line(label, target.name, target.source, error), file=sys.stderr)
             report.add(target.name, target.source, "failed", error=str(error))
             continue
-        units, decisions = plans[target.name]
+        units, decisions, content = plans[target.name]
         kept = {name: measure for unit, decision in zip(units, decisions)
                 if decision.action == "skip"
                 for name, measure in decision.record.get("structures", {}).items()}
         todo = [unit for unit, decision in zip(units, decisions) if decision.action != "skip"]
         if todo:
-            usable.append((label, target, units, todo, kept))
+            usable.append((label, target, units, todo, kept, content))
             continue
         if per_target:
             print(f"{label}: done before with the same model, context and options, skipped")
@@ -383,14 +383,15 @@ def run_segment(args: argparse.Namespace) -> int:
                 predictor = make_predictor(args) if not args.server else remote_predictor(args)
                 _say(args, f"model {args.model} on the server at {args.server}" if args.server
                      else predictor.describe())
-                needed = sorted({index for *_, todo, _ in usable for unit in todo
+                needed = sorted({index for *_, todo, _, _ in usable for unit in todo
                                  for index, _ in unit.structures})   # not the kept ones
                 contexts = {} if args.interactive else \
                     {index: predictor.prepare_context(context_sets[index]) for index in needed}
                 report.write()          # every target listed before the first is segmented
-            for label, target, units, todo, kept in usable:
+            for label, target, units, todo, kept, content in usable:
                 current = target.name
                 _segment_target(args, predictor, contexts, target, label, units, todo, kept,
+                                content,
                                 {"target": target.name, "run": run_key, "units": len(units)},
                                 report, per_target)
             current = None
@@ -421,19 +422,20 @@ def _review(args: argparse.Namespace, report: Path, folder: Path) -> None:
 
 
 def _segment_target(args: argparse.Namespace, predictor, contexts, target, label: str,
-                    units: list, todo: list, kept: dict, about: dict, report,
-                    per_target: bool) -> None:
+                    units: list, todo: list, kept: dict, content: Callable[[], str],
+                    about: dict, report, per_target: bool) -> None:
     """Segments the units ``todo`` of one target (the others, ``kept``, were done before;
+    ``content()``: the target's digest, computed once per run whether or not deciding
+    what to redo needed it;
     ``contexts``: the prepared context sets by their index in --context-set),
     writes each unit's outputs between a pending and a complete record, and adds the
     target's row to the report (a failure: a ``failed`` row and a line on stderr)."""
     from .imageio import read_image
-    from .resume import input_digest, write_record
+    from .resume import write_record
     from .segment_run import ProgressBar, failure_line, unit_digest, write_results
     started = time.perf_counter()
     measures = dict(kept)
     try:
-        content = functools.lru_cache(None)(functools.partial(input_digest, target.source))
         image = None if target.entries is not None else read_image(target.source)
         for unit in todo:
             digest = unit_digest(target, unit, content)
