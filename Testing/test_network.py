@@ -68,3 +68,37 @@ def test_bad_shapes_are_named(tiny_network, shapes, message):
     with pytest.raises(ValueError, match=message):
         tiny_network(torch.rand(target_shape), torch.rand(context_shape),
                      torch.rand(context_shape), 1)
+
+
+def _step(network: WSICLNet, inputs, precision: str) -> tuple:
+    """One training step's output and gradients (forward at ``precision``, loss in fp32)."""
+    from wsicl.device import autocast
+    network.zero_grad(set_to_none=True)
+    with autocast(torch.device("cpu"), precision):
+        output = network(*inputs, 2).float()
+    output.square().mean().backward()
+    return output.detach(), [p.grad.clone() for p in network.parameters()]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pointwise_convolutions_compute_what_conv3d_computes(monkeypatch, precision):
+    """The 1x1x1 convolutions run as matrix products on the CPU in fp32 (PyTorch's 3D
+    1x1x1 kernel there is slow and channels-first): a training step's output and every
+    gradient match those of ``F.conv3d`` (fp32: 1e-5 of the output's and each gradient's
+    largest magnitude, float rounding of another summation order; bf16 keeps the
+    convolution, so it is identical), and no fp32 convolution falls back to the slow kernel."""
+    import torch.nn.functional as F
+    from wsicl import network as module
+    torch.manual_seed(3)
+    network = WSICLNet([8, 16, 32]).train().to(memory_format=torch.channels_last_3d)
+    inputs = (torch.rand(2, 1, 16, 16, 16), torch.rand(2, 3, 1, 16, 16, 16),
+              (torch.rand(2, 3, 1, 16, 16, 16) > 0.7).float())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fast = _step(network, inputs, precision)
+    assert not any("slow_conv3d" in event.name for event in profile.events())
+    monkeypatch.setattr(module, "pointwise", lambda x, w, b=None: F.conv3d(x, w, b))
+    slow = _step(network, inputs, precision)
+    tolerance = 1e-5 if precision == "fp32" else 0.0
+    for fast_part, slow_part in zip([fast[0], *fast[1]], [slow[0], *slow[1]]):
+        scale = float(slow_part.abs().max())
+        assert float((fast_part - slow_part).abs().max()) <= tolerance * scale

@@ -38,9 +38,45 @@ class PerImage(nn.Module):
         return y.reshape(batch, images, *y.shape[1:])
 
 
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (the call's name changed in torch 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:                                   # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+              ) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias)`` for a 1x1x1 ``weight`` ``[O, C, 1, 1, 1]`` and ``x``
+    ``[N, C, D, H, W]``: the same sums over channels.
+
+    On the CPU in float32 PyTorch sends 1x1x1 3D convolutions to its im2col kernel, whose
+    output is channels-first, so the channels-last layers around it convert every such
+    feature map back and forth. ``x`` viewed as ``[N, D, H, W, C]`` (no copy when it is
+    channels-last) is a matrix, and one matrix product gives the same sums, channels-last,
+    about 4x faster with its backward. bfloat16 (autocast) and GPUs keep the convolution,
+    which oneDNN and cuDNN run well there.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not _cpu_autocast():
+        return F.linear(x.permute(0, 2, 3, 4, 1), weight.flatten(1), bias).permute(0, 4, 1, 2, 3)
+    return F.conv3d(x, weight, bias)
+
+
+class Pointwise(nn.Conv3d):
+    """A 1x1x1 convolution module computed by :func:`pointwise` (parameters and their
+    names as ``nn.Conv3d``'s, so checkpoints load unchanged)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise(x, self.weight, self.bias)
+
+
 def conv1(in_channels: int, out_channels: int) -> nn.Conv3d:
     """A 1x1x1 convolution."""
-    return nn.Conv3d(in_channels, out_channels, kernel_size=1)
+    return Pointwise(in_channels, out_channels)
 
 
 def down(in_channels: int, out_channels: int) -> nn.Conv3d:
@@ -62,8 +98,8 @@ def mix(conv: nn.Conv3d, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor
     """
     channels = own.shape[1]
     weight = conv.weight
-    own_term = F.conv3d(own, weight[:, :channels], conv.bias)
-    other_term = F.conv3d(other, weight[:, channels:])
+    own_term = pointwise(own, weight[:, :channels], conv.bias)
+    other_term = pointwise(other, weight[:, channels:])
     repeats = own.shape[0] // other.shape[0]
     own_term = own_term.reshape(other.shape[0], repeats, *own_term.shape[1:])
     return (own_term + other_term.unsqueeze(1)).reshape(own.shape[0], *own_term.shape[2:])
@@ -155,8 +191,8 @@ def upsample_concat(conv: nn.Conv3d, x: torch.Tensor, shortcut: torch.Tensor) ->
     (fewer channels to upsample, no full-resolution concatenation).
     """
     channels = x.shape[1]
-    coarse = F.conv3d(x, conv.weight[:, :channels])
-    result = F.conv3d(shortcut, conv.weight[:, channels:], conv.bias)
+    coarse = pointwise(x, conv.weight[:, :channels])
+    result = pointwise(shortcut, conv.weight[:, channels:], conv.bias)
     return result.add_(up(coarse))
 
 
