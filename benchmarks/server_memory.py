@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from wsicl import Box, ContextSet
 from wsicl.server.client import RemotePredictor
+from wsicl.server.service import JOB_BYTES_PER_VOXEL
 
 
 def peak_bytes(pid: int) -> int:
@@ -52,7 +53,8 @@ def main() -> None:
     radius = min(size) / 4
     box = Box((size[0] / 2 - radius, size[1] / 2 - radius, size[2] // 2),
               (size[0] / 2 + radius, size[1] / 2 + radius, size[2] // 2))
-    cache_mb = max(64, 2 * voxels // 2 ** 20)
+    # the volume, twice over (upload and cache), and the job's admitted working memory
+    cache_mb = max(64, (2 + JOB_BYTES_PER_VOXEL) * voxels // 2 ** 20 + 16)
     server = subprocess.Popen(
         [sys.executable, "-m", "wsicl.cli", "serve", "--port", "0", "--model", args.model,
          "--device", "cpu", "--precision", "fp32", "--cache-mb", str(cache_mb),
