@@ -153,6 +153,22 @@ def test_bundle_round_trip_and_files(tmp_path, sources):
 
 # ---- training -----------------------------------------------------------------------------
 
+
+def test_mixed_loss_weighs_a_missed_voxel_ten_not_a_hundred_marked_ones():
+    """On a batch of structures of 8 voxels in 4096, at a prediction of 0.5 everywhere: how
+    much more a foreground voxel's gradient pulls than a background voxel's (float32, to
+    within 25 %): about 100 under ``balanced`` (over-segmenting is nearly free), about 10
+    under ``mixed``; both still near 0 loss for confident correct logits."""
+    mask = torch.zeros(4, 1, 16, 16, 16)
+    mask[:, :, 7:9, 7:9, 7:9] = 1
+    pulls = {}
+    for kind in ("balanced", "mixed"):
+        logits = torch.zeros_like(mask, requires_grad=True)
+        segmentation_loss(logits, mask, kind).backward()
+        pulls[kind] = float(-logits.grad[0, 0, 7, 7, 7] / logits.grad[0, 0, 0, 0, 0])
+        assert float(segmentation_loss((mask - 0.5) * 40, mask, kind)) < 0.01
+    assert 75 < pulls["balanced"] < 125 and 7.5 < pulls["mixed"] < 12.5, pulls
+
 def test_loss_is_low_for_confident_correct_logits():
     mask = torch.zeros(2, 1, 8, 8, 8)
     mask[:, :, 2:6, 2:6, 2:6] = 1
