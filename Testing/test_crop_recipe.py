@@ -153,7 +153,6 @@ def test_bundle_round_trip_and_files(tmp_path, sources):
 
 # ---- training -----------------------------------------------------------------------------
 
-
 def test_mixed_loss_weighs_a_missed_voxel_ten_not_a_hundred_marked_ones():
     """On a batch of structures of 8 voxels in 4096, at a prediction of 0.5 everywhere: how
     much more a foreground voxel's gradient pulls than a background voxel's (float32, to
@@ -168,6 +167,7 @@ def test_mixed_loss_weighs_a_missed_voxel_ten_not_a_hundred_marked_ones():
         pulls[kind] = float(-logits.grad[0, 0, 7, 7, 7] / logits.grad[0, 0, 0, 0, 0])
         assert float(segmentation_loss((mask - 0.5) * 40, mask, kind)) < 0.01
     assert 75 < pulls["balanced"] < 125 and 7.5 < pulls["mixed"] < 12.5, pulls
+
 
 def test_loss_is_low_for_confident_correct_logits():
     mask = torch.zeros(2, 1, 8, 8, 8)

@@ -54,10 +54,12 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, kind: str = "bce
         raise ValueError(f"unknown loss {kind!r}: one of {', '.join(LOSSES)}")
     probability = torch.sigmoid(logits).flatten(1)
     target = mask.flatten(1)
-    episode_dice = (2 * (probability * target).sum(1) + 1) / \
-        (probability.sum(1) + target.sum(1) + 1)
+    def episode_dice_loss() -> torch.Tensor:       # bce_dice and mixed; balanced has none
+        dice = (2 * (probability * target).sum(1) + 1) / (probability.sum(1) + target.sum(1) + 1)
+        return (1 - dice).mean()
+
     if kind == "bce_dice":
-        return F.binary_cross_entropy_with_logits(logits, mask) + (1 - episode_dice).mean()
+        return F.binary_cross_entropy_with_logits(logits, mask) + episode_dice_loss()
     foreground = target.sum()
     cap = 100.0 if kind == "balanced" else 10.0
     ratio = ((target.numel() - foreground) / foreground.clamp_min(1)).clamp(1.0, cap)
@@ -65,4 +67,4 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, kind: str = "bce
     pooled_dice = (2 * (probability * target).sum() + 1) / (probability.sum() + foreground + 1)
     if kind == "balanced":
         return bce + (1 - pooled_dice)
-    return bce + (1 - pooled_dice) / 2 + (1 - episode_dice).mean() / 2
+    return bce + (1 - pooled_dice) / 2 + episode_dice_loss() / 2
